@@ -1,0 +1,96 @@
+// CPU scaffolding shared by the ntm kernels: a [B, N] problem is cut into tiles that never
+// cross a row, tiles run in parallel (at::parallel_for, so torch.set_num_threads applies), and
+// per-row partial sums are combined in a fixed order afterwards.  Tile boundaries depend only
+// on N, never on the thread count, so every reduction is bit-reproducible.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+namespace ntm::cpu {
+
+constexpr int64_t kTileElems = 16384;  // 64 KiB of float32 per input per tile
+
+template <typename scalar_t>
+using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Runs body(row, begin, end) -> acc over every tile of a B x N problem and writes the
+// per-row sum of the returned partials to row_out (if non-null).
+template <typename acc, typename Body>
+void run_row_tiles(int64_t B, int64_t N, acc* row_out, const Body& body) {
+  if (B == 0) return;
+  if (N == 0) {
+    if (row_out) std::fill(row_out, row_out + B, acc(0));
+    return;
+  }
+  const int64_t tiles_per_row = (N + kTileElems - 1) / kTileElems;
+  const int64_t tiles = B * tiles_per_row;
+  const int64_t tile_len = std::min(N, kTileElems);
+  const int64_t grain = std::max<int64_t>(1, 32768 / tile_len);
+  std::vector<acc> partial(row_out ? tiles : 0);
+  at::parallel_for(0, tiles, grain, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t row = t / tiles_per_row;
+      const int64_t begin = (t % tiles_per_row) * kTileElems;
+      const int64_t end = std::min(N, begin + kTileElems);
+      const acc p = body(row, begin, end);
+      if (row_out) partial[t] = p;
+    }
+  });
+  if (!row_out) return;
+  for (int64_t b = 0; b < B; ++b) {
+    acc total = 0;
+    for (int64_t k = 0; k < tiles_per_row; ++k) total += partial[b * tiles_per_row + k];
+    row_out[b] = total;
+  }
+}
+
+// Loads `count` (<= Vec::size()) elements of scalar_t as a vector of the accumulation type.
+template <typename scalar_t>
+inline at::vec::Vectorized<acc_t<scalar_t>> load(const scalar_t* p, int64_t count) {
+  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
+  if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
+    return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
+  } else {
+    alignas(64) float buf[Vec::size()] = {};
+    for (int64_t i = 0; i < count; ++i) buf[i] = static_cast<float>(p[i]);
+    return Vec::loadu(buf);
+  }
+}
+
+template <typename scalar_t>
+inline void store(const at::vec::Vectorized<acc_t<scalar_t>>& v, scalar_t* p, int64_t count) {
+  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
+  if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
+    if (count == Vec::size()) v.store(p); else v.store(p, count);
+  } else {
+    alignas(64) float buf[Vec::size()];
+    v.store(buf);
+    for (int64_t i = 0; i < count; ++i) p[i] = static_cast<scalar_t>(buf[i]);
+  }
+}
+
+// Sum of the first `count` lanes, in lane order.
+template <typename T>
+inline T lane_sum(const at::vec::Vectorized<T>& v, int64_t count) {
+  alignas(64) T buf[at::vec::Vectorized<T>::size()];
+  v.store(buf);
+  T s = 0;
+  for (int64_t i = 0; i < count; ++i) s += buf[i];
+  return s;
+}
+
+// Iterates [begin, end) in vector steps; the last step may be partial.  fn(offset, count).
+template <typename T, typename Fn>
+inline void for_each_vector(int64_t begin, int64_t end, const Fn& fn) {
+  constexpr int64_t W = at::vec::Vectorized<T>::size();
+  for (int64_t i = begin; i < end; i += W) fn(i, std::min(W, end - i));
+}
+
+}  // namespace ntm::cpu

@@ -1,0 +1,25 @@
+// Schemas of the ntm operator library and the CPU registrations.  CUDA kernels register
+// themselves for the CUDA key in csrc/cuda/register_cuda.cu.
+#include "cpu/cpu_ops.h"
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(ntm, m) {
+  m.def("affine_coupling(Tensor x, Tensor shift, Tensor scale_logits, float? clamp=None)"
+        " -> (Tensor, Tensor)");
+  m.def("affine_coupling_inverse(Tensor y, Tensor shift, Tensor scale_logits,"
+        " float? clamp=None) -> (Tensor, Tensor)");
+  m.def("affine_coupling_backward(Tensor y, Tensor shift, Tensor scale_logits, Tensor grad_y,"
+        " Tensor? grad_logdet, float? clamp=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("gaussian_nll(Tensor u, Tensor mean, Tensor log_sigma) -> Tensor");
+  m.def("gaussian_nll_backward(Tensor u, Tensor mean, Tensor log_sigma, Tensor grad)"
+        " -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(ntm, CPU, m) {
+  m.impl("affine_coupling", &ntm::cpu::affine_coupling);
+  m.impl("affine_coupling_inverse", &ntm::cpu::affine_coupling_inverse);
+  m.impl("affine_coupling_backward", &ntm::cpu::affine_coupling_backward);
+  m.impl("gaussian_nll", &ntm::cpu::gaussian_nll);
+  m.impl("gaussian_nll_backward", &ntm::cpu::gaussian_nll_backward);
+}

@@ -1,0 +1,190 @@
+"""The fused ntm ops: thin Python wrappers, fake (meta) kernels and autograd.
+
+The kernels are registered in C++ under ``torch.ops.ntm`` (CPU in ``csrc/cpu``, CUDA in
+``csrc/cuda``).  Each op has a pure-PyTorch twin in :mod:`ntm_engine.reference`, which is the
+specification.  Shapes: every per-element argument is ``[B, ...]`` (all the same shape, dtype
+and device); per-sample results are ``[B]`` in the accumulation dtype (float64 for float64
+inputs, float32 otherwise).  Inputs may be non-contiguous; outputs are contiguous.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _extension  # noqa: F401  (registers torch.ops.ntm)
+from .reference import accumulation_dtype, soft_clamp
+
+__all__ = [
+    "affine_coupling",
+    "affine_coupling_inverse",
+    "affine_coupling_backward",
+    "gaussian_nll",
+    "gaussian_nll_backward",
+]
+
+_ops = torch.ops.ntm
+
+
+def affine_coupling(
+    x: Tensor, shift: Tensor, scale_logits: Tensor, clamp: Optional[float] = None
+) -> Tuple[Tensor, Tensor]:
+    """``y = x * exp(s) + shift`` with ``s = clamp*tanh(scale_logits/clamp)``.
+
+    Returns ``(y [B, ...], logdet [B])``; differentiable in all three tensors, and the backward
+    runs the fused :func:`affine_coupling_backward` from the saved output ``y``.
+    """
+    return _ops.affine_coupling(x, shift, scale_logits, _as_clamp(clamp))
+
+
+def affine_coupling_inverse(
+    y: Tensor, shift: Tensor, scale_logits: Tensor, clamp: Optional[float] = None
+) -> Tuple[Tensor, Tensor]:
+    """``x = (y - shift) * exp(-s)``; returns ``(x [B, ...], -sum s [B])``."""
+    return _ops.affine_coupling_inverse(y, shift, scale_logits, _as_clamp(clamp))
+
+
+def affine_coupling_backward(
+    y: Tensor,
+    shift: Tensor,
+    scale_logits: Tensor,
+    grad_y: Tensor,
+    grad_logdet: Optional[Tensor] = None,
+    clamp: Optional[float] = None,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """From the *output* ``y`` of :func:`affine_coupling`: ``(x, grad_x, grad_shift,
+    grad_scale_logits)`` in one pass (``grad_logdet`` is ``[B]`` or None)."""
+    return _ops.affine_coupling_backward(y, shift, scale_logits, grad_y, grad_logdet,
+                                         _as_clamp(clamp))
+
+
+def gaussian_nll(u: Tensor, mean: Tensor, log_sigma: Tensor) -> Tensor:
+    """Per-sample ``sum[1/2 ((u-mean) exp(-log_sigma))^2 + log_sigma]``, ``[B, ...] -> [B]``."""
+    return _ops.gaussian_nll(u, mean, log_sigma)
+
+
+def gaussian_nll_backward(
+    u: Tensor, mean: Tensor, log_sigma: Tensor, grad: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(grad_u, grad_mean, grad_log_sigma)`` of :func:`gaussian_nll` for upstream ``grad [B]``."""
+    return _ops.gaussian_nll_backward(u, mean, log_sigma, grad)
+
+
+def _as_clamp(clamp):
+    if clamp is None:
+        return None
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)):
+        raise TypeError(f"argument 'clamp' must be None or a number > 0, got {type(clamp).__name__}")
+    return float(clamp)
+
+
+# ----------------------------------------------------------------------------- fake kernels
+
+
+def _fake_check(op: str, ref_name: str, ref: Tensor, **others: Tensor) -> None:
+    for name, t in others.items():
+        torch._check(
+            t.shape == ref.shape,
+            lambda: f"{op}: argument '{name}' must have the shape of '{ref_name}' "
+            f"{list(ref.shape)}, got {list(t.shape)}",
+        )
+        torch._check(
+            t.dtype == ref.dtype,
+            lambda: f"{op}: argument '{name}' must have the dtype of '{ref_name}' "
+            f"({ref.dtype}), got {t.dtype}",
+        )
+
+
+def _per_sample_like(t: Tensor) -> Tensor:
+    return t.new_empty((t.shape[0],), dtype=accumulation_dtype(t.dtype))
+
+
+@torch.library.register_fake("ntm::affine_coupling")
+def _(x, shift, scale_logits, clamp=None):
+    _fake_check("ntm::affine_coupling", "x", x, shift=shift, scale_logits=scale_logits)
+    return x.new_empty(x.shape), _per_sample_like(x)
+
+
+@torch.library.register_fake("ntm::affine_coupling_inverse")
+def _(y, shift, scale_logits, clamp=None):
+    _fake_check("ntm::affine_coupling_inverse", "y", y, shift=shift, scale_logits=scale_logits)
+    return y.new_empty(y.shape), _per_sample_like(y)
+
+
+@torch.library.register_fake("ntm::affine_coupling_backward")
+def _(y, shift, scale_logits, grad_y, grad_logdet, clamp=None):
+    _fake_check("ntm::affine_coupling_backward", "y", y, shift=shift,
+                scale_logits=scale_logits, grad_y=grad_y)
+    return tuple(y.new_empty(y.shape) for _ in range(4))
+
+
+@torch.library.register_fake("ntm::gaussian_nll")
+def _(u, mean, log_sigma):
+    _fake_check("ntm::gaussian_nll", "u", u, mean=mean, log_sigma=log_sigma)
+    return _per_sample_like(u)
+
+
+@torch.library.register_fake("ntm::gaussian_nll_backward")
+def _(u, mean, log_sigma, grad):
+    _fake_check("ntm::gaussian_nll_backward", "u", u, mean=mean, log_sigma=log_sigma)
+    return tuple(u.new_empty(u.shape) for _ in range(3))
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+def _coupling_setup(ctx, inputs, output):
+    _, shift, scale_logits, clamp = inputs
+    ctx.clamp = clamp
+    ctx.save_for_backward(output[0], shift, scale_logits)
+
+
+def _coupling_backward(ctx, grad_y, grad_logdet):
+    y, shift, scale_logits = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros_like(y)
+    _, grad_x, grad_shift, grad_logits = _ops.affine_coupling_backward(
+        y, shift, scale_logits, grad_y, grad_logdet, ctx.clamp)
+    return grad_x, grad_shift, grad_logits, None
+
+
+torch.library.register_autograd(
+    "ntm::affine_coupling", _coupling_backward, setup_context=_coupling_setup)
+
+
+def _inverse_backward(ctx, grad_x, grad_logdet):
+    # x = (y - shift) e^{-s}, logdet = -sum s: composite in eager ops (the inverse is used for
+    # sampling; its gradient is rarely on a hot path).
+    x, scale_logits = ctx.saved_tensors
+    acc = accumulation_dtype(x.dtype)
+    s = soft_clamp(scale_logits.to(acc), ctx.clamp)
+    gx = torch.zeros_like(x, dtype=acc) if grad_x is None else grad_x.to(acc)
+    grad_y = gx * torch.exp(-s)
+    grad_s = -gx * x.to(acc)
+    if grad_logdet is not None:
+        grad_s = grad_s - grad_logdet.to(acc).reshape((-1,) + (1,) * (x.dim() - 1))
+    if ctx.clamp is not None:
+        grad_s = grad_s * (1 - (s / ctx.clamp) ** 2)
+    return grad_y.to(x.dtype), (-grad_y).to(x.dtype), grad_s.to(x.dtype), None
+
+
+def _inverse_setup(ctx, inputs, output):
+    ctx.clamp = inputs[3]
+    ctx.save_for_backward(output[0], inputs[2])
+
+
+torch.library.register_autograd(
+    "ntm::affine_coupling_inverse", _inverse_backward, setup_context=_inverse_setup)
+
+
+def _nll_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _nll_backward(ctx, grad):
+    u, mean, log_sigma = ctx.saved_tensors
+    return tuple(_ops.gaussian_nll_backward(u, mean, log_sigma, grad))
+
+
+torch.library.register_autograd("ntm::gaussian_nll", _nll_backward, setup_context=_nll_setup)
