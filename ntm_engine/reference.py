@@ -37,8 +37,8 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _per_sample_sum(t: Tensor) -> Tensor:
-    """``[B, ...] -> [B]``: sum over all non-batch dims."""
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    """``[B, ...] -> [B]``: sum over all non-batch dims (a rank-1 tensor is its own sum)."""
+    return t.sum(dim=tuple(range(1, t.dim()))) if t.dim() > 1 else t.clone()
 
 
 def soft_clamp(scale_logits: Tensor, clamp: Optional[float]) -> Tensor:

@@ -1,0 +1,41 @@
+"""Shared helpers for the op tests: input factories and the flash-attention error rule."""
+from __future__ import annotations
+
+import torch
+
+from ntm_engine import reference as R
+
+OPS = ("affine_coupling", "affine_coupling_inverse", "gaussian_nll")
+LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def make_inputs(shape, dtype=torch.float32, device="cpu", seed=0, scale=1.0):
+    """Three same-shape tensors (data, shift/mean, logits/log_sigma) of moderate range."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(shape, generator=g, dtype=torch.float64)
+    b = torch.randn(shape, generator=g, dtype=torch.float64)
+    c = scale * torch.randn(shape, generator=g, dtype=torch.float64)
+    return [t.to(dtype=dtype, device=device) for t in (a, b, c)]
+
+
+def max_err(out, truth):
+    return (out.double() - truth.double()).abs().max().item() if out.numel() else 0.0
+
+
+def assert_within_twice_twin(fused, twin, truth, dtype, what=""):
+    """flash-attention rule: |fused - truth| <= 2 |twin - truth| + a floor of a few ulps.
+
+    ``truth`` is the twin evaluated in float64 on the same (rounded) inputs.  The floor,
+    2 ulps of the output dtype at the scale of the result, keeps a twin that happens to be
+    exact from demanding the impossible.
+    """
+    for f, t, ref in zip(fused, twin, truth):
+        scale = ref.double().abs().max().item() if ref.numel() else 0.0
+        out_dtype = f.dtype
+        floor = 2 * torch.finfo(out_dtype).eps * max(scale, 1.0)
+        e_f, e_t = max_err(f, ref), max_err(t, ref)
+        assert e_f <= 2 * e_t + floor, f"{what} {dtype}: fused err {e_f:.3g} > 2 x twin err {e_t:.3g} + {floor:.3g}"
+
+
+def twin(op_name):
+    return getattr(R, op_name)

@@ -1,0 +1,99 @@
+"""Each fused op against its pure-PyTorch twin (the spec)."""
+import pytest
+import torch
+
+from ntm_engine import ops
+from ntm_engine import reference as R
+
+from op_cases import LOW_PRECISION, assert_within_twice_twin, make_inputs
+
+CLAMPS = [None, 1.5]
+
+
+def _forward_ops(clamp):
+    return {
+        "affine_coupling": (lambda a, b, c: ops.affine_coupling(a, b, c, clamp),
+                            lambda a, b, c: R.affine_coupling(a, b, c, clamp)),
+        "affine_coupling_inverse": (lambda a, b, c: ops.affine_coupling_inverse(a, b, c, clamp),
+                                    lambda a, b, c: R.affine_coupling_inverse(a, b, c, clamp)),
+        "gaussian_nll": (lambda a, b, c: (ops.gaussian_nll(a, b, c),),
+                         lambda a, b, c: (R.gaussian_nll(a, b, c),)),
+    }
+
+
+@pytest.mark.parametrize("clamp", CLAMPS)
+@pytest.mark.parametrize("name", ["affine_coupling", "affine_coupling_inverse", "gaussian_nll"])
+def test_float64_matches_twin(name, clamp):
+    fused, twin = _forward_ops(clamp)[name]
+    a, b, c = make_inputs((7, 3, 45), torch.float64)
+    for f, t in zip(fused(a, b, c), twin(a, b, c)):
+        assert f.dtype == t.dtype and f.shape == t.shape
+        torch.testing.assert_close(f, t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("clamp", CLAMPS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("name", ["affine_coupling", "affine_coupling_inverse", "gaussian_nll"])
+def test_low_precision_within_twice_twin_error(name, dtype, clamp):
+    fused, twin = _forward_ops(clamp)[name]
+    a, b, c = make_inputs((16, 1031), dtype, scale=0.7)
+    truth = twin(a.double(), b.double(), c.double())
+    assert_within_twice_twin(fused(a, b, c), twin(a, b, c), truth, dtype, name)
+
+
+@pytest.mark.parametrize("clamp", CLAMPS)
+@pytest.mark.parametrize("dtype", (torch.float64,) + LOW_PRECISION)
+def test_fused_backward_matches_twin(dtype, clamp):
+    x, shift, logits = make_inputs((9, 517), dtype, seed=3, scale=0.8)
+    y, _ = R.affine_coupling(x, shift, logits, clamp)
+    g = torch.Generator().manual_seed(4)
+    grad_y = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype)
+    grad_ld = torch.randn(y.shape[0], generator=g, dtype=torch.float64)
+    fused = ops.affine_coupling_backward(y, shift, logits, grad_y, grad_ld, clamp)
+    twin = R.affine_coupling_backward(y, shift, logits, grad_y, grad_ld, clamp)
+    if dtype == torch.float64:
+        for f, t in zip(fused, twin):
+            torch.testing.assert_close(f, t, rtol=1e-12, atol=1e-12)
+    else:
+        truth = R.affine_coupling_backward(y.double(), shift.double(), logits.double(),
+                                           grad_y.double(), grad_ld, clamp)
+        assert_within_twice_twin(fused, twin, truth, dtype, "affine_coupling_backward")
+
+
+@pytest.mark.parametrize("clamp", CLAMPS)
+def test_fused_backward_equals_autograd_through_twin(clamp):
+    x, shift, logits = make_inputs((5, 33), torch.float64, seed=5)
+    x, shift, logits = (t.requires_grad_() for t in (x, shift, logits))
+    y, ld = R.affine_coupling(x, shift, logits, clamp)
+    grad_y, grad_ld = torch.randn_like(y), torch.randn_like(ld)
+    gx, gb, gl = torch.autograd.grad((y, ld), (x, shift, logits), (grad_y, grad_ld))
+    x_rec, fx, fb, fl = ops.affine_coupling_backward(y.detach(), shift.detach(), logits.detach(),
+                                                     grad_y, grad_ld, clamp)
+    for got, want in [(x_rec, x), (fx, gx), (fb, gb), (fl, gl)]:
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_backward_without_grad_logdet_equals_zero_grad_logdet():
+    y, shift, logits = make_inputs((4, 10), torch.float64, seed=6)
+    grad_y = torch.randn_like(y)
+    none = ops.affine_coupling_backward(y, shift, logits, grad_y, None, 2.0)
+    zero = ops.affine_coupling_backward(y, shift, logits, grad_y, torch.zeros(4, dtype=y.dtype), 2.0)
+    for a, b in zip(none, zero):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+def test_gaussian_nll_backward_matches_twin(dtype):
+    u, mean, ls = make_inputs((6, 77), dtype, seed=7, scale=0.5)
+    grad = torch.randn(6, dtype=torch.float64)
+    fused = ops.gaussian_nll_backward(u, mean, ls, grad)
+    twin = R.gaussian_nll_backward(u, mean, ls, grad)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for f, t in zip(fused, twin):
+        torch.testing.assert_close(f, t, rtol=tol, atol=tol)
+
+
+def test_logdet_is_not_the_mean():
+    x, shift, logits = make_inputs((3, 100), torch.float64)
+    _, ld = ops.affine_coupling(x, shift, logits)
+    torch.testing.assert_close(ld, logits.sum(dim=1), rtol=1e-12, atol=1e-12)
