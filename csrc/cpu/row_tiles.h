@@ -58,6 +58,11 @@ inline at::vec::Vectorized<acc_t<scalar_t>> load(const scalar_t* p, int64_t coun
   if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
     return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
   } else {
+    if (count == Vec::size()) {
+      Vec out;
+      at::vec::load_to_float<scalar_t>(p, out);
+      return out;
+    }
     alignas(64) float buf[Vec::size()] = {};
     for (int64_t i = 0; i < count; ++i) buf[i] = static_cast<float>(p[i]);
     return Vec::loadu(buf);
@@ -70,6 +75,10 @@ inline void store(const at::vec::Vectorized<acc_t<scalar_t>>& v, scalar_t* p, in
   if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
     if (count == Vec::size()) v.store(p); else v.store(p, count);
   } else {
+    if (count == Vec::size()) {
+      at::vec::convert_from_float<scalar_t>(v, v).store(p, count);
+      return;
+    }
     alignas(64) float buf[Vec::size()];
     v.store(buf);
     for (int64_t i = 0; i < count; ++i) p[i] = static_cast<scalar_t>(buf[i]);

@@ -1,0 +1,51 @@
+"""CPU microbenchmarks of the fused ops (pytest-benchmark), and a one-run ratio table.
+
+    python -m pytest bench/bench_ops.py                 # pytest-benchmark timings
+    python bench/bench_ops.py [--out FILE]              # interleaved table: GB/s and ratios
+
+Sizes: 4096 x 1024 and 256 x 256 float32 (plus bfloat16 in the table).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from op_suite import HEADER, candidates, machine_description, make_tensors, op_cases, run_suite  # noqa: E402
+from timing import markdown_table  # noqa: E402
+
+SHAPES = [(4096, 1024), (256, 256)]
+
+
+@pytest.mark.parametrize("variant", ["fused", "eager", "compile", "copy_"])
+@pytest.mark.parametrize("case", op_cases(), ids=lambda c: c.name)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_op(benchmark, shape, case, variant):
+    tensors = make_tensors(*shape, torch.float32, "cpu")
+    fn = candidates(case, tensors, "cpu")[variant]
+    benchmark.extra_info["bytes"] = case.tensors_moved * shape[0] * shape[1] * 4
+    benchmark(fn)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    rows = run_suite(SHAPES, [torch.float32, torch.bfloat16], "cpu", rounds=args.rounds)
+    text = (f"# CPU op benchmark, {datetime.date.today()}\n\nMachine: {machine_description('cpu')}\n\n"
+            "Medians of interleaved rounds in one process; ratios > 1 mean the fused op is faster "
+            "(copy_/fused: fraction of copy_ bandwidth reached).\n\n" + markdown_table(HEADER, rows) + "\n")
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
