@@ -1,5 +1,15 @@
-"""Invertible modules (DESIGN.md section 3 conventions)."""
+"""Invertible modules (DESIGN.md section 3 conventions).
+
+Every layer maps data to latent in ``forward(x, context=None) -> (y, logdet [B])`` and back in
+``inverse(y, context=None) -> (x, logdet [B])`` on flat features ``[B, dim]``, and implements
+``reverse_step`` (:mod:`ntm_engine.nn.base`) for the activation-free backward of
+:class:`InvertibleSequential`.
+"""
+from .base import InvertibleModule, generic_reverse_step
 from .coupling import AffineCoupling
+from .linear import InvertibleLinear
+from .permutation import Permutation
 from .sequential import InvertibleSequential
 
-__all__ = ["AffineCoupling", "InvertibleSequential"]
+__all__ = ["AffineCoupling", "InvertibleSequential", "Permutation", "InvertibleLinear",
+           "InvertibleModule", "generic_reverse_step"]

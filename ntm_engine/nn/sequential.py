@@ -1,30 +1,260 @@
-"""A stack of invertible layers."""
+"""A stack of invertible layers, with an activation-free (reversible) backward.
+
+With ``reversible=True`` and gradients wanted, the whole stack runs as ONE
+``torch.autograd.Function`` that keeps only what is not an activation: the stack's output,
+the context, and the parameters (saved for their version counters, not copied), plus a few
+kilobytes of RNG state per layer that holds dropout.  Its backward walks the layers last to
+first; each layer's :meth:`reverse_step` rebuilds its input from its output and returns the
+input, context and parameter gradients (see :mod:`ntm_engine.nn.base`).  The Function returns
+every gradient exactly once, as outputs of the Function: parameters are inputs of
+``Function.apply``, and no ``.backward()`` runs inside the backward, so DDP's gradient hooks
+fire once per parameter.  Activation memory is flat in depth (one layer's worth, transiently,
+during the backward) where plain autograd keeps every layer's activations.
+
+Caveats: layers must be exactly invertible functions of ``(x, context)``; the rebuilt inputs
+drift from the true ones by rounding (``check_reconstruction`` measures it); modules with
+running statistics (BatchNorm) inside a conditioner would update them twice; no double
+backward; a nested ``InvertibleSequential`` with dropout is not supported in reversible mode.
+Autocast: the forward's autocast state is re-entered for the recomputations in the backward.
+"""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .base import (InvertibleModule, ReverseStepResult, _RngSnapshot, accumulation_dtype,
+                   generic_reverse_step, has_dropout)
+
+__all__ = ["InvertibleSequential"]
 
 
-class InvertibleSequential(nn.Module):
-    """Composes invertible layers; each has ``forward(x, context) -> (y, logdet)`` and
-    ``inverse(y, context) -> (x, logdet)``.  Log-dets are summed per sample (``[B]``)."""
+def _reverse_step(layer: nn.Module, y: Tensor, grad_y: Tensor, grad_logdet: Optional[Tensor],
+                  context: Optional[Tensor]) -> ReverseStepResult:
+    step = getattr(layer, "reverse_step", None)
+    if step is None:
+        return generic_reverse_step(layer, y, grad_y, grad_logdet, context)
+    return step(y, grad_y, grad_logdet, context)
 
-    def __init__(self, *layers: nn.Module, reversible: bool = True):
+
+@contextlib.contextmanager
+def _parameters_swapped(layer: nn.Module, replacements: Dict[int, Tensor]) -> Iterator[None]:
+    """Temporarily put ``replacements[k]`` in the slot of the ``k``-th of
+    ``layer.named_parameters()`` (used when the tensors saved at forward time are not the
+    module's current parameters, e.g. under ``torch.func.functional_call``)."""
+    if not replacements:
+        yield
+        return
+    undo = []
+    try:
+        for k, (name, _) in enumerate(list(layer.named_parameters())):
+            if k not in replacements:
+                continue
+            owner_name, _, leaf = name.rpartition(".")
+            owner = layer.get_submodule(owner_name) if owner_name else layer
+            undo.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = replacements[k]
+        yield
+    finally:
+        for owner, leaf, old in reversed(undo):
+            owner._parameters[leaf] = old
+
+
+def _walk_backward(layers: Sequence[nn.Module], y: Tensor, grad_y: Tensor,
+                   grad_logdet: Optional[Tensor], context: Optional[Tensor],
+                   rng: Optional[Sequence[Optional[_RngSnapshot]]] = None,
+                   param_slots: Optional[Sequence[Sequence[Optional[int]]]] = None,
+                   saved_params: Sequence[Tensor] = (),
+                   true_inputs: Optional[Sequence[Tensor]] = None):
+    """Walk ``layers`` last to first from the output ``y``.
+
+    Returns ``(x, grad_x, grad_context, grads, errors)``: the rebuilt stack input, its
+    gradient, the context gradient summed over layers (or None), ``grads``: per layer the tuple
+    of parameter gradients aligned with ``layer.parameters()``, accumulated into ``param_slots``
+    positions when given (then ``grads`` is a flat list aligned with ``saved_params``), and
+    ``errors``: per layer max |rebuilt input - true input| when ``true_inputs`` is given.
+    """
+    flat: List[Optional[Tensor]] = [None] * len(saved_params)
+    per_layer: List[Tuple[Optional[Tensor], ...]] = [()] * len(layers)
+    errors: List[float] = [0.0] * len(layers)
+    grad_ctx: Optional[Tensor] = None
+    h, g = y, grad_y
+    for i in range(len(layers) - 1, -1, -1):
+        layer = layers[i]
+        swap: Dict[int, Tensor] = {}
+        if param_slots is not None:
+            for k, (slot, p) in enumerate(zip(param_slots[i], layer.parameters())):
+                if slot is not None and saved_params[slot] is not p:
+                    swap[k] = saved_params[slot]
+        snapshot = rng[i] if rng is not None else None
+        with _parameters_swapped(layer, swap):
+            if snapshot is None:
+                x, gx, gc, pg = _reverse_step(layer, h, g, grad_logdet, context)
+            else:
+                with snapshot.fork():
+                    snapshot.restore()
+                    x, gx, gc, pg = _reverse_step(layer, h, g, grad_logdet, context)
+        if gc is not None:
+            grad_ctx = gc if grad_ctx is None else grad_ctx + gc
+        if param_slots is not None:
+            for slot, gp in zip(param_slots[i], pg):
+                if slot is not None and gp is not None:
+                    flat[slot] = gp if flat[slot] is None else flat[slot] + gp
+        else:
+            per_layer[i] = tuple(pg)
+        if true_inputs is not None:
+            acc = accumulation_dtype(x.dtype)
+            diff = (x.to(acc) - true_inputs[i].to(acc)).abs()
+            errors[i] = float(diff.max()) if diff.numel() else 0.0
+        h, g = x, gx
+    grads = flat if param_slots is not None else per_layer
+    return h, g, grad_ctx, grads, errors
+
+
+def _autocast_state(device_type: str) -> Optional[Tuple[str, torch.dtype]]:
+    """``(device_type, dtype)`` when autocast is on for ``device_type``, else None."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return device_type, torch.get_autocast_dtype(device_type)
+
+
+def _autocast_like(state: Optional[Tuple[str, torch.dtype]]):
+    """Re-enter the forward's autocast state in the backward (recomputations must match)."""
+    if state is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=state[0], dtype=state[1])
+
+
+class _ReversibleStack(torch.autograd.Function):
+    """``(x, context, stack, *params) -> (y, logdet)``; saves ``y``, ``context``, ``params``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, context: Optional[Tensor], stack: "InvertibleSequential",
+                *params: Tensor) -> Tuple[Tensor, Tensor]:
+        layers = list(stack.layers)
+        slot_of = {id(p): k for k, p in enumerate(params)}
+        rng: List[Optional[_RngSnapshot]] = []
+        true_inputs: Optional[List[Tensor]] = [] if stack.check_reconstruction else None
+        h, logdet = x, None
+        for layer in layers:
+            rng.append(_RngSnapshot(h.device) if has_dropout(layer) else None)
+            if true_inputs is not None:
+                true_inputs.append(h.detach())
+            h, ld = layer(h, context)
+            logdet = ld if logdet is None else logdet + ld
+        ctx.stack = stack
+        ctx.autocast = _autocast_state(x.device.type)
+        ctx.rng = rng if any(s is not None for s in rng) else None
+        ctx.true_inputs = true_inputs
+        ctx.param_slots = [[slot_of.get(id(p)) for p in layer.parameters()] for layer in layers]
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(h, context, *params)
+        return h, logdet
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Optional[Tensor], grad_logdet: Optional[Tensor]):
+        y, context, *params = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(y)
+        ctx_in = None
+        if context is not None:
+            ctx_in = context.detach()
+            if ctx.needs_input_grad[1]:
+                ctx_in.requires_grad_()
+        stack = ctx.stack
+        with _autocast_like(ctx.autocast):
+            x, grad_x, grad_ctx, grads, errors = _walk_backward(
+                list(stack.layers), y.detach(), grad_y, grad_logdet, ctx_in, ctx.rng,
+                ctx.param_slots, params, ctx.true_inputs)
+        if ctx.true_inputs is not None:
+            stack.reconstruction_error = errors
+        if grad_ctx is not None and not ctx.needs_input_grad[1]:
+            grad_ctx = None
+        return (grad_x if ctx.needs_input_grad[0] else None, grad_ctx, None, *grads)
+
+
+class InvertibleSequential(InvertibleModule):
+    """Composes invertible layers ``f = f_n o ... o f_1`` on ``[B, dim]``.
+
+    Each layer has ``forward(x, context) -> (y, logdet)`` and ``inverse(y, context) ->
+    (x, logdet)`` and, ideally, ``reverse_step`` (:mod:`ntm_engine.nn.base`; a generic one is
+    used otherwise).  The context ``[B, context_dim]`` (or None) goes to every layer.
+    Log-dets are summed per sample (``[B]``, accumulation dtype).
+
+    * ``reversible=True`` (default): when gradients are wanted, the activation-free backward
+      (module docstring); otherwise the layers just run.
+    * ``reversible=False``: plain autograd through the layers (the reference).
+    * ``check_reconstruction=True`` (debugging; keeps every layer's input alive, so no memory
+      saving): after each reversible backward, ``reconstruction_error[i]`` is the max abs
+      difference between layer ``i``'s rebuilt input and its true input.
+    """
+
+    def __init__(self, *layers: nn.Module, reversible: bool = True,
+                 check_reconstruction: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.reversible = reversible
+        self.check_reconstruction = check_reconstruction
+        self.reconstruction_error: Optional[List[float]] = None
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def _grad_params(self) -> List[Tensor]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _run(self, x: Tensor, context: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         logdet = None
         for layer in self.layers:
             x, ld = layer(x, context)
             logdet = ld if logdet is None else logdet + ld
+        if logdet is None:
+            logdet = torch.zeros(x.shape[0], dtype=accumulation_dtype(x.dtype), device=x.device)
         return x, logdet
 
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Data to latent: ``x [B, dim] -> (z [B, dim], logdet [B])``."""
+        if self.reversible and len(self.layers) and torch.is_grad_enabled():
+            params = self._grad_params()
+            if params or x.requires_grad or (context is not None and context.requires_grad):
+                return _ReversibleStack.apply(x, context, self, *params)
+        return self._run(x, context)
+
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Latent to data: ``z [B, dim] -> (x [B, dim], logdet of the inverse [B])`` (plain
+        autograd; the inverse is the sampling direction)."""
         logdet = None
         for layer in reversed(self.layers):
             z, ld = layer.inverse(z, context)
             logdet = ld if logdet is None else logdet + ld
+        if logdet is None:
+            logdet = torch.zeros(z.shape[0], dtype=accumulation_dtype(z.dtype), device=z.device)
         return z, logdet
+
+    def reverse_step(self, y: Tensor, grad_y: Tensor, grad_logdet: Optional[Tensor] = None,
+                     context: Optional[Tensor] = None) -> ReverseStepResult:
+        """The stack as one layer of an outer stack: walks its own layers last to first.
+        ``param_grads`` is aligned with ``tuple(self.parameters())``."""
+        if has_dropout(self):
+            raise RuntimeError("InvertibleSequential.reverse_step: a nested stack with dropout "
+                               "cannot replay its RNG; put its layers in the outer stack")
+        layers = list(self.layers)
+        x, gx, gc, per_layer, _ = _walk_backward(layers, y, grad_y, grad_logdet, context)
+        index = {id(p): k for k, p in enumerate(self.parameters())}
+        grads: List[Optional[Tensor]] = [None] * len(index)
+        for layer, pg in zip(layers, per_layer):
+            for p, gp in zip(layer.parameters(), pg):
+                k = index[id(p)]
+                if gp is not None:
+                    grads[k] = gp if grads[k] is None else grads[k] + gp
+        return x, gx, gc, tuple(grads)
