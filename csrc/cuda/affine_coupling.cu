@@ -1,0 +1,139 @@
+// CUDA kernels of affine_coupling, affine_coupling_inverse and affine_coupling_backward:
+// one pass over memory each (row_map.cuh), the per-sample log-det reduced in the same pass,
+// element maths from ntm/element_math.h (the formulas the CPU kernels use).
+#include "cuda_ops.h"
+#include "row_map.cuh"
+
+#include "ntm/element_math.h"
+#include "ntm/op_checks.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+
+namespace ntm::cuda {
+namespace {
+
+template <typename acc_t>
+struct ClampArgs {
+  acc_t clamp;
+  acc_t inv_clamp;
+  bool clamped;
+  explicit ClampArgs(const std::optional<double>& c)
+      : clamp(static_cast<acc_t>(c.value_or(1.0))),
+        inv_clamp(static_cast<acc_t>(1.0 / c.value_or(1.0))),
+        clamped(c.has_value()) {}
+};
+
+// forward: out = x exp(s) + shift; inverse: out = (y - shift) exp(-s).  Row sum: sum s.
+template <typename acc_t, bool kInverse>
+struct CouplingMapOp {
+  static constexpr int kIn = 3;  // in, shift, scale_logits
+  static constexpr int kOut = 1;
+  static constexpr bool kReduce = true;
+  ClampArgs<acc_t> c;
+
+  __device__ __forceinline__ acc_t operator()(const acc_t (&in)[3], acc_t /*row_scalar*/,
+                                              acc_t (&out)[1]) const {
+    const acc_t s = soft_clamp(in[2], c.clamp, c.inv_clamp, c.clamped);
+    out[0] = kInverse ? coupling_inverse(in[0], in[1], s) : coupling_forward(in[0], in[1], s);
+    return s;
+  }
+};
+
+// From the output y: (x, grad_x, grad_shift, grad_scale_logits); row scalar: grad_logdet.
+template <typename acc_t>
+struct CouplingBackwardOp {
+  static constexpr int kIn = 4;  // y, shift, scale_logits, grad_y
+  static constexpr int kOut = 4;
+  static constexpr bool kReduce = false;
+  ClampArgs<acc_t> c;
+
+  __device__ __forceinline__ acc_t operator()(const acc_t (&in)[4], acc_t grad_logdet,
+                                              acc_t (&out)[4]) const {
+    const acc_t s = soft_clamp(in[2], c.clamp, c.inv_clamp, c.clamped);
+    const CouplingGrads<acc_t> g = coupling_backward(in[0], in[1], s, in[3], grad_logdet);
+    out[0] = g.x;
+    out[1] = g.grad_x;
+    out[2] = in[3];
+    out[3] = g.grad_s * soft_clamp_grad(s, c.inv_clamp, acc_t(1), c.clamped);
+    return acc_t(0);
+  }
+};
+
+template <bool kInverse>
+std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_name,
+                                                const at::Tensor& in_, const at::Tensor& shift_,
+                                                const at::Tensor& logits_,
+                                                const std::optional<double>& clamp) {
+  check_affine_coupling(op, in_name, in_, shift_, logits_, clamp);
+  check_on_cuda(op, in_name, in_);
+  const DeviceScope scope(in_);
+  const at::Tensor in = in_.contiguous(), shift = shift_.contiguous(),
+                   logits = logits_.contiguous();
+  at::Tensor out = at::empty(in.sizes(), in.options());
+  const auto acc_options = in.options().dtype(acc_dtype(in.scalar_type()));
+  at::Tensor logdet = at::empty({in.size(0)}, acc_options);
+  const int64_t B = in.size(0), N = row_length(in);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.scalar_type(), "ntm::coupling_map",
+                                  [&] {
+    using acc_t = acc_type<scalar_t>;
+    const CouplingMapOp<acc_t, kInverse> fn{ClampArgs<acc_t>(clamp)};
+    launch_row_map<scalar_t>(
+        op, fn,
+        {in.const_data_ptr<scalar_t>(), shift.const_data_ptr<scalar_t>(),
+         logits.const_data_ptr<scalar_t>()},
+        {out.mutable_data_ptr<scalar_t>()}, nullptr, logdet.mutable_data_ptr<acc_t>(),
+        /*negate=*/kInverse, B, N, acc_options, scope.stream());
+  });
+  return {out, logdet};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> affine_coupling(const at::Tensor& x, const at::Tensor& shift,
+                                                   const at::Tensor& scale_logits,
+                                                   std::optional<double> clamp) {
+  return coupling_map<false>("ntm::affine_coupling", "x", x, shift, scale_logits, clamp);
+}
+
+std::tuple<at::Tensor, at::Tensor> affine_coupling_inverse(const at::Tensor& y,
+                                                           const at::Tensor& shift,
+                                                           const at::Tensor& scale_logits,
+                                                           std::optional<double> clamp) {
+  return coupling_map<true>("ntm::affine_coupling_inverse", "y", y, shift, scale_logits, clamp);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backward(
+    const at::Tensor& y_, const at::Tensor& shift_, const at::Tensor& logits_,
+    const at::Tensor& grad_y_, const std::optional<at::Tensor>& grad_logdet,
+    std::optional<double> clamp) {
+  const char* op = "ntm::affine_coupling_backward";
+  check_affine_coupling_backward(y_, shift_, logits_, grad_y_, grad_logdet, clamp);
+  check_on_cuda(op, "y", y_);
+  const DeviceScope scope(y_);
+  const at::Tensor y = y_.contiguous(), shift = shift_.contiguous(),
+                   logits = logits_.contiguous(), gy = grad_y_.contiguous();
+  const bool has_gld = grad_logdet.has_value() && grad_logdet->defined();
+  const at::Tensor gld =
+      has_gld ? grad_logdet->to(acc_dtype(y.scalar_type())).contiguous() : at::Tensor();
+  at::Tensor x = at::empty(y.sizes(), y.options()), gx = at::empty(y.sizes(), y.options()),
+             gb = at::empty(y.sizes(), y.options()), gl = at::empty(y.sizes(), y.options());
+  const int64_t B = y.size(0), N = row_length(y);
+  const auto acc_options = y.options().dtype(acc_dtype(y.scalar_type()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(),
+                                  "ntm::affine_coupling_backward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const CouplingBackwardOp<acc_t> fn{ClampArgs<acc_t>(clamp)};
+    launch_row_map<scalar_t>(
+        op, fn,
+        {y.const_data_ptr<scalar_t>(), shift.const_data_ptr<scalar_t>(),
+         logits.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>()},
+        {x.mutable_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+         gb.mutable_data_ptr<scalar_t>(), gl.mutable_data_ptr<scalar_t>()},
+        has_gld ? gld.const_data_ptr<acc_t>() : nullptr, nullptr, /*negate=*/false, B, N,
+        acc_options, scope.stream());
+  });
+  return {x, gx, gb, gl};
+}
+
+}  // namespace ntm::cuda

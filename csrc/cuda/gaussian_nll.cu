@@ -1,0 +1,99 @@
+// CUDA kernels of gaussian_nll and gaussian_nll_backward: one pass over memory (row_map.cuh),
+// the per-sample NLL reduced in the same pass, element maths from ntm/element_math.h.
+#include "cuda_ops.h"
+#include "row_map.cuh"
+
+#include "ntm/element_math.h"
+#include "ntm/op_checks.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+
+namespace ntm::cuda {
+namespace {
+
+// Row sum of 1/2 ((u - mean) exp(-log_sigma))^2 + log_sigma; no per-element output.
+template <typename acc_t>
+struct NllOp {
+  static constexpr int kIn = 3;  // u, mean, log_sigma
+  static constexpr int kOut = 0;
+  static constexpr bool kReduce = true;
+
+  __device__ __forceinline__ acc_t operator()(const acc_t (&in)[3], acc_t /*row_scalar*/,
+                                              acc_t (&/*out*/)[1]) const {
+    return nll_element(in[0], in[1], in[2], acc_t(0.5));
+  }
+};
+
+// (grad_u, grad_mean, grad_log_sigma) for the per-sample upstream gradient (row scalar).
+template <typename acc_t>
+struct NllBackwardOp {
+  static constexpr int kIn = 3;
+  static constexpr int kOut = 3;
+  static constexpr bool kReduce = false;
+
+  __device__ __forceinline__ acc_t operator()(const acc_t (&in)[3], acc_t grad,
+                                              acc_t (&out)[3]) const {
+    const NllGrads<acc_t> r = nll_element_grads(in[0], in[1], in[2], grad, acc_t(1));
+    out[0] = r.grad_u;
+    out[1] = acc_t(0) - r.grad_u;
+    out[2] = r.grad_log_sigma;
+    return acc_t(0);
+  }
+};
+
+}  // namespace
+
+at::Tensor gaussian_nll(const at::Tensor& u_, const at::Tensor& mean_,
+                        const at::Tensor& log_sigma_) {
+  const char* op = "ntm::gaussian_nll";
+  check_gaussian_nll(op, u_, mean_, log_sigma_);
+  check_on_cuda(op, "u", u_);
+  const DeviceScope scope(u_);
+  const at::Tensor u = u_.contiguous(), mean = mean_.contiguous(), ls = log_sigma_.contiguous();
+  const auto acc_options = u.options().dtype(acc_dtype(u.scalar_type()));
+  at::Tensor out = at::empty({u.size(0)}, acc_options);
+  const int64_t B = u.size(0), N = row_length(u);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "ntm::gaussian_nll",
+                                  [&] {
+    using acc_t = acc_type<scalar_t>;
+    launch_row_map<scalar_t>(
+        op, NllOp<acc_t>{},
+        {u.const_data_ptr<scalar_t>(), mean.const_data_ptr<scalar_t>(),
+         ls.const_data_ptr<scalar_t>()},
+        {nullptr}, nullptr, out.mutable_data_ptr<acc_t>(), /*negate=*/false, B, N,
+        acc_options, scope.stream());
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_nll_backward(
+    const at::Tensor& u_, const at::Tensor& mean_, const at::Tensor& log_sigma_,
+    const at::Tensor& grad_) {
+  const char* op = "ntm::gaussian_nll_backward";
+  check_gaussian_nll(op, u_, mean_, log_sigma_);
+  check_per_sample(op, "grad", grad_, "u", u_);
+  check_on_cuda(op, "u", u_);
+  const DeviceScope scope(u_);
+  const at::Tensor u = u_.contiguous(), mean = mean_.contiguous(), ls = log_sigma_.contiguous();
+  const at::Tensor grad = grad_.to(acc_dtype(u.scalar_type())).contiguous();
+  at::Tensor gu = at::empty(u.sizes(), u.options()), gm = at::empty(u.sizes(), u.options()),
+             gs = at::empty(u.sizes(), u.options());
+  const int64_t B = u.size(0), N = row_length(u);
+  const auto acc_options = u.options().dtype(acc_dtype(u.scalar_type()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "ntm::gaussian_nll_backward",
+                                  [&] {
+    using acc_t = acc_type<scalar_t>;
+    launch_row_map<scalar_t>(
+        op, NllBackwardOp<acc_t>{},
+        {u.const_data_ptr<scalar_t>(), mean.const_data_ptr<scalar_t>(),
+         ls.const_data_ptr<scalar_t>()},
+        {gu.mutable_data_ptr<scalar_t>(), gm.mutable_data_ptr<scalar_t>(),
+         gs.mutable_data_ptr<scalar_t>()},
+        grad.const_data_ptr<acc_t>(), nullptr, /*negate=*/false, B, N, acc_options,
+        scope.stream());
+  });
+  return {gu, gm, gs};
+}
+
+}  // namespace ntm::cuda
