@@ -123,7 +123,9 @@ print("smoke:", y.shape, ld.shape, bool(torch.isfinite(y).all()))
 cat "$LOGDIR/import.log" 2>/dev/null
 
 # ----------------------------------------------------------------------------- 4. tests
-step "pytest -m cuda" 180 pytest_cuda.log -- "$PY" -m pytest -q -m cuda tests -rfE \
+# NTM_CUDA_TESTS: the test paths to collect (default: all of tests/)
+# shellcheck disable=SC2086
+step "pytest -m cuda" 180 pytest_cuda.log -- "$PY" -m pytest -q -m cuda ${NTM_CUDA_TESTS:-tests} -rfE \
   --durations=8 --junitxml="$LOGDIR/pytest_cuda.xml"
 PYTEST_LINE=$(grep -E "(passed|failed|error|skipped|no tests ran)" "$LOGDIR/pytest_cuda.log" \
   2>/dev/null | tail -1)
