@@ -1,0 +1,14 @@
+"""NTM models: time grid and forward process, transporter, predictor, the NTM.
+
+* :mod:`.schedule` -- shifted time grid, Markov forward process, entropy, Gaussian reverse step
+* :mod:`.transporter` -- ``f_T``: conditional affine couplings over flat ``[B*T, D]`` rows
+* :mod:`.predictor` -- ``f_P``: block-causal Transformer over all levels, with a KV cache
+* :mod:`.guidance` -- classifier-free guidance of Gaussian steps
+* :mod:`.ntm` -- :class:`NTM`: likelihood, bits/dim bound, sampling, trajectory scores
+"""
+from .guidance import guide
+from .ntm import NTM
+from .predictor import TrajectoryPredictor, block_causal_mask
+from .transporter import Transporter
+
+__all__ = ["NTM", "Transporter", "TrajectoryPredictor", "block_causal_mask", "guide"]

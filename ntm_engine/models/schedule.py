@@ -1,0 +1,114 @@
+"""Time grid and the Markov forward process of an NTM (DESIGN.md section 1).
+
+All functions work per sample: a grid is ``t [B, T+1]`` with ``0 <= t_0 < ... < t_T = 1``.
+Data here is flat, ``[B, D]``; the model reshapes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "shifted",
+    "time_grid",
+    "forward_coefficients",
+    "forward_trajectory",
+    "forward_entropy",
+    "gaussian_reverse",
+    "level_covariance",
+]
+
+
+def shifted(r: Tensor, shift: float) -> Tensor:
+    """The shifted schedule ``t = shift*r / (1 + (shift-1)*r)`` (``shift = 1``: ``t = r``)."""
+    return shift * r / (1 + (shift - 1) * r)
+
+
+def time_grid(batch: int, steps: int, shift: float = 1.0,
+              t_min: Union[None, float, Tensor] = None, *,
+              device=None, dtype=torch.float32) -> Tensor:
+    """``t [batch, steps+1]``: ``t_k = shifted(k/steps)`` for ``k >= 1`` and ``t_0 = t_min``.
+
+    ``t_min`` is a number or a per-sample tensor ``[batch]`` (None: 0).  It must stay below
+    ``t_1`` so that the grid is strictly increasing.
+    """
+    if steps < 1:
+        raise ValueError(f"time_grid: steps must be >= 1, got {steps}")
+    r = torch.arange(steps + 1, device=device, dtype=torch.float64) / steps
+    grid = shifted(r, float(shift))
+    grid[-1] = 1.0
+    t = grid.to(dtype).unsqueeze(0).repeat(batch, 1)
+    if t_min is None:
+        t[:, 0] = 0.0
+    else:
+        t0 = torch.as_tensor(t_min, device=t.device, dtype=dtype)
+        # (checked only on the CPU: no device sync in a training step)
+        if t0.device.type == "cpu" and (bool((t0 < 0).any()) or bool((t0 >= t[:, 1]).any())):
+            raise ValueError(f"time_grid: t_min must lie in [0, t_1 = {float(grid[1]):.4g}) "
+                             f"for {steps} steps with shift {shift}")
+        t[:, 0] = t0
+    return t
+
+
+def forward_coefficients(t: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(a [B, T], s [B, T])`` of ``x_{t_k} = a_k x_{t_{k-1}} + s_k e_k`` for ``k = 1..T``:
+    ``a_k = (1-t_k)/(1-t_{k-1})``, ``s_k = sqrt(t_k^2 - a_k^2 t_{k-1}^2)``."""
+    lo, hi = t[:, :-1], t[:, 1:]
+    a = (1 - hi) / (1 - lo)
+    s2 = (hi * hi - a * a * lo * lo).clamp_min(0)
+    return a, s2.sqrt()
+
+
+def forward_trajectory(x: Tensor, t: Tensor, generator: Optional[torch.Generator] = None
+                       ) -> Tensor:
+    """A Markov forward trajectory ``X [B, T+1, D]`` from flat data ``x [B, D]`` on grid ``t``.
+
+    ``x_{t_0} = (1-t_0) x + t_0 e_0``, then ``x_{t_k} = a_k x_{t_{k-1}} + s_k e_k``; the
+    noise ``e [B, T+1, D]`` is drawn in one call from ``generator``.
+    """
+    B, D = x.shape
+    T = t.shape[1] - 1
+    e = torch.randn((B, T + 1, D), generator=generator, device=x.device, dtype=x.dtype)
+    a, s = forward_coefficients(t.to(x.dtype))
+    t0 = t[:, :1].to(x.dtype)
+    levels = [(1 - t0) * x + t0 * e[:, 0]]
+    for k in range(1, T + 1):
+        levels.append(a[:, k - 1:k] * levels[-1] + s[:, k - 1:k] * e[:, k])
+    return torch.stack(levels, dim=1)
+
+
+def forward_entropy(t: Tensor, dim: int) -> Tensor:
+    """``H_q [B]`` of ``q(x_{t_1..t_T} | x_{t_0})``: ``sum_k (D/2) log(2 pi e s_k^2)``."""
+    _, s = forward_coefficients(t)
+    return 0.5 * dim * (math.log(2 * math.pi * math.e) + 2 * torch.log(s)).sum(dim=1)
+
+
+def gaussian_reverse(s: Tensor, t: Tensor, mean: float = 0.0, std: float = 1.0
+                     ) -> Tuple[Tensor, Tensor, Tensor]:
+    """The exact reverse step ``q(x_s | x_t)`` (``s < t``) for data ``N(mean, std^2 I)``.
+
+    Returns ``(A, b, log_c)`` (shapes of ``s``) with ``q(x_s | x_t) = N(A x_t + b, c^2 I)``:
+    ``V_r = (1-r)^2 std^2 + r^2``, ``a = (1-t)/(1-s)``, ``A = a V_s / V_t``,
+    ``b = (1-s) mean - A (1-t) mean``, ``c^2 = V_s (t^2 - a^2 s^2) / V_t``.  At ``t = 1``:
+    ``A = 0`` and ``q(x_s | x_1) = q(x_s)``.  The predictor starts from this step.
+    """
+    v = std * std
+    vs = (1 - s) ** 2 * v + s * s
+    vt = (1 - t) ** 2 * v + t * t
+    a = (1 - t) / (1 - s)
+    A = a * vs / vt
+    b = (1 - s) * mean - A * (1 - t) * mean
+    c2 = vs * (t * t - a * a * s * s).clamp_min(0) / vt
+    return A, b, 0.5 * torch.log(c2.clamp_min(torch.finfo(c2.dtype).tiny))
+
+
+def level_covariance(t: Tensor) -> Tensor:
+    """``S [B, T, T]`` for levels ``t_0..t_{T-1}`` (``t [B, T+1]``): under ``q`` the levels given
+    ``x`` are ``N((1-t_i) x, S (x) I)`` with ``S_ij = min^2 (1-max) / (1-min)``."""
+    lv = t[:, :-1]
+    lo = torch.minimum(lv.unsqueeze(2), lv.unsqueeze(1))
+    hi = torch.maximum(lv.unsqueeze(2), lv.unsqueeze(1))
+    return lo * lo * (1 - hi) / (1 - lo)
