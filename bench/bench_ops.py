@@ -36,7 +36,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run_suite(SHAPES, [torch.float32, torch.bfloat16], "cpu", rounds=args.rounds)
     text = (f"# CPU op benchmark, {datetime.date.today()}\n\nMachine: {machine_description('cpu')}\n\n"
             "Medians of interleaved rounds in one process; ratios > 1 mean the fused op is faster "

@@ -45,15 +45,14 @@ std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_n
     run_row_tiles<acc>(B, N, logdet.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
                                                                int64_t end) {
       const int64_t base = row * N;
-      Vec sum(acc(0));
+      BlockedSum<acc> sum;
       for_each_vector<acc>(base + begin, base + end, [&](int64_t i, int64_t n) {
         const Vec s = soft_clamp(load(pl + i, n), vc, vic, cc.clamped);
         const Vec v = load(pi + i, n), b = load(pb + i, n);
         store(kInverse ? coupling_inverse(v, b, s) : coupling_forward(v, b, s), po + i, n);
-        sum += Vec::set(zero, s, n);
+        sum.add(Vec::set(zero, s, n));
       });
-      const acc total = lane_sum(sum, Vec::size());
-      return kInverse ? -total : total;
+      return kInverse ? -sum.total() : sum.total();
     });
   });
   return {out, logdet};
@@ -110,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backw
         store(g, pgb + i, n);
         store(r.grad_s * soft_clamp_grad(s, vic, one, cc.clamped), pgl + i, n);
       });
-      return acc(0);
+      return 0.0;
     });
   });
   return {x, gx, gb, gl};

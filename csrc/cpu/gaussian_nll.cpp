@@ -27,12 +27,11 @@ at::Tensor gaussian_nll(const at::Tensor& u_, const at::Tensor& mean_,
     run_row_tiles<acc>(B, N, out.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
                                                             int64_t end) {
       const int64_t base = row * N;
-      Vec sum(acc(0));
+      BlockedSum<acc> sum;
       for_each_vector<acc>(base + begin, base + end, [&](int64_t i, int64_t n) {
-        const Vec t = nll_element(load(pu + i, n), load(pm + i, n), load(ps + i, n), half);
-        sum += Vec::set(zero, t, n);
+        sum.add(Vec::set(zero, nll_element(load(pu + i, n), load(pm + i, n), load(ps + i, n), half), n));
       });
-      return lane_sum(sum, Vec::size());
+      return sum.total();
     });
   });
   return out;
@@ -68,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_nll_backward(
         store(zero - r.grad_u, pgm + i, n);
         store(r.grad_log_sigma, pgs + i, n);
       });
-      return acc(0);
+      return 0.0;
     });
   });
   return {gu, gm, gs};

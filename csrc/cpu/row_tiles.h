@@ -20,8 +20,8 @@ constexpr int64_t kTileElems = 16384;  // 64 KiB of float32 per input per tile
 template <typename scalar_t>
 using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-// Runs body(row, begin, end) -> acc over every tile of a B x N problem and writes the
-// per-row sum of the returned partials to row_out (if non-null).
+// Runs body(row, begin, end) -> double over every tile of a B x N problem and writes the
+// per-row sum of the returned partials (added in double) to row_out (if non-null).
 template <typename acc, typename Body>
 void run_row_tiles(int64_t B, int64_t N, acc* row_out, const Body& body) {
   if (B == 0) return;
@@ -33,21 +33,21 @@ void run_row_tiles(int64_t B, int64_t N, acc* row_out, const Body& body) {
   const int64_t tiles = B * tiles_per_row;
   const int64_t tile_len = std::min(N, kTileElems);
   const int64_t grain = std::max<int64_t>(1, 32768 / tile_len);
-  std::vector<acc> partial(row_out ? tiles : 0);
+  std::vector<double> partial(row_out ? tiles : 0);
   at::parallel_for(0, tiles, grain, [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
       const int64_t row = t / tiles_per_row;
       const int64_t begin = (t % tiles_per_row) * kTileElems;
       const int64_t end = std::min(N, begin + kTileElems);
-      const acc p = body(row, begin, end);
+      const double p = body(row, begin, end);
       if (row_out) partial[t] = p;
     }
   });
   if (!row_out) return;
   for (int64_t b = 0; b < B; ++b) {
-    acc total = 0;
+    double total = 0;
     for (int64_t k = 0; k < tiles_per_row; ++k) total += partial[b * tiles_per_row + k];
-    row_out[b] = total;
+    row_out[b] = static_cast<acc>(total);
   }
 }
 
@@ -85,15 +85,34 @@ inline void store(const at::vec::Vectorized<acc_t<scalar_t>>& v, scalar_t* p, in
   }
 }
 
-// Sum of the first `count` lanes, in lane order.
+// A tile's running sum: SIMD lanes accumulate blocks of kBlock vectors in the accumulation
+// type, and each block is added to a double total, so the error stays near float rounding of
+// the result instead of growing with the row length.
 template <typename T>
-inline T lane_sum(const at::vec::Vectorized<T>& v, int64_t count) {
-  alignas(64) T buf[at::vec::Vectorized<T>::size()];
-  v.store(buf);
-  T s = 0;
-  for (int64_t i = 0; i < count; ++i) s += buf[i];
-  return s;
-}
+class BlockedSum {
+ public:
+  static constexpr int kBlock = 16;
+  void add(const at::vec::Vectorized<T>& v) {
+    lanes_ += v;
+    if (++count_ == kBlock) flush();
+  }
+  double total() {
+    flush();
+    return total_;
+  }
+
+ private:
+  void flush() {
+    alignas(64) T buf[at::vec::Vectorized<T>::size()];
+    lanes_.store(buf);
+    for (int64_t i = 0; i < at::vec::Vectorized<T>::size(); ++i) total_ += buf[i];
+    lanes_ = at::vec::Vectorized<T>(T(0));
+    count_ = 0;
+  }
+  at::vec::Vectorized<T> lanes_{T(0)};
+  int count_ = 0;
+  double total_ = 0;
+};
 
 // Iterates [begin, end) in vector steps; the last step may be partial.  fn(offset, count).
 template <typename T, typename Fn>

@@ -16,7 +16,7 @@
 #endif
 
 #if !defined(__CUDACC__) && !defined(__HIPCC__)
-#include <ATen/cpu/vec/vec.h>
+#include "ntm/vec_math_cpu.h"
 #endif
 
 namespace ntm {
@@ -27,10 +27,10 @@ NTM_HD float ntm_tanh(float v) { return ::tanhf(v); }
 NTM_HD double ntm_tanh(double v) { return ::tanh(v); }
 
 #if !defined(__CUDACC__) && !defined(__HIPCC__)
-template <typename T>
-inline at::vec::Vectorized<T> ntm_exp(const at::vec::Vectorized<T>& v) { return v.exp(); }
-template <typename T>
-inline at::vec::Vectorized<T> ntm_tanh(const at::vec::Vectorized<T>& v) { return v.tanh(); }
+inline at::vec::Vectorized<double> ntm_exp(const at::vec::Vectorized<double>& v) { return v.exp(); }
+inline at::vec::Vectorized<double> ntm_tanh(const at::vec::Vectorized<double>& v) { return v.tanh(); }
+inline at::vec::Vectorized<float> ntm_exp(const at::vec::Vectorized<float>& v) { return cpu::fast_exp(v); }
+inline at::vec::Vectorized<float> ntm_tanh(const at::vec::Vectorized<float>& v) { return cpu::fast_tanh(v); }
 #endif
 
 // Soft clamp of the scale: s = clamp * tanh(l / clamp), or s = l when unclamped.
