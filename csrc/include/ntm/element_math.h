@@ -73,9 +73,10 @@ template <typename T>
 NTM_HD CouplingGrads<T> coupling_backward(
     const T& y, const T& shift, const T& s, const T& grad_y, const T& grad_logdet) {
   const T centred = y - shift;  // = x * exp(s)
+  const T e = ntm_exp(s);
   CouplingGrads<T> g;
-  g.x = centred * ntm_exp(T(0) - s);
-  g.grad_x = grad_y * ntm_exp(s);
+  g.x = centred / e;
+  g.grad_x = grad_y * e;
   g.grad_s = grad_y * centred + grad_logdet;
   return g;
 }
