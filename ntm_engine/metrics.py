@@ -1,0 +1,217 @@
+"""Evaluation metrics: bits/dim aggregation, Frechet distance, and a small digits classifier.
+
+* :func:`dataset_bits_per_dim` -- mean bits/dim (``t_0 = 0`` bound) of a model over a dataset.
+* :func:`sqrtm_psd`, :func:`frechet_distance` -- pure-torch (float64 eigendecomposition), no scipy.
+* :class:`DigitsClassifier` + :func:`load_or_train_classifier` -- a small CNN on the 8x8 digits,
+  trained with a fixed seed and cached on disk (``$NTM_CACHE_DIR`` or ``~/.cache/ntm_engine``),
+  whose penultimate features are the space of the Frechet distance.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .data import DIGITS_LEVELS, dequantize, load_digits
+
+# ----------------------------------------------------------------------------- bits/dim
+
+
+@torch.no_grad()
+def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+                         batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
+                         device=None) -> Dict[str, float]:
+    """Mean and standard error of ``model.bits_per_dim`` over ``x`` (fixed noise from ``seed``).
+
+    ``dequantize_data`` adds uniform noise of one grey level first (the bound is on the
+    dequantised density; ``levels`` sets the bin width ``2/levels``).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    g_data = torch.Generator().manual_seed(seed)
+    g_model = torch.Generator(device=device).manual_seed(seed + 1)
+    vals = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        if dequantize_data:
+            xb = dequantize(xb, levels, generator=g_data)
+        yb = None if y is None else y[i:i + batch_size].to(device)
+        vals.append(model.bits_per_dim(xb.to(device), yb, levels=levels, generator=g_model)
+                    .double().cpu())
+    v = torch.cat(vals)
+    n = len(v)
+    sem = float(v.std() / math.sqrt(n)) if n > 1 else float("nan")
+    return {"bpd": float(v.mean()), "bpd_sem": sem, "n": n}
+
+
+# ----------------------------------------------------------------------------- Frechet distance
+
+
+def sqrtm_psd(a: Tensor) -> Tensor:
+    """Principal square root of a symmetric positive semi-definite matrix (float64 ``eigh``)."""
+    a = a.double()
+    a = 0.5 * (a + a.T)
+    w, v = torch.linalg.eigh(a)
+    return (v * w.clamp_min(0).sqrt()) @ v.T
+
+
+def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
+    """``|mu1-mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)`` -- the squared 2-Wasserstein
+    distance between two Gaussians.  Symmetric-form square roots keep it real and stable."""
+    mu1, mu2 = mu1.detach().double(), mu2.detach().double()
+    sigma1, sigma2 = sigma1.detach().double(), sigma2.detach().double()
+    r1 = sqrtm_psd(sigma1)
+    m = r1 @ sigma2 @ r1
+    m = 0.5 * (m + m.T)
+    tr_cross = torch.linalg.eigvalsh(m).clamp_min(0).sqrt().sum()
+    d = float(((mu1 - mu2) ** 2).sum() + torch.trace(sigma1) + torch.trace(sigma2) - 2 * tr_cross)
+    return max(d, 0.0)
+
+
+def feature_stats(f: Tensor) -> Tuple[Tensor, Tensor]:
+    """Mean and (unbiased) covariance of features ``[N, d]`` in float64."""
+    f = f.detach().double()
+    mu = f.mean(0)
+    fc = f - mu
+    return mu, fc.T @ fc / max(len(f) - 1, 1)
+
+
+def frechet_distance_features(f1: Tensor, f2: Tensor) -> float:
+    return frechet_distance(*feature_stats(f1), *feature_stats(f2))
+
+
+# ----------------------------------------------------------------------------- classifier
+
+CLASSIFIER_VERSION = "mlp-v1"
+CLASSIFIER_SEED = 1234
+FEATURE_DIM = 128
+
+
+class DigitsClassifier(nn.Module):
+    """A small MLP for ``[B, 1, 8, 8]`` digits in [-1, 1]; ``features`` is the 128-d layer
+    before the logits (the Frechet distance's feature space)."""
+
+    def __init__(self, hidden: int = 256):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, FEATURE_DIM), nn.ReLU())
+        self.head = nn.Linear(FEATURE_DIM, 10)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("NTM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "ntm_engine"
+
+
+def default_classifier_path() -> Path:
+    return default_cache_dir() / f"digits_classifier_{CLASSIFIER_VERSION}.safetensors"
+
+
+def train_classifier(epochs: int = 30, batch_size: int = 64, seed: int = CLASSIFIER_SEED,
+                     log=None) -> Tuple[DigitsClassifier, float]:
+    """Train on the train split (dequantisation noise and +-1 pixel shifts as augmentation);
+    return the model (eval mode) and its test-split accuracy.  Runs on one thread: the net is
+    tiny, and on shared cores extra threads only make it slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_classifier(epochs, batch_size, seed, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_classifier(epochs, batch_size, seed, log):
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = DigitsClassifier()
+    x, y = load_digits("train")
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(x) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            xb = dequantize(x[idx], DIGITS_LEVELS, generator=g)
+            shift = torch.randint(-1, 2, (2,), generator=g).tolist()
+            if torch.rand((), generator=g) < 0.5:
+                xb = torch.roll(xb, shifts=shift, dims=(2, 3))
+            loss = F.cross_entropy(net(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    acc = classifier_accuracy(net, *load_digits("test"))
+    if log:
+        log(f"trained digits classifier: test accuracy {acc:.4f}")
+    return net, acc
+
+
+@torch.no_grad()
+def classifier_accuracy(net: DigitsClassifier, x: Tensor, y: Tensor) -> float:
+    return float((net(x).argmax(1) == y).float().mean())
+
+
+def load_or_train_classifier(path=None, log=None) -> Tuple[DigitsClassifier, Dict[str, str]]:
+    """The cached classifier at ``path`` (default :func:`default_classifier_path`), training and
+    caching it (atomically) first if it is missing or unreadable."""
+    from safetensors.torch import load_file, save
+    from .checkpoint import atomic_write_bytes
+
+    path = Path(path) if path is not None else default_classifier_path()
+    if path.exists():
+        try:
+            from safetensors import safe_open
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("version") != CLASSIFIER_VERSION:
+                raise ValueError(f"version {meta.get('version')!r} != {CLASSIFIER_VERSION!r}")
+            net = DigitsClassifier()
+            net.load_state_dict(load_file(str(path)))
+            net.eval()
+            return net, dict(meta, path=str(path), cached="true")
+        except Exception as e:  # corrupt or stale cache: retrain
+            if log:
+                log(f"cached classifier {path} unusable ({e}); retraining")
+    net, acc = train_classifier(log=log)
+    meta = {"version": CLASSIFIER_VERSION, "seed": str(CLASSIFIER_SEED), "test_accuracy": f"{acc:.6f}"}
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in net.state_dict().items()}, meta))
+    return net, dict(meta, path=str(path), cached="false")
+
+
+def quantize_digits(x: Tensor, levels: int = DIGITS_LEVELS) -> Tensor:
+    """Clamp to [-1, 1] and snap to the bin centres of ``levels`` grey levels (like the data)."""
+    v = ((x.clamp(-1, 1) + 1) / 2 * levels).floor().clamp(0, levels - 1)
+    return (v + 0.5) / levels * 2 - 1
+
+
+@torch.no_grad()
+def sample_quality(net: DigitsClassifier, samples: Tensor, labels: Optional[Tensor],
+                   reference: Tensor) -> Dict[str, float]:
+    """Classifier accuracy of (class-conditional) samples and the Frechet distance between the
+    classifier features of the samples and of ``reference`` images.  Samples are quantised to
+    the data's grey levels first."""
+    s = quantize_digits(samples.float().cpu())
+    logits = net(s)
+    pred = logits.argmax(1)
+    out: Dict[str, float] = {}
+    if labels is not None:
+        out["class_accuracy"] = float((pred == labels.cpu()).float().mean())
+    hist = torch.bincount(pred, minlength=10).double() / len(pred)
+    out["predicted_class_entropy_bits"] = float(-(hist[hist > 0] * hist[hist > 0].log2()).sum())
+    out["mean_max_softmax"] = float(logits.softmax(1).max(1).values.mean())
+    out["frechet_distance"] = frechet_distance_features(net.features(s), net.features(reference))
+    return out

@@ -1,0 +1,121 @@
+"""Figures: digit grids (Pillow, upscaled so a person can see them), toy scatter plots and
+training curves (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _save_png(img, path) -> Path:
+    from .checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def digit_grid_image(images: Tensor, nrow: int = 10, scale: int = 8, pad: int = 2,
+                     labels: Optional[Sequence[Any]] = None):
+    """A Pillow image of ``images [N, 1, H, W]`` (values in [-1, 1], clamped), ``nrow`` per
+    row, each pixel upscaled to ``scale x scale`` (nearest), ``pad`` grey pixels between."""
+    from PIL import Image
+
+    x = images.detach().float().cpu()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected images [N, 1, H, W], got {list(images.shape)}")
+    n, _, h, w = x.shape
+    nrow = max(1, min(nrow, n)) if n else 1
+    ncol_rows = max(1, math.ceil(n / nrow))
+    cell_h, cell_w = h * scale + pad, w * scale + pad
+    canvas = torch.full((ncol_rows * cell_h + pad, nrow * cell_w + pad), 128, dtype=torch.uint8)
+    pix = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0]
+    pix = pix.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        top, left = pad + r * cell_h, pad + c * cell_w
+        canvas[top:top + h * scale, left:left + w * scale] = pix[i]
+    return Image.fromarray(canvas.numpy(), mode="L")
+
+
+def save_digit_grid(images: Tensor, path, nrow: int = 10, scale: int = 8,
+                    title: Optional[str] = None) -> Path:
+    """Write a digit grid PNG (see :func:`digit_grid_image`); returns the path."""
+    img = digit_grid_image(images, nrow=nrow, scale=scale)
+    if title:
+        from PIL import Image, ImageDraw
+
+        framed = Image.new("L", (img.width, img.height + 14), 255)
+        framed.paste(img, (0, 14))
+        ImageDraw.Draw(framed).text((2, 1), title, fill=0)
+        img = framed
+    return _save_png(img, path)
+
+
+def _figure(figsize):
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=100)
+
+
+def _save_fig(fig, path) -> Path:
+    from .checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def save_toy_scatter(samples: Tensor, path, reference: Optional[Tensor] = None,
+                     title: Optional[str] = None, lim: float = 3.0) -> Path:
+    """Scatter plot of 2-D ``samples [N, 2]`` (and the ``reference`` data beside them)."""
+    s = samples.detach().float().cpu()
+    panels = [("samples", s)] + ([("data", reference.detach().float().cpu())]
+                                 if reference is not None else [])
+    fig = _figure((4 * len(panels), 4))
+    for i, (name, pts) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1.5, alpha=0.5,
+                   color="C0" if name == "samples" else "C1")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_title(f"{title} - {name}" if title else name, fontsize=9)
+    return _save_fig(fig, path)
+
+
+def plot_metrics(records: List[Dict[str, Any]], path) -> Path:
+    """Training loss, train bits/dim and test bits/dim against the step."""
+    train = [r for r in records if r.get("type") == "train"]
+    evals = [r for r in records if r.get("type") == "eval" and "test_bpd" in r]
+    fig = _figure((9, 3.5))
+    ax1 = fig.add_subplot(1, 2, 1)
+    if train:
+        ax1.plot([r["step"] for r in train], [r["loss_per_dim"] for r in train], lw=1)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("trajectory NLL (nats/dim)")
+    ax1.set_title("training loss", fontsize=9)
+    ax2 = fig.add_subplot(1, 2, 2)
+    if train:
+        ax2.plot([r["step"] for r in train], [r["train_bpd"] for r in train], lw=1,
+                 label="train batch")
+    if evals:
+        ax2.plot([r["step"] for r in evals], [r["test_bpd"] for r in evals], "o-", ms=3,
+                 label="test (EMA)")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("bits/dim (t0 = 0 bound)")
+    ax2.legend(fontsize=8)
+    ax2.set_title("bits/dim", fontsize=9)
+    return _save_fig(fig, path)
