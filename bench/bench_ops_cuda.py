@@ -31,6 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from a source checkout that is not installed
     sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import timing  # noqa: E402
 from ntm_engine import ops  # noqa: E402
 from ntm_engine import reference as R  # noqa: E402
 
@@ -106,37 +108,9 @@ def variants(case: Case, t, compile_twin: bool) -> Dict[str, Optional[Callable[[
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 7, inner: int = 10,
                      warmup: int = 3, device: str = "cuda") -> Dict[str, float]:
-    """Median seconds per call of each candidate, round-robin, CUDA events around `inner`
-    calls (wall clock on the CPU, which only serves to smoke-test this script)."""
-    cuda = device.startswith("cuda")
+    """Median seconds per call of each candidate (bench/timing.py), without autograd."""
     with torch.no_grad():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        if cuda:
-            torch.cuda.synchronize()
-        samples: Dict[str, List[float]] = {k: [] for k in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                if cuda:
-                    start = torch.cuda.Event(enable_timing=True)
-                    stop = torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    for _ in range(inner):
-                        fn()
-                    stop.record()
-                    stop.synchronize()
-                    samples[name].append(start.elapsed_time(stop) / 1e3 / inner)
-                else:
-                    t0 = time.perf_counter()
-                    for _ in range(inner):
-                        fn()
-                    samples[name].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-HEADER = ["op", "dtype", "fused ms", "fused GB/s", "copy_/fused", "eager ms", "compile ms",
-          "eager/fused", "compile/fused", "copy_ ms", "copy_ GB/s"]
+        return timing.time_interleaved(fns, device, rounds=rounds, inner=inner, warmup=warmup)
 
 
 def fmt(v) -> str:

@@ -16,10 +16,4 @@ TORCH_LIBRARY(ntm, m) {
         " -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(ntm, CPU, m) {
-  m.impl("affine_coupling", &ntm::cpu::affine_coupling);
-  m.impl("affine_coupling_inverse", &ntm::cpu::affine_coupling_inverse);
-  m.impl("affine_coupling_backward", &ntm::cpu::affine_coupling_backward);
-  m.impl("gaussian_nll", &ntm::cpu::gaussian_nll);
-  m.impl("gaussian_nll_backward", &ntm::cpu::gaussian_nll_backward);
-}
+TORCH_LIBRARY_IMPL(ntm, CPU, m) { NTM_REGISTER_IMPLS(m, ntm::cpu); }

@@ -23,14 +23,6 @@ TINY = ["--width", "32", "--depth", "1", "--heads", "2", "--transporter-layers",
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
 def fast_classifier(tmp_path_factory, monkeypatch):
     """A classifier cache private to these tests, trained briefly (plumbing, not quality)."""
     monkeypatch.setenv("NTM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ntm_cache"))

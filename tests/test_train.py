@@ -11,15 +11,6 @@ from ntm_engine.train import (EMA, ConfigError, DataSource, NonFiniteLossError, 
                               config_differences, derive_seed, learning_rate, make_config,
                               read_metrics)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, above all on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(width=32, depth=1, heads=2, transporter_layers=2, transporter_hidden=32)
 
 

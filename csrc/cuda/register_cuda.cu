@@ -5,10 +5,4 @@
 
 #include <torch/library.h>
 
-TORCH_LIBRARY_IMPL(ntm, CUDA, m) {
-  m.impl("affine_coupling", &ntm::cuda::affine_coupling);
-  m.impl("affine_coupling_inverse", &ntm::cuda::affine_coupling_inverse);
-  m.impl("affine_coupling_backward", &ntm::cuda::affine_coupling_backward);
-  m.impl("gaussian_nll", &ntm::cuda::gaussian_nll);
-  m.impl("gaussian_nll_backward", &ntm::cuda::gaussian_nll_backward);
-}
+TORCH_LIBRARY_IMPL(ntm, CUDA, m) { NTM_REGISTER_IMPLS(m, ntm::cuda); }
