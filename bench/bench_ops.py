@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from op_suite import HEADER, candidates, machine_description, make_tensors, op_cases, run_suite  # noqa: E402
-from timing import markdown_table  # noqa: E402
+from timing import emit_report, markdown_table  # noqa: E402
 
 SHAPES = [(4096, 1024), (256, 256)]
 
@@ -44,10 +44,7 @@ def main() -> None:
     text = (f"# CPU op benchmark, {datetime.date.today()}\n\nMachine: {machine_description('cpu')}\n\n"
             "Medians of interleaved rounds in one process; ratios > 1 mean the fused op is faster "
             "(copy_/fused: fraction of copy_ bandwidth reached).\n\n" + markdown_table(HEADER, rows) + "\n")
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit_report(text, args.out)
 
 
 if __name__ == "__main__":

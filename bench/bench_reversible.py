@@ -43,6 +43,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, when not pip-installed
+sys.path.insert(0, HERE)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -50,6 +51,7 @@ from torch import Tensor, nn  # noqa: E402
 from torch.utils.checkpoint import checkpoint  # noqa: E402
 
 from ntm_engine.nn import AffineCoupling, InvertibleSequential  # noqa: E402
+from timing import emit_report  # noqa: E402
 
 BATCH, DIM, HIDDEN, COND_DEPTH = 256, 1024, 1024, 1
 DEPTHS = (8, 16, 32, 64)
@@ -370,10 +372,7 @@ def main(argv=None) -> None:
             f"Date: {datetime.date.today()}; machine: {machine(args.device)}; "
             f"input {BATCH} x {DIM} float32, conditioner {DIM // 2}->{HIDDEN}->{DIM}; "
             f"total {time.time() - t0:.0f} s.\n\n" + table(rows) + "\n")
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit_report(text, args.out)
 
 
 if __name__ == "__main__":

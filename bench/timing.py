@@ -50,3 +50,11 @@ def markdown_table(header: List[str], rows: List[List[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def emit_report(text: str, path=None) -> None:
+    """Print a benchmark report and, if ``path`` is given, write it there too."""
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text)

@@ -3,10 +3,9 @@
 #include "cpu/cpu_ops.h"
 #include "cpu/row_tiles.h"
 #include "ntm/element_math.h"
-#include "ntm/op_checks.h"
+#include "ntm/op_io.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 
 namespace ntm::cpu {
 namespace {
@@ -27,22 +26,18 @@ std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_n
                                                 const at::Tensor& in_, const at::Tensor& shift_,
                                                 const at::Tensor& logits_,
                                                 const std::optional<double>& clamp) {
-  check_affine_coupling(op, in_name, in_, shift_, logits_, clamp);
-  const at::Tensor in = in_.contiguous(), shift = shift_.contiguous(),
-                   logits = logits_.contiguous();
-  at::Tensor out = at::empty(in.sizes(), in.options());
-  at::Tensor logdet = at::empty({in.size(0)}, in.options().dtype(acc_dtype(in.scalar_type())));
-  const int64_t B = in.size(0), N = row_length(in);
+  const CouplingMapIO io = prepare_coupling_map(op, in_name, in_, shift_, logits_, clamp);
+  const int64_t B = io.rows, N = io.n;
   const ClampConsts cc(clamp);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.scalar_type(), "coupling_map", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.in.scalar_type(), "coupling_map", [&] {
     using acc = acc_t<scalar_t>;
     using Vec = Vectorized<acc>;
-    const scalar_t* pi = in.const_data_ptr<scalar_t>();
-    const scalar_t* pb = shift.const_data_ptr<scalar_t>();
-    const scalar_t* pl = logits.const_data_ptr<scalar_t>();
-    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* pi = io.in.const_data_ptr<scalar_t>();
+    const scalar_t* pb = io.shift.const_data_ptr<scalar_t>();
+    const scalar_t* pl = io.logits.const_data_ptr<scalar_t>();
+    scalar_t* po = io.out.mutable_data_ptr<scalar_t>();
     const Vec vc(static_cast<acc>(cc.clamp)), vic(static_cast<acc>(cc.inv_clamp)), zero(acc(0));
-    run_row_tiles<acc>(B, N, logdet.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
+    run_row_tiles<acc>(B, N, io.logdet.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
                                                                int64_t end) {
       const int64_t base = row * N;
       BlockedSum<acc> sum;
@@ -55,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_n
       return kInverse ? -sum.total() : sum.total();
     });
   });
-  return {out, logdet};
+  return {io.out, io.logdet};
 }
 
 }  // namespace
@@ -77,25 +72,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backw
     const at::Tensor& y_, const at::Tensor& shift_, const at::Tensor& logits_,
     const at::Tensor& grad_y_, const std::optional<at::Tensor>& grad_logdet,
     std::optional<double> clamp) {
-  check_affine_coupling_backward(y_, shift_, logits_, grad_y_, grad_logdet, clamp);
-  const at::Tensor y = y_.contiguous(), shift = shift_.contiguous(),
-                   logits = logits_.contiguous(), gy = grad_y_.contiguous();
-  const bool has_gld = grad_logdet.has_value() && grad_logdet->defined();
-  const at::Tensor gld =
-      has_gld ? grad_logdet->to(acc_dtype(y.scalar_type())).contiguous() : at::Tensor();
-  at::Tensor x = at::empty(y.sizes(), y.options()), gx = at::empty(y.sizes(), y.options()),
-             gb = at::empty(y.sizes(), y.options()), gl = at::empty(y.sizes(), y.options());
-  const int64_t B = y.size(0), N = row_length(y);
+  const CouplingBackwardIO io =
+      prepare_coupling_backward(y_, shift_, logits_, grad_y_, grad_logdet, clamp);
+  const int64_t B = io.rows, N = io.n;
   const ClampConsts cc(clamp);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.y.scalar_type(),
                                   "ntm::affine_coupling_backward", [&] {
     using acc = acc_t<scalar_t>;
     using Vec = Vectorized<acc>;
-    const scalar_t *py = y.const_data_ptr<scalar_t>(), *pb = shift.const_data_ptr<scalar_t>(),
-                   *pl = logits.const_data_ptr<scalar_t>(), *pg = gy.const_data_ptr<scalar_t>();
-    const acc* pgld = has_gld ? gld.const_data_ptr<acc>() : nullptr;
-    scalar_t *px = x.mutable_data_ptr<scalar_t>(), *pgx = gx.mutable_data_ptr<scalar_t>(),
-             *pgb = gb.mutable_data_ptr<scalar_t>(), *pgl = gl.mutable_data_ptr<scalar_t>();
+    const scalar_t *py = io.y.const_data_ptr<scalar_t>(),
+                   *pb = io.shift.const_data_ptr<scalar_t>(),
+                   *pl = io.logits.const_data_ptr<scalar_t>(),
+                   *pg = io.grad_y.const_data_ptr<scalar_t>();
+    const acc* pgld = io.grad_logdet.defined() ? io.grad_logdet.const_data_ptr<acc>() : nullptr;
+    scalar_t *px = io.x.mutable_data_ptr<scalar_t>(), *pgx = io.grad_x.mutable_data_ptr<scalar_t>(),
+             *pgb = io.grad_shift.mutable_data_ptr<scalar_t>(),
+             *pgl = io.grad_logits.mutable_data_ptr<scalar_t>();
     const Vec vc(static_cast<acc>(cc.clamp)), vic(static_cast<acc>(cc.inv_clamp)), one(acc(1));
     run_row_tiles<acc>(B, N, nullptr, [&](int64_t row, int64_t begin, int64_t end) {
       const int64_t base = row * N;
@@ -112,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backw
       return 0.0;
     });
   });
-  return {x, gx, gb, gl};
+  return {io.x, io.grad_x, io.grad_shift, io.grad_logits};
 }
 
 }  // namespace ntm::cpu

@@ -2,10 +2,9 @@
 #include "cpu/cpu_ops.h"
 #include "cpu/row_tiles.h"
 #include "ntm/element_math.h"
-#include "ntm/op_checks.h"
+#include "ntm/op_io.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 
 namespace ntm::cpu {
 
@@ -13,18 +12,16 @@ using at::vec::Vectorized;
 
 at::Tensor gaussian_nll(const at::Tensor& u_, const at::Tensor& mean_,
                         const at::Tensor& log_sigma_) {
-  check_gaussian_nll("ntm::gaussian_nll", u_, mean_, log_sigma_);
-  const at::Tensor u = u_.contiguous(), mean = mean_.contiguous(), ls = log_sigma_.contiguous();
-  at::Tensor out = at::empty({u.size(0)}, u.options().dtype(acc_dtype(u.scalar_type())));
-  const int64_t B = u.size(0), N = row_length(u);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "ntm::gaussian_nll",
+  const NllIO io = prepare_nll("ntm::gaussian_nll", u_, mean_, log_sigma_, nullptr);
+  const int64_t B = io.rows, N = io.n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.u.scalar_type(), "ntm::gaussian_nll",
                                   [&] {
     using acc = acc_t<scalar_t>;
     using Vec = Vectorized<acc>;
-    const scalar_t *pu = u.const_data_ptr<scalar_t>(), *pm = mean.const_data_ptr<scalar_t>(),
-                   *ps = ls.const_data_ptr<scalar_t>();
+    const scalar_t *pu = io.u.const_data_ptr<scalar_t>(), *pm = io.mean.const_data_ptr<scalar_t>(),
+                   *ps = io.log_sigma.const_data_ptr<scalar_t>();
     const Vec half(acc(0.5)), zero(acc(0));
-    run_row_tiles<acc>(B, N, out.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
+    run_row_tiles<acc>(B, N, io.nll.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
                                                             int64_t end) {
       const int64_t base = row * N;
       BlockedSum<acc> sum;
@@ -34,28 +31,24 @@ at::Tensor gaussian_nll(const at::Tensor& u_, const at::Tensor& mean_,
       return sum.total();
     });
   });
-  return out;
+  return io.nll;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_nll_backward(
     const at::Tensor& u_, const at::Tensor& mean_, const at::Tensor& log_sigma_,
     const at::Tensor& grad_) {
-  const char* op = "ntm::gaussian_nll_backward";
-  check_gaussian_nll(op, u_, mean_, log_sigma_);
-  check_per_sample(op, "grad", grad_, "u", u_);
-  const at::Tensor u = u_.contiguous(), mean = mean_.contiguous(), ls = log_sigma_.contiguous();
-  const at::Tensor grad = grad_.to(acc_dtype(u.scalar_type())).contiguous();
-  at::Tensor gu = at::empty(u.sizes(), u.options()), gm = at::empty(u.sizes(), u.options()),
-             gs = at::empty(u.sizes(), u.options());
-  const int64_t B = u.size(0), N = row_length(u);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "ntm::gaussian_nll_backward", [&] {
+  const NllIO io = prepare_nll("ntm::gaussian_nll_backward", u_, mean_, log_sigma_, &grad_);
+  const int64_t B = io.rows, N = io.n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.u.scalar_type(),
+                                  "ntm::gaussian_nll_backward", [&] {
     using acc = acc_t<scalar_t>;
     using Vec = Vectorized<acc>;
-    const scalar_t *pu = u.const_data_ptr<scalar_t>(), *pm = mean.const_data_ptr<scalar_t>(),
-                   *ps = ls.const_data_ptr<scalar_t>();
-    const acc* pg = grad.const_data_ptr<acc>();
-    scalar_t *pgu = gu.mutable_data_ptr<scalar_t>(), *pgm = gm.mutable_data_ptr<scalar_t>(),
-             *pgs = gs.mutable_data_ptr<scalar_t>();
+    const scalar_t *pu = io.u.const_data_ptr<scalar_t>(), *pm = io.mean.const_data_ptr<scalar_t>(),
+                   *ps = io.log_sigma.const_data_ptr<scalar_t>();
+    const acc* pg = io.grad.const_data_ptr<acc>();
+    scalar_t *pgu = io.grad_u.mutable_data_ptr<scalar_t>(),
+             *pgm = io.grad_mean.mutable_data_ptr<scalar_t>(),
+             *pgs = io.grad_log_sigma.mutable_data_ptr<scalar_t>();
     const Vec one(acc(1)), zero(acc(0));
     run_row_tiles<acc>(B, N, nullptr, [&](int64_t row, int64_t begin, int64_t end) {
       const int64_t base = row * N;
@@ -70,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_nll_backward(
       return 0.0;
     });
   });
-  return {gu, gm, gs};
+  return {io.grad_u, io.grad_mean, io.grad_log_sigma};
 }
 
 }  // namespace ntm::cpu

@@ -5,10 +5,9 @@
 #include "row_map.cuh"
 
 #include "ntm/element_math.h"
-#include "ntm/op_checks.h"
+#include "ntm/op_io.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 
 namespace ntm::cuda {
 namespace {
@@ -65,27 +64,22 @@ std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_n
                                                 const at::Tensor& in_, const at::Tensor& shift_,
                                                 const at::Tensor& logits_,
                                                 const std::optional<double>& clamp) {
-  check_affine_coupling(op, in_name, in_, shift_, logits_, clamp);
   check_on_cuda(op, in_name, in_);
   const DeviceScope scope(in_);
-  const at::Tensor in = in_.contiguous(), shift = shift_.contiguous(),
-                   logits = logits_.contiguous();
-  at::Tensor out = at::empty(in.sizes(), in.options());
-  const auto acc_options = in.options().dtype(acc_dtype(in.scalar_type()));
-  at::Tensor logdet = at::empty({in.size(0)}, acc_options);
-  const int64_t B = in.size(0), N = row_length(in);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.scalar_type(), "ntm::coupling_map",
+  const CouplingMapIO io = prepare_coupling_map(op, in_name, in_, shift_, logits_, clamp);
+  const auto acc_options = io.logdet.options();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.in.scalar_type(), "ntm::coupling_map",
                                   [&] {
     using acc_t = acc_type<scalar_t>;
     const CouplingMapOp<acc_t, kInverse> fn{ClampArgs<acc_t>(clamp)};
     launch_row_map<scalar_t>(
         op, fn,
-        {in.const_data_ptr<scalar_t>(), shift.const_data_ptr<scalar_t>(),
-         logits.const_data_ptr<scalar_t>()},
-        {out.mutable_data_ptr<scalar_t>()}, nullptr, logdet.mutable_data_ptr<acc_t>(),
-        /*negate=*/kInverse, B, N, acc_options, scope.stream());
+        {io.in.const_data_ptr<scalar_t>(), io.shift.const_data_ptr<scalar_t>(),
+         io.logits.const_data_ptr<scalar_t>()},
+        {io.out.mutable_data_ptr<scalar_t>()}, nullptr, io.logdet.mutable_data_ptr<acc_t>(),
+        /*negate=*/kInverse, io.rows, io.n, acc_options, scope.stream());
   });
-  return {out, logdet};
+  return {io.out, io.logdet};
 }
 
 }  // namespace
@@ -108,32 +102,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backw
     const at::Tensor& grad_y_, const std::optional<at::Tensor>& grad_logdet,
     std::optional<double> clamp) {
   const char* op = "ntm::affine_coupling_backward";
-  check_affine_coupling_backward(y_, shift_, logits_, grad_y_, grad_logdet, clamp);
   check_on_cuda(op, "y", y_);
   const DeviceScope scope(y_);
-  const at::Tensor y = y_.contiguous(), shift = shift_.contiguous(),
-                   logits = logits_.contiguous(), gy = grad_y_.contiguous();
-  const bool has_gld = grad_logdet.has_value() && grad_logdet->defined();
-  const at::Tensor gld =
-      has_gld ? grad_logdet->to(acc_dtype(y.scalar_type())).contiguous() : at::Tensor();
-  at::Tensor x = at::empty(y.sizes(), y.options()), gx = at::empty(y.sizes(), y.options()),
-             gb = at::empty(y.sizes(), y.options()), gl = at::empty(y.sizes(), y.options());
-  const int64_t B = y.size(0), N = row_length(y);
-  const auto acc_options = y.options().dtype(acc_dtype(y.scalar_type()));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(),
+  const CouplingBackwardIO io =
+      prepare_coupling_backward(y_, shift_, logits_, grad_y_, grad_logdet, clamp);
+  const auto acc_options = io.y.options().dtype(acc_dtype(io.y.scalar_type()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.y.scalar_type(),
                                   "ntm::affine_coupling_backward", [&] {
     using acc_t = acc_type<scalar_t>;
     const CouplingBackwardOp<acc_t> fn{ClampArgs<acc_t>(clamp)};
     launch_row_map<scalar_t>(
         op, fn,
-        {y.const_data_ptr<scalar_t>(), shift.const_data_ptr<scalar_t>(),
-         logits.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>()},
-        {x.mutable_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
-         gb.mutable_data_ptr<scalar_t>(), gl.mutable_data_ptr<scalar_t>()},
-        has_gld ? gld.const_data_ptr<acc_t>() : nullptr, nullptr, /*negate=*/false, B, N,
-        acc_options, scope.stream());
+        {io.y.const_data_ptr<scalar_t>(), io.shift.const_data_ptr<scalar_t>(),
+         io.logits.const_data_ptr<scalar_t>(), io.grad_y.const_data_ptr<scalar_t>()},
+        {io.x.mutable_data_ptr<scalar_t>(), io.grad_x.mutable_data_ptr<scalar_t>(),
+         io.grad_shift.mutable_data_ptr<scalar_t>(), io.grad_logits.mutable_data_ptr<scalar_t>()},
+        io.grad_logdet.defined() ? io.grad_logdet.const_data_ptr<acc_t>() : nullptr, nullptr,
+        /*negate=*/false, io.rows, io.n, acc_options, scope.stream());
   });
-  return {x, gx, gb, gl};
+  return {io.x, io.grad_x, io.grad_shift, io.grad_logits};
 }
 
 }  // namespace ntm::cuda

@@ -4,10 +4,9 @@
 #include "row_map.cuh"
 
 #include "ntm/element_math.h"
-#include "ntm/op_checks.h"
+#include "ntm/op_io.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 
 namespace ntm::cuda {
 namespace {
@@ -47,53 +46,44 @@ struct NllBackwardOp {
 at::Tensor gaussian_nll(const at::Tensor& u_, const at::Tensor& mean_,
                         const at::Tensor& log_sigma_) {
   const char* op = "ntm::gaussian_nll";
-  check_gaussian_nll(op, u_, mean_, log_sigma_);
   check_on_cuda(op, "u", u_);
   const DeviceScope scope(u_);
-  const at::Tensor u = u_.contiguous(), mean = mean_.contiguous(), ls = log_sigma_.contiguous();
-  const auto acc_options = u.options().dtype(acc_dtype(u.scalar_type()));
-  at::Tensor out = at::empty({u.size(0)}, acc_options);
-  const int64_t B = u.size(0), N = row_length(u);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "ntm::gaussian_nll",
+  const NllIO io = prepare_nll(op, u_, mean_, log_sigma_, nullptr);
+  const auto acc_options = io.nll.options();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.u.scalar_type(), "ntm::gaussian_nll",
                                   [&] {
     using acc_t = acc_type<scalar_t>;
     launch_row_map<scalar_t>(
         op, NllOp<acc_t>{},
-        {u.const_data_ptr<scalar_t>(), mean.const_data_ptr<scalar_t>(),
-         ls.const_data_ptr<scalar_t>()},
-        {nullptr}, nullptr, out.mutable_data_ptr<acc_t>(), /*negate=*/false, B, N,
+        {io.u.const_data_ptr<scalar_t>(), io.mean.const_data_ptr<scalar_t>(),
+         io.log_sigma.const_data_ptr<scalar_t>()},
+        {nullptr}, nullptr, io.nll.mutable_data_ptr<acc_t>(), /*negate=*/false, io.rows, io.n,
         acc_options, scope.stream());
   });
-  return out;
+  return io.nll;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_nll_backward(
     const at::Tensor& u_, const at::Tensor& mean_, const at::Tensor& log_sigma_,
     const at::Tensor& grad_) {
   const char* op = "ntm::gaussian_nll_backward";
-  check_gaussian_nll(op, u_, mean_, log_sigma_);
-  check_per_sample(op, "grad", grad_, "u", u_);
   check_on_cuda(op, "u", u_);
   const DeviceScope scope(u_);
-  const at::Tensor u = u_.contiguous(), mean = mean_.contiguous(), ls = log_sigma_.contiguous();
-  const at::Tensor grad = grad_.to(acc_dtype(u.scalar_type())).contiguous();
-  at::Tensor gu = at::empty(u.sizes(), u.options()), gm = at::empty(u.sizes(), u.options()),
-             gs = at::empty(u.sizes(), u.options());
-  const int64_t B = u.size(0), N = row_length(u);
-  const auto acc_options = u.options().dtype(acc_dtype(u.scalar_type()));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "ntm::gaussian_nll_backward",
+  const NllIO io = prepare_nll(op, u_, mean_, log_sigma_, &grad_);
+  const auto acc_options = io.grad.options();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.u.scalar_type(), "ntm::gaussian_nll_backward",
                                   [&] {
     using acc_t = acc_type<scalar_t>;
     launch_row_map<scalar_t>(
         op, NllBackwardOp<acc_t>{},
-        {u.const_data_ptr<scalar_t>(), mean.const_data_ptr<scalar_t>(),
-         ls.const_data_ptr<scalar_t>()},
-        {gu.mutable_data_ptr<scalar_t>(), gm.mutable_data_ptr<scalar_t>(),
-         gs.mutable_data_ptr<scalar_t>()},
-        grad.const_data_ptr<acc_t>(), nullptr, /*negate=*/false, B, N, acc_options,
+        {io.u.const_data_ptr<scalar_t>(), io.mean.const_data_ptr<scalar_t>(),
+         io.log_sigma.const_data_ptr<scalar_t>()},
+        {io.grad_u.mutable_data_ptr<scalar_t>(), io.grad_mean.mutable_data_ptr<scalar_t>(),
+         io.grad_log_sigma.mutable_data_ptr<scalar_t>()},
+        io.grad.const_data_ptr<acc_t>(), nullptr, /*negate=*/false, io.rows, io.n, acc_options,
         scope.stream());
   });
-  return {gu, gm, gs};
+  return {io.grad_u, io.grad_mean, io.grad_log_sigma};
 }
 
 }  // namespace ntm::cuda
