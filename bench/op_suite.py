@@ -1,15 +1,22 @@
 """The op benchmark suite: fused op vs eager twin vs torch.compile(twin) vs copy_ of the bytes.
 
-Used by bench/bench_ops.py (CPU, pytest-benchmark and script) and the GPU scripts.
-Bytes moved per op (n elements of e bytes): forward/inverse read 3 and write 1 tensor (4 n e),
-the fused backward reads 4 and writes 4 (8 n e), gaussian_nll reads 3 (3 n e).  The copy_
-baseline copies a preallocated buffer of half those bytes, so it moves the same bytes.
+The one list of benchmarked ops, used by bench/bench_ops.py (CPU) and bench/bench_ops_cuda.py
+(GPU), both as pytest-benchmark suites and as scripts that print one interleaved table.
+
+Bytes moved per op (n elements of e bytes, B rows, per-sample values in float32 or float64):
+forward/inverse read 3 and write 1 tensor, the fused backward reads 4 and writes 4,
+gaussian_nll reads 3, gaussian_nll_backward reads 3 and writes 3; each op also reads or writes
+one per-sample vector.  The copy_ baseline copies between two preallocated buffers of half
+those bytes each, so it moves exactly the op's bytes (read + write): "copy_/fused" is the
+fraction of copy_ bandwidth the op reaches.
 """
 from __future__ import annotations
 
 import platform
+import sys
+import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -17,51 +24,79 @@ from ntm_engine import ops
 from ntm_engine import reference as R
 
 CLAMP = 2.0
+Tensors = Dict[str, torch.Tensor]
 
 
 @dataclass
 class OpCase:
     name: str
-    tensors_moved: int
-    fused: Callable
-    twin: Callable
+    tensors_read: int
+    tensors_written: int
+    fused: Callable[[Tensors], object]
+    twin: Callable[[Tensors], object]
+
+    def bytes_moved(self, t: Tensors) -> int:
+        x, per_sample = t["x"], t["gb"]
+        return ((self.tensors_read + self.tensors_written) * x.numel() * x.element_size()
+                + per_sample.numel() * per_sample.element_size())
 
 
 def op_cases() -> List[OpCase]:
+    """The five ops; tensors: x (input), b (shift / mean), l (scale logits / log-sigma),
+    g (upstream gradient), gb (per-sample upstream gradient)."""
     return [
-        OpCase("forward", 4, lambda t: ops.affine_coupling(t[0], t[1], t[2], CLAMP),
-               lambda t: R.affine_coupling(t[0], t[1], t[2], CLAMP)),
-        OpCase("inverse", 4, lambda t: ops.affine_coupling_inverse(t[0], t[1], t[2], CLAMP),
-               lambda t: R.affine_coupling_inverse(t[0], t[1], t[2], CLAMP)),
-        OpCase("fused_backward", 8,
-               lambda t: ops.affine_coupling_backward(t[0], t[1], t[2], t[3], t[4], CLAMP),
-               lambda t: R.affine_coupling_backward(t[0], t[1], t[2], t[3], t[4], CLAMP)),
-        OpCase("gaussian_nll", 3, lambda t: ops.gaussian_nll(t[0], t[1], t[2]),
-               lambda t: R.gaussian_nll(t[0], t[1], t[2])),
+        OpCase("affine_coupling", 3, 1,
+               lambda t: ops.affine_coupling(t["x"], t["b"], t["l"], CLAMP),
+               lambda t: R.affine_coupling(t["x"], t["b"], t["l"], CLAMP)),
+        OpCase("affine_coupling_inverse", 3, 1,
+               lambda t: ops.affine_coupling_inverse(t["x"], t["b"], t["l"], CLAMP),
+               lambda t: R.affine_coupling_inverse(t["x"], t["b"], t["l"], CLAMP)),
+        OpCase("affine_coupling_backward", 4, 4,
+               lambda t: ops.affine_coupling_backward(t["x"], t["b"], t["l"], t["g"], t["gb"],
+                                                      CLAMP),
+               lambda t: R.affine_coupling_backward(t["x"], t["b"], t["l"], t["g"], t["gb"],
+                                                    CLAMP)),
+        OpCase("gaussian_nll", 3, 0,
+               lambda t: ops.gaussian_nll(t["x"], t["b"], t["l"]),
+               lambda t: R.gaussian_nll(t["x"], t["b"], t["l"])),
+        OpCase("gaussian_nll_backward", 3, 3,
+               lambda t: ops.gaussian_nll_backward(t["x"], t["b"], t["l"], t["gb"]),
+               lambda t: R.gaussian_nll_backward(t["x"], t["b"], t["l"], t["gb"])),
     ]
 
 
-def make_tensors(rows: int, cols: int, dtype: torch.dtype, device: str) -> Tuple[torch.Tensor, ...]:
-    g = torch.Generator(device="cpu").manual_seed(0)
-    make = lambda: torch.randn(rows, cols, generator=g).to(dtype=dtype, device=device)  # noqa: E731
-    return (make(), make(), 0.5 * make(), make(), torch.randn(rows, generator=g).to(device))
+def make_tensors(rows: int, cols: int, dtype: torch.dtype, device: str) -> Tensors:
+    """Seeded inputs ``[rows, cols]`` of ``dtype`` (per-sample ``gb [rows]`` in the
+    accumulation dtype), drawn on ``device``."""
+    g = torch.Generator(device=device).manual_seed(0)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def rnd(scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(rows, cols, device=device, generator=g)).to(dtype)
+
+    return {"x": rnd(), "b": rnd(), "l": rnd(0.5), "g": rnd(),
+            "gb": torch.randn(rows, device=device, generator=g, dtype=acc)}
 
 
-def candidates(case: OpCase, tensors, device: str) -> Dict[str, Callable[[], object]]:
-    """The four timed variants of one op on one input set."""
-    x = tensors[0]
-    nbytes = case.tensors_moved * x.numel() * x.element_size()
-    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device).random_()
+def candidates(case: OpCase, t: Tensors, compile_twin: bool = True
+               ) -> Dict[str, Optional[Callable[[], object]]]:
+    """The four timed variants of one op on one input set; 'compile' is None when disabled
+    or when compilation failed (a broken compiler must not hide the other numbers)."""
+    device = t["x"].device
+    src = torch.empty(case.bytes_moved(t) // 2, dtype=torch.uint8, device=device).random_()
     dst = torch.empty_like(src)
-    compiled = torch.compile(case.twin, dynamic=False)
-    with torch.no_grad():
-        compiled(tensors)  # compile outside the timed region
-    return {
-        "fused": lambda: case.fused(tensors),
-        "eager": lambda: case.twin(tensors),
-        "compile": lambda: compiled(tensors),
-        "copy_": lambda: dst.copy_(src),
-    }
+    compiled = None
+    if compile_twin:
+        try:
+            fn = torch.compile(case.twin, dynamic=False)
+            with torch.no_grad():
+                fn(t)  # compile outside the timed region
+            compiled = lambda: fn(t)  # noqa: E731
+        except Exception as err:
+            print(f"# torch.compile failed for {case.name}: {type(err).__name__}: {err}",
+                  file=sys.stderr)
+    return {"fused": lambda: case.fused(t), "eager": lambda: case.twin(t),
+            "compile": compiled, "copy_": lambda: dst.copy_(src)}
 
 
 def machine_description(device: str) -> str:
@@ -74,25 +109,38 @@ def machine_description(device: str) -> str:
             f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
 
 
-def run_suite(shapes, dtypes, device: str, rounds: int = 7, inner: int = 3) -> List[List[object]]:
-    """One table row per (shape, dtype, op): times (ms), GB/s and the ratios of one run."""
+HEADER = ["shape", "dtype", "op", "fused ms", "fused GB/s", "copy_/fused", "eager/fused",
+          "compile/fused", "eager ms", "compile ms", "copy_ ms"]
+
+
+def run_suite(shapes: Sequence[Tuple[int, int]], dtypes: Sequence[torch.dtype], device: str,
+              rounds: int = 7, inner: int = 3, compile_twin: bool = True,
+              emit: Callable[[List[object]], None] = lambda row: None) -> List[List[object]]:
+    """One row (columns :data:`HEADER`) per (shape, dtype, op): times (ms), GB/s and the
+    ratios of one interleaved run (no autograd).  ``emit`` receives each row as soon as it is
+    measured, so a run cut short by a time limit still reports what it measured."""
     from timing import time_interleaved
 
     rows = []
     for (r, c) in shapes:
         for dtype in dtypes:
-            tensors = make_tensors(r, c, dtype, device)
+            t = make_tensors(r, c, dtype, device)
             for case in op_cases():
-                t = time_interleaved(candidates(case, tensors, device), device, rounds, inner)
-                nbytes = case.tensors_moved * r * c * tensors[0].element_size()
-                rows.append([
-                    f"{r}x{c}", str(dtype).replace("torch.", ""), case.name,
-                    t["fused"] * 1e3, t["eager"] * 1e3, t["compile"] * 1e3, t["copy_"] * 1e3,
-                    nbytes / t["fused"] / 1e9, t["copy_"] / t["fused"],
-                    t["eager"] / t["fused"], t["compile"] / t["fused"],
-                ])
+                t0 = time.perf_counter()
+                cands = {k: f for k, f in candidates(case, t, compile_twin).items()
+                         if f is not None}
+                with torch.no_grad():
+                    timed = time_interleaved(cands, device, rounds, inner)
+                fused, copy, comp = timed["fused"], timed["copy_"], timed.get("compile")
+                row = [f"{r}x{c}", str(dtype).replace("torch.", ""), case.name,
+                       fused * 1e3, case.bytes_moved(t) / fused / 1e9, copy / fused,
+                       timed["eager"] / fused, None if comp is None else comp / fused,
+                       timed["eager"] * 1e3, None if comp is None else comp * 1e3, copy * 1e3]
+                rows.append(row)
+                emit(row)
+                print(f"# {case.name} {row[1]} {row[0]}: fused {fused * 1e3:.3g} ms "
+                      f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+            del t
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
     return rows
-
-
-HEADER = ["shape", "dtype", "op", "fused ms", "eager ms", "compile ms", "copy_ ms",
-          "fused GB/s", "copy_/fused", "eager/fused", "compile/fused"]

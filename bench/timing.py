@@ -43,13 +43,22 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], device: str = "cpu",
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def markdown_table(header: List[str], rows: List[List[object]]) -> str:
+def markdown_header(header: List[str]) -> str:
+    return "| " + " | ".join(header) + " |\n|" + "---|" * len(header)
+
+
+def markdown_row(row: List[object]) -> str:
+    """One table row; floats to 3 significant digits, None as n/a."""
     def fmt(v):
+        if v is None:
+            return "n/a"
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "| " + " | ".join(fmt(v) for v in row) + " |"
+
+
+def markdown_table(header: List[str], rows: List[List[object]]) -> str:
+    return "\n".join([markdown_header(header)] + [markdown_row(r) for r in rows])
 
 
 def emit_report(text: str, path=None) -> None:
