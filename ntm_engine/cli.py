@@ -2,9 +2,29 @@
 
     ntm train  [--dataset digits|checkerboard|eight_gaussians|two_moons] [--class-conditional]
                [model options] [training options] --out RUN [--resume]
+               [--objective ntm|flow_matching] [--init-from FM_RUN [--fm-reg LAMBDA]]
     ntm sample RUN_OR_CHECKPOINT [-n N] [--labels 0,1,2|all|none] [--steps S]
                [--temperature TAU] [--guidance W] [--seed S] [--out PNG] [--save-pt] [--save-npy]
+               [--denoiser DIR]
     ntm eval   RUN_OR_CHECKPOINT [--n-samples N] [--guidance W] [--classifier PATH] [--out JSON]
+               [--denoiser DIR]
+    ntm distill RUN [--out DIR] [--t-min T] [--iters N] [--minutes M] [--batch-size B]
+               [--lr LR] [--seed S] [--threads K] [--resume] [--no-progress]
+
+Starting from a flow-matching model (DESIGN.md section 1): ``ntm train --objective
+flow_matching --out FM_RUN`` pretrains the predictor backbone as a velocity model (its own
+Euler sampler: ``ntm sample/eval FM_RUN [--steps N]``, 32 steps by default; ``eval`` reports
+its test loss instead of bits/dim); ``ntm train --init-from FM_RUN --out RUN`` then trains an
+NTM from it (flow_matching parameterization, identity transporter) with ``--fm-reg`` lambda
+(2.5) times ``|mu - mu_FM|^2``, cosine-decayed to 0.  The architecture options must equal the
+FM run's (an error names the key that differs).
+
+Self-distillation (DESIGN.md section 1, "Trajectory denoising"): ``ntm distill RUN`` trains a
+light denoiser ``g(u_{t_0}, t_0, y)`` on the run's Tweedie posterior means at ``t_0 = t_d``
+(``--t-min``, default the run's ``t_min_max``) into ``--out`` (default ``RUN/denoiser``;
+:mod:`ntm_engine.distill_cli`); ``ntm sample/eval RUN --denoiser DIR`` then samples on the grid
+with ``t_0 = t_d`` and replaces the transporter inverse by the denoiser (``eval`` reports the
+plain sampler, the ``t_0 = t_d`` sampler without and with the denoiser, each with ms/sample).
 
 Errors in the configuration are reported before any work starts (exit status 2 for argument
 errors, 1 for everything else, with a message that says what to change).
@@ -68,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="ntm", description="Train, sample and evaluate Normalizing Trajectory Models.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,sample,eval}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{train,sample,eval,distill}")
 
     # ------------------------------------------------------------------ train
     t = sub.add_parser("train", help="train a model (checkpoints survive kills; --resume)",
@@ -101,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--t-min-max", type=_nonneg_float, default=None)
     m.add_argument("--label-dropout", type=_nonneg_float, default=None)
     m.add_argument("--clamp", type=_positive_float, default=None)
+    m.add_argument("--parameterization", choices=("gaussian", "flow_matching"), default=None,
+                   help="predictor output: gaussian (default) or flow_matching (a velocity "
+                   "head; the default with --objective flow_matching and --init-from)")
+    f = t.add_argument_group("flow-matching pretraining and initialisation")
+    f.add_argument("--objective", choices=("ntm", "flow_matching"), default=None,
+                   help="ntm: trajectory likelihood (default); flow_matching: pretrain the "
+                   "predictor as a velocity model")
+    f.add_argument("--init-from", default=None, metavar="FM_RUN",
+                   help="start the NTM from this flow-matching run or checkpoint (EMA weights)")
+    f.add_argument("--fm-reg", type=_nonneg_float, default=None, metavar="LAMBDA",
+                   help="with --init-from: weight of |mu - mu_FM|^2, cosine-decayed to 0 (2.5)")
     o = t.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=_positive_int, default=None, help="default 128")
     o.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (3e-3)")
@@ -151,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-pt", action="store_true", help="also write the samples as .pt")
     s.add_argument("--save-npy", action="store_true", help="also write the samples as .npy")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    s.add_argument("--denoiser", default=None, metavar="DIR",
+                   help="a denoiser made by `ntm distill`: sample with t_0 = its t_d and let it "
+                   "replace the transporter inverse")
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=_positive_int, default=None)
 
@@ -171,8 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.cache/ntm_engine/digits_classifier_<version>.safetensors; trained once)")
     e.add_argument("--out", default=None, help="JSON path (default: <run>/eval.json)")
     e.add_argument("--no-ema", action="store_true")
+    e.add_argument("--denoiser", default=None, metavar="DIR",
+                   help="also evaluate sampling with t_0 = the denoiser's t_d, with the "
+                   "transporter inverse and with the denoiser (made by `ntm distill`)")
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=_positive_int, default=None)
+
+    # ------------------------------------------------------------------ distill
+    from .distill_cli import add_distill_parser
+    add_distill_parser(sub, _positive_int, _positive_float, _nonneg_float)
     return p
 
 
@@ -276,6 +318,9 @@ def load_model(path, device, use_ema: bool = True):
     from .train import ConfigError, build_model, check_model_code
 
     ck = ckpt.resolve(path, log=_log)
+    if ck.config.get("kind") == "ntm-denoiser":
+        raise ConfigError(f"{ck.path} is a denoiser (made by `ntm distill`), not a model run; "
+                          "give its teacher run and pass it as --denoiser")
     check_model_code(ck.state, ck.path, _log)
     model = build_model(ck.config)
     weights = ck.ema if (use_ema and ck.ema is not None) else ck.model
@@ -322,13 +367,17 @@ def cmd_sample(args, parser) -> int:
     y = _labels(args.labels, cfg, args.n)
     if args.guidance and y is None:
         raise SystemExit("ntm sample: error: --guidance needs a class-conditional model and labels")
+    from .distill_cli import load_denoiser_for
+    denoiser, t_d, den_ck = load_denoiser_for(args.denoiser, model, ck, device, _log)
+    den_kw = {} if denoiser is None else {"t_min": t_d, "denoiser": denoiser}
     # warm-up (first-call allocations), so the timing below is the steady state
     model.sample(min(args.n, 2), y=None if y is None else y[:2].to(device), steps=args.steps,
-                 guidance=args.guidance, generator=torch.Generator(device=device).manual_seed(0))
+                 guidance=args.guidance, generator=torch.Generator(device=device).manual_seed(0),
+                 **den_kw)
     g = torch.Generator(device=device).manual_seed(args.seed)
     t0 = time.perf_counter()
     x = model.sample(args.n, y=None if y is None else y.to(device), steps=args.steps,
-                     temperature=args.temperature, guidance=args.guidance, generator=g)
+                     temperature=args.temperature, guidance=args.guidance, generator=g, **den_kw)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
@@ -353,20 +402,74 @@ def cmd_sample(args, parser) -> int:
         np.save(buf, x.numpy())
         atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())
         written.append(str(out.with_suffix(".npy")))
-    steps = args.steps or cfg["model"]["steps"]
+    from .train import default_sample_steps
+    steps = args.steps or default_sample_steps(cfg)
     print(f"{args.n} samples from {ck.path} (step {ck.step}, {'raw' if args.no_ema else 'EMA'} "
-          f"weights), {steps} steps, temperature {args.temperature}, guidance {args.guidance}: "
-          f"{dt:.3f} s, {1e3 * dt / args.n:.3f} ms per sample on {device}")
+          f"weights), {steps} steps, temperature {args.temperature}, guidance {args.guidance}"
+          + ("" if denoiser is None else f", t_0 = {t_d} with the denoiser {den_ck.path}")
+          + f": {dt:.3f} s, {1e3 * dt / args.n:.3f} ms per sample on {device}")
     print("wrote " + ", ".join(written))
     return 0
+
+
+def _sample_quality(cfg: Dict[str, Any], args, y, res: Dict[str, Any]):
+    """The rating of a batch of samples for ``cmd_eval`` (digits: the classifier, loaded once;
+    its description goes into ``res``)."""
+    import torch
+
+    from . import metrics
+    from .train import test_data
+
+    if cfg["dataset"] == "digits":
+        from .data import load_digits
+        net, meta = metrics.load_or_train_classifier(args.classifier, log=_log)
+        xt, _ = load_digits("test")
+        xtr, _ = load_digits("train")
+        res["classifier"] = {"path": meta.get("path"), "version": meta.get("version"),
+                             "test_accuracy": float(meta.get("test_accuracy", "nan"))}
+        res["frechet_distance_train_vs_test"] = metrics.frechet_distance_features(
+            net.features(xtr), net.features(xt))
+        return lambda s: metrics.sample_quality(net, s, y, xt)
+    xt, _ = test_data(cfg)
+
+    def toy_quality(s):
+        out = {"frechet_distance_raw": metrics.frechet_distance_features(s, xt)}
+        if cfg["dataset"] == "eight_gaussians":
+            from .data import eight_gaussian_modes
+            d = torch.cdist(s, eight_gaussian_modes()).min(1).values
+            out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
+        return out
+    return toy_quality
+
+
+def _eval_sampler(model, n: int, y, device, args, quality, **sample_kw) -> Dict[str, Any]:
+    """``n`` samples from noise seeded by ``--seed`` (the same for every sampler), timed after
+    a warm-up of 2, and ``quality`` of them."""
+    import torch
+
+    y = None if y is None else y.to(device)
+    kw = dict(steps=args.steps, temperature=args.temperature, guidance=args.guidance, **sample_kw)
+    model.sample(min(n, 2), y=None if y is None else y[:2], **kw,
+                 generator=torch.Generator(device=device).manual_seed(0))
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    t0 = time.perf_counter()
+    s = model.sample(n, y=y, generator=g, **kw)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    out: Dict[str, Any] = {"sample_ms_per_sample": 1e3 * (time.perf_counter() - t0) / n,
+                           "n_samples": n}
+    s = s.cpu()
+    out["samples_nonfinite"] = int((~torch.isfinite(s)).any(dim=tuple(range(1, s.dim()))).sum())
+    out.update(quality(torch.nan_to_num(s, nan=0.0, posinf=1e3, neginf=-1e3)))
+    return out
 
 
 def cmd_eval(args, parser) -> int:
     import torch
 
-    from . import metrics
     from .checkpoint import atomic_write_text
-    from .train import evaluate_bpd, model_code_fingerprint, test_data
+    from .distill_cli import load_denoiser_for
+    from .train import default_sample_steps, evaluate_bpd, evaluate_test, model_code_fingerprint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -377,59 +480,53 @@ def cmd_eval(args, parser) -> int:
     res: Dict[str, Any] = {"checkpoint": str(ck.path), "step": ck.step, "dataset": cfg["dataset"],
                            "class_conditional": cfg["class_conditional"],
                            "weights": "raw" if args.no_ema else "ema",
-                           "steps": args.steps or cfg["model"]["steps"],
+                           "steps": args.steps or default_sample_steps(cfg),
                            "temperature": args.temperature, "guidance": args.guidance,
                            "seed": args.seed, "train_elapsed_s": ck.state.get("elapsed_s"),
                            "model_code_matches": ck.state.get("model_code_sha256") ==
                            model_code_fingerprint()}
-    bpds = [evaluate_bpd(model, cfg, device, seed=args.seed + 1000 * r)
-            for r in range(args.bpd_repeats)]
-    res["test_bpd"] = sum(b["bpd"] for b in bpds) / len(bpds)
-    res["test_bpd_sem"] = bpds[0]["bpd_sem"] / math.sqrt(len(bpds))
-    res["test_n"] = bpds[0]["n"]
-    res["bpd_note"] = ("upper bound with t_0 = 0, dequantised, 17 levels" if cfg["dataset"] ==
-                       "digits" else "continuous bits/dim bound (no discretisation term)")
+    if cfg.get("objective") == "flow_matching":   # no likelihood: its test loss
+        res.update({f"test_{k}": v for k, v in
+                    evaluate_test(model, cfg, device, seed=args.seed).items()})
+    else:
+        bpds = [evaluate_bpd(model, cfg, device, seed=args.seed + 1000 * r)
+                for r in range(args.bpd_repeats)]
+        res["test_bpd"] = sum(b["bpd"] for b in bpds) / len(bpds)
+        res["test_bpd_sem"] = bpds[0]["bpd_sem"] / math.sqrt(len(bpds))
+        res["test_n"] = bpds[0]["n"]
+        res["bpd_note"] = ("upper bound with t_0 = 0, dequantised, 17 levels" if cfg["dataset"]
+                           == "digits" else "continuous bits/dim bound (no discretisation term)")
     if args.n_samples > 0:
         n = args.n_samples
         y = torch.arange(n) % 10 if cfg["class_conditional"] else None
         if args.guidance and y is None:
             raise SystemExit("ntm eval: error: --guidance needs a class-conditional model")
-        g = torch.Generator(device=device).manual_seed(args.seed)
-        t0 = time.perf_counter()
-        s = model.sample(n, y=None if y is None else y.to(device), steps=args.steps,
-                         temperature=args.temperature, guidance=args.guidance, generator=g)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        res["sample_ms_per_sample"] = 1e3 * (time.perf_counter() - t0) / n
-        s = s.cpu()
-        res["n_samples"] = n
-        res["samples_nonfinite"] = int((~torch.isfinite(s)).any(dim=tuple(range(1, s.dim()))).sum())
-        s = torch.nan_to_num(s, nan=0.0, posinf=1e3, neginf=-1e3)
-        if cfg["dataset"] == "digits":
-            from .data import load_digits
-            net, meta = metrics.load_or_train_classifier(args.classifier, log=_log)
-            xt, _ = load_digits("test")
-            xtr, _ = load_digits("train")
-            res.update(metrics.sample_quality(net, s, y, xt))
-            res["classifier"] = {"path": meta.get("path"), "version": meta.get("version"),
-                                 "test_accuracy": float(meta.get("test_accuracy", "nan"))}
-            res["frechet_distance_train_vs_test"] = metrics.frechet_distance_features(
-                net.features(xtr), net.features(xt))
-        else:
-            xt, _ = test_data(cfg)
-            res["frechet_distance_raw"] = metrics.frechet_distance_features(s, xt)
-            if cfg["dataset"] == "eight_gaussians":
-                from .data import eight_gaussian_modes
-                d = torch.cdist(s, eight_gaussian_modes()).min(1).values
-                res["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
+        denoiser, t_d, den_ck = load_denoiser_for(args.denoiser, model, ck, device, _log)
+        quality = _sample_quality(cfg, args, y, res)
+        res.update(_eval_sampler(model, n, y, device, args, quality))
+        if denoiser is not None:   # the same noise through the t_0 = t_d grid, both ways
+            res["denoiser"] = {"path": str(den_ck.path), "step": den_ck.step, "t_d": t_d,
+                               "parameters": sum(p.numel() for p in denoiser.parameters())}
+            res["transporter_at_t_d"] = _eval_sampler(model, n, y, device, args, quality,
+                                                      t_min=t_d)
+            res["denoised"] = _eval_sampler(model, n, y, device, args, quality, t_min=t_d,
+                                            denoiser=denoiser)
     res["eval_wall_s"] = time.perf_counter() - t_start
     out = Path(args.out) if args.out else _run_dir(ck) / "eval.json"
     atomic_write_text(out, json.dumps(res, indent=1) + "\n")
     for k, v in res.items():
         if not isinstance(v, dict):
             print(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
+        elif "sample_ms_per_sample" in v:
+            print(f"{k:32s} " + ", ".join(f"{kk} {vv:.4f}" for kk, vv in v.items()
+                                          if isinstance(vv, float)))
     print(f"wrote {out}")
     return 0
+
+
+def cmd_distill(args, parser) -> int:
+    from .distill_cli import cmd_distill as run_distill
+    return run_distill(args, parser, load_model=load_model, device_of=_device, log=_log)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -438,7 +535,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    cmd = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}[args.command]
+    cmd = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
+           "distill": cmd_distill}[args.command]
     try:
         return cmd(args, parser)
     except (ConfigError, CheckpointError) as e:

@@ -1,6 +1,7 @@
 """Evaluation metrics: bits/dim aggregation, Frechet distance, and a small digits classifier.
 
-* :func:`dataset_bits_per_dim` -- mean bits/dim (``t_0 = 0`` bound) of a model over a dataset.
+* :func:`dataset_bits_per_dim` -- mean bits/dim (``t_0 = 0`` bound) of a model over a dataset;
+  :func:`dataset_fm_loss` -- the same for a flow-matching model's loss.
 * :func:`sqrtm_psd`, :func:`frechet_distance` -- pure-torch (float64 eigendecomposition), no scipy.
 * :class:`DigitsClassifier` + :func:`load_or_train_classifier` -- a small CNN on the 8x8 digits,
   trained with a fixed seed and cached on disk (``$NTM_CACHE_DIR`` or ``~/.cache/ntm_engine``),
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,28 @@ from .data import DIGITS_LEVELS, dequantize, load_digits
 
 
 @torch.no_grad()
+def dataset_mean(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor],
+                 x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+                 batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
+                 device=None) -> Dict[str, float]:
+    """Mean and standard error of ``per_sample(x_batch, y_batch, generator) [b]`` over ``x``
+    in batches on ``device`` (fixed noise from ``seed``: the data's dequantisation noise,
+    ``levels`` bins, when ``dequantize_data``, and a ``generator`` for the model's draws)."""
+    g_data = torch.Generator().manual_seed(seed)
+    g_model = torch.Generator(device=device).manual_seed(seed + 1)
+    vals = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        if dequantize_data:
+            xb = dequantize(xb, levels, generator=g_data)
+        yb = None if y is None else y[i:i + batch_size].to(device)
+        vals.append(per_sample(xb.to(device), yb, g_model).double().cpu())
+    v = torch.cat(vals)
+    n = len(v)
+    sem = float(v.std() / math.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": float(v.mean()), "sem": sem, "n": n}
+
+
 def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
                          batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
                          device=None) -> Dict[str, float]:
@@ -32,20 +55,21 @@ def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, levels: i
     dequantised density; ``levels`` sets the bin width ``2/levels``).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    g_data = torch.Generator().manual_seed(seed)
-    g_model = torch.Generator(device=device).manual_seed(seed + 1)
-    vals = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        if dequantize_data:
-            xb = dequantize(xb, levels, generator=g_data)
-        yb = None if y is None else y[i:i + batch_size].to(device)
-        vals.append(model.bits_per_dim(xb.to(device), yb, levels=levels, generator=g_model)
-                    .double().cpu())
-    v = torch.cat(vals)
-    n = len(v)
-    sem = float(v.std() / math.sqrt(n)) if n > 1 else float("nan")
-    return {"bpd": float(v.mean()), "bpd_sem": sem, "n": n}
+    r = dataset_mean(lambda xb, yb, g: model.bits_per_dim(xb, yb, levels=levels, generator=g),
+                     x, y, levels, batch_size, seed, dequantize_data, device)
+    return {"bpd": r["mean"], "bpd_sem": r["sem"], "n": r["n"]}
+
+
+def dataset_fm_loss(model, x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+                    batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
+                    device=None) -> Dict[str, float]:
+    """Mean and standard error of a flow-matching model's loss (per sample, summed over
+    dimensions; :meth:`~ntm_engine.models.FlowMatchingModel.loss`) over ``x``, as
+    :func:`dataset_bits_per_dim` (fixed noise from ``seed``)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    r = dataset_mean(lambda xb, yb, g: model.loss(xb, yb, generator=g),
+                     x, y, levels, batch_size, seed, dequantize_data, device)
+    return {"fm_loss": r["mean"], "fm_loss_sem": r["sem"], "n": r["n"]}
 
 
 # ----------------------------------------------------------------------------- Frechet distance

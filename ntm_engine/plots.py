@@ -108,14 +108,58 @@ def plot_metrics(records: List[Dict[str, Any]], path) -> Path:
     ax1.set_ylabel("trajectory NLL (nats/dim)")
     ax1.set_title("training loss", fontsize=9)
     ax2 = fig.add_subplot(1, 2, 2)
+    train = [r for r in train if "train_bpd" in r]
     if train:
         ax2.plot([r["step"] for r in train], [r["train_bpd"] for r in train], lw=1,
                  label="train batch")
     if evals:
         ax2.plot([r["step"] for r in evals], [r["test_bpd"] for r in evals], "o-", ms=3,
                  label="test (EMA)")
+    fm = [r for r in records if r.get("type") == "eval" and "test_fm_loss" in r]
+    if fm:   # a flow-matching run: its test loss instead
+        ax2.plot([r["step"] for r in fm], [r["test_fm_loss"] for r in fm], "o-", ms=3,
+                 label="test (EMA)")
     ax2.set_xlabel("step")
-    ax2.set_ylabel("bits/dim (t0 = 0 bound)")
+    ax2.set_ylabel("flow-matching loss" if fm else "bits/dim (t0 = 0 bound)")
     ax2.legend(fontsize=8)
-    ax2.set_title("bits/dim", fontsize=9)
+    ax2.set_title("test flow-matching loss" if fm else "bits/dim", fontsize=9)
+    return _save_fig(fig, path)
+
+
+def compare_runs(runs: Dict[str, List[Dict[str, Any]]], path, title: Optional[str] = None
+                 ) -> Path:
+    """Curves of several runs' ``metrics.jsonl`` records (``{label: records}``) against the
+    step: train-batch and test bits/dim of NTM runs; the test loss of flow-matching runs and
+    the ``|mu - mu_FM|^2`` regulariser of runs started from one, when there are any."""
+    def series(recs, kind, key):
+        pts = [(r["step"], r["fm_reg"] * r["fm_reg_weight"] if key == "weighted_fm_reg"
+                else r[key]) for r in recs if r.get("type") == kind
+               and (("fm_reg" in r and "fm_reg_weight" in r) if key == "weighted_fm_reg"
+                    else key in r)]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    panels = [("bits/dim (t0 = 0 bound)", "bits/dim: train batch (thin), test EMA (dots)",
+               [("train", "train_bpd", "-"), ("eval", "test_bpd", "o-")]),
+              ("flow-matching loss", "flow-matching pretraining: test loss",
+               [("eval", "test_fm_loss", "o-")]),
+              ("|mu - mu_FM|^2", "regulariser (thin), weight x regulariser (dashed)",
+               [("train", "fm_reg", "-"), ("train", "weighted_fm_reg", "--")])]
+    panels = [p for p in panels if any(series(recs, kind, key)[0] for recs in runs.values()
+                                       for kind, key, _ in p[2])]
+    fig = _figure((4.5 * max(len(panels), 1), 3.6))
+    for i, (ylabel, name, curves) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for j, (label, recs) in enumerate(runs.items()):
+            for kind, key, style in curves:
+                xs, ys = series(recs, kind, key)
+                if xs:
+                    ax.plot(xs, ys, style, color=f"C{j}", ms=3, lw=1 if style == "-" else 1.5,
+                            alpha=0.5 if style == "-" and len(curves) > 1 else 1.0, label=label)
+                    label = None   # one legend entry per run
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save_fig(fig, path)

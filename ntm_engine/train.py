@@ -11,6 +11,18 @@ depends on elapsed time and is not reproducible).  RNG states are saved in check
 
 A configuration (:func:`make_config`) is a JSON-able dict; ``config["model"]`` holds the
 keyword arguments of :class:`ntm_engine.models.NTM`.
+
+Objectives (``config["objective"]``):
+
+* ``"ntm"`` -- the trajectory NLL of an NTM.  With ``init_from`` (a flow-matching run or
+  checkpoint) the NTM starts from that model (DESIGN.md section 1): its predictor gets the FM
+  weights (EMA) and the ``"flow_matching"`` parameterization, the transporter starts as the
+  identity, and the loss is ``nll + w(step) |mu - mu_FM|^2`` with ``mu_FM`` from a frozen copy
+  of the FM predictor (kept in the run folder as ``fm_reference.safetensors``, so a resume
+  needs nothing outside it) and ``w`` cosine-decayed from ``fm_reg`` to 0 over the budget
+  (:func:`fm_reg_weight`).  The architecture must match the FM run's (checked before any work).
+* ``"flow_matching"`` -- pretraining of the predictor backbone as a velocity model
+  (:class:`ntm_engine.models.FlowMatchingModel`); evaluated by its test loss and Euler samples.
 """
 from __future__ import annotations
 
@@ -43,6 +55,7 @@ MODEL_OPTIONS = {
     "patch_size": "--patch-size", "transporter_layers": "--transporter-layers",
     "transporter_hidden": "--transporter-hidden", "shift": "--shift",
     "t_min_max": "--t-min-max", "label_dropout": "--label-dropout", "clamp": "--clamp",
+    "parameterization": "--parameterization",
 }
 
 # training defaults (CLI defaults too); the digits defaults are sized for ~10 minutes on 2 cores
@@ -50,10 +63,15 @@ TRAIN_DEFAULTS: Dict[str, Any] = dict(
     batch_size=128, lr=3e-3, min_lr_ratio=0.05, warmup=100, weight_decay=0.01,
     beta1=0.9, beta2=0.99, ema_decay=0.998, grad_clip=1.0, seed=0, iters=None, minutes=None,
     log_every=25, eval_every=250, ckpt_every=250, keep=2, max_nonfinite=20,
-    eval_samples=100, eval_batch=512,
+    eval_samples=100, eval_batch=512, objective="ntm", init_from=None, fm_reg=2.5,
 )
 # keys that define the run: a resumed run must agree on these
-IDENTITY_KEYS = ("dataset", "class_conditional", "model", "batch_size", "seed")
+IDENTITY_KEYS = ("dataset", "class_conditional", "model", "batch_size", "seed", "objective",
+                 "init_from", "fm_reg")
+OBJECTIVES = ("ntm", "flow_matching")
+# model keys added after configs were first stored, with the value that reproduces old runs
+LEGACY_MODEL_DEFAULTS = {"parameterization": "gaussian"}
+REFERENCE_FILE = "fm_reference.safetensors"   # the frozen FM predictor of an --init-from run
 
 
 class ConfigError(ValueError):
@@ -99,11 +117,28 @@ def make_config(dataset: str = "digits", class_conditional: bool = False,
     cfg = dict(TRAIN_DEFAULTS)
     cfg.update({k: v for k, v in train.items() if v is not None})
     cfg.update(dataset=dataset, class_conditional=bool(class_conditional), model=m)
+    if (cfg["objective"] == "flow_matching" or cfg["init_from"] is not None) and \
+            (model or {}).get("parameterization") is None:
+        m["parameterization"] = "flow_matching"
     validate_config(cfg)
     return cfg
 
 
+def upgrade_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Fill in (in place) the keys a config stored by older code lacks, with the values that
+    reproduce what that code did; returns ``cfg``."""
+    for k, v in TRAIN_DEFAULTS.items():
+        cfg.setdefault(k, v)
+    if isinstance(cfg.get("model"), dict):
+        for k, v in LEGACY_MODEL_DEFAULTS.items():
+            cfg["model"].setdefault(k, v)
+    return cfg
+
+
 def validate_config(cfg: Dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` for a configuration that cannot work (missing keys of
+    older configs are filled in first, :func:`upgrade_config`)."""
+    upgrade_config(cfg)
     m = cfg["model"]
     shape = tuple(DIGITS_SHAPE) if cfg["dataset"] == "digits" else (2,)
     if tuple(m["data_shape"]) != shape:
@@ -138,6 +173,16 @@ def validate_config(cfg: Dict[str, Any]) -> None:
                                    "max_nonfinite", "eval_batch")),
          "--log-every, --eval-every, --ckpt-every, --keep, --max-nonfinite must be >= 1"),
         (cfg["eval_samples"] >= 0, "--eval-samples must be >= 0"),
+        (cfg["objective"] in OBJECTIVES,
+         f"--objective must be one of {', '.join(OBJECTIVES)}, got {cfg['objective']!r}"),
+        (cfg["init_from"] is None or cfg["objective"] == "ntm",
+         "--init-from starts an NTM from a flow-matching run; it needs --objective ntm"),
+        ((cfg["init_from"] is None and cfg["objective"] == "ntm")
+         or m.get("parameterization") == "flow_matching",
+         f"--init-from and --objective flow_matching need the flow_matching parameterization, "
+         f"got --parameterization {m.get('parameterization')}"),
+        (isinstance(cfg["fm_reg"], (int, float)) and 0 <= cfg["fm_reg"] < math.inf,
+         f"--fm-reg must be a finite number >= 0, got {cfg['fm_reg']}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -169,14 +214,37 @@ def check_model_code(state: Dict[str, Any], where, log) -> None:
 
 
 def build_model(cfg: Dict[str, Any]) -> nn.Module:
-    """The NTM of ``cfg["model"]``; constructor errors become :class:`ConfigError`."""
-    from .models import NTM
+    """The model of ``cfg``: the NTM of ``cfg["model"]``, or for the ``flow_matching``
+    objective the :class:`~ntm_engine.models.FlowMatchingModel` of the same settings;
+    constructor errors become :class:`ConfigError`."""
+    from .models import NTM, FlowMatchingModel
 
+    upgrade_config(cfg)
     m = dict(cfg["model"])
     try:
+        if cfg["objective"] == "flow_matching":
+            return FlowMatchingModel.from_ntm_config(m)
         return NTM(**m)
     except (ValueError, TypeError, AssertionError, RuntimeError) as e:
         raise ConfigError(f"invalid model configuration: {e}") from e
+
+
+def training_losses(model: nn.Module, cfg: Dict[str, Any], x: Tensor, y: Optional[Tensor],
+                    generator: torch.Generator, reference: Optional[nn.Module] = None,
+                    reg_weight: float = 0.0) -> Dict[str, Tensor]:
+    """Per-sample terms ``[B]`` of the objective: ``"loss"`` (what is minimised) and its
+    parts -- ``"nll"`` (NTM), ``"fm_reg"`` (``|mu - mu_FM|^2``, when a ``reference`` FM
+    predictor is given; ``loss = nll + reg_weight * fm_reg``), or ``"fm_loss"``."""
+    from .models.flow_matching import anchored_trajectory_nll
+
+    if cfg["objective"] == "flow_matching":
+        fm = model.loss(x, y, generator=generator)
+        return {"loss": fm, "fm_loss": fm}
+    if reference is None:
+        nll = model.trajectory_nll(x, y, generator=generator)
+        return {"loss": nll, "nll": nll}
+    nll, reg = anchored_trajectory_nll(model, reference, x, y, generator)
+    return {"loss": nll + reg_weight * reg, "nll": nll, "fm_reg": reg}
 
 
 def preflight(model: nn.Module, cfg: Dict[str, Any], device) -> None:
@@ -185,16 +253,44 @@ def preflight(model: nn.Module, cfg: Dict[str, Any], device) -> None:
     x, y = data.batch(0, n=2)
     try:
         with torch.no_grad():
-            loss = model.trajectory_nll(x.to(device), None if y is None else y.to(device),
-                                        generator=_device_generator(device, 0))
+            loss = training_losses(model, cfg, x.to(device), None if y is None else y.to(device),
+                                   _device_generator(device, 0))["loss"]
         if loss.shape != (2,):
-            raise ValueError(f"trajectory_nll returned shape {list(loss.shape)}, expected [2]")
+            raise ValueError(f"the loss has shape {list(loss.shape)}, expected [2]")
     except (ValueError, RuntimeError, TypeError) as e:
         raise ConfigError(f"model and data do not fit together: {e}") from e
 
 
+def load_init_source(cfg: Dict[str, Any], log=None) -> Dict[str, Tensor]:
+    """The FM weights (EMA, ``predictor.*``) that ``cfg["init_from"]`` names, after checking
+    that it is a flow-matching run of the same data and predictor architecture
+    (:class:`ConfigError` naming the first differing key otherwise)."""
+    from .models.flow_matching import architecture_differences
+
+    where = cfg["init_from"]
+    try:
+        ck = ckpt.resolve(where, log=log)
+    except ckpt.CheckpointError as e:
+        raise ConfigError(f"--init-from {where}: {e}") from e
+    src = upgrade_config(json.loads(json.dumps(ck.config)))
+    if src["objective"] != "flow_matching":
+        raise ConfigError(f"--init-from {where}: {ck.path} is an {src['objective']!r} run; "
+                          "it must be a flow-matching run (ntm train --objective flow_matching)")
+    diffs = [(k, src[k], cfg[k]) for k in ("dataset", "class_conditional") if src[k] != cfg[k]]
+    diffs += [(f"model.{k}", a, b) for k, a, b in
+              architecture_differences(src["model"], cfg["model"])]
+    if diffs:
+        k, a, b = diffs[0]
+        raise ConfigError(f"--init-from {where}: {k} differs: the flow-matching run has {a!r}, "
+                          f"this run {b!r} (pass the flow-matching run's value; "
+                          f"{len(diffs)} key(s) differ: {', '.join(d[0] for d in diffs)})")
+    return ck.ema if ck.ema is not None else ck.model
+
+
 def config_differences(a: Dict[str, Any], b: Dict[str, Any], keys=IDENTITY_KEYS) -> List[str]:
-    """Human-readable differences of the run-defining entries of two configs."""
+    """Human-readable differences of the run-defining entries of two configs (keys that an
+    older stored config lacks count as their legacy defaults, :func:`upgrade_config`)."""
+    a, b = (upgrade_config(json.loads(json.dumps(c))) for c in (a, b))
     out = []
     for k in keys:
         va, vb = a.get(k), b.get(k)
@@ -290,17 +386,40 @@ def eval_levels(cfg: Dict[str, Any]) -> int:
 
 
 def evaluate_bpd(model, cfg: Dict[str, Any], device, seed: int = 0) -> Dict[str, float]:
+    """Test bits/dim of an NTM (:func:`~ntm_engine.metrics.dataset_bits_per_dim`)."""
     from .metrics import dataset_bits_per_dim
 
+    return _evaluate(dataset_bits_per_dim, model, cfg, device, seed)
+
+
+def evaluate_test(model, cfg: Dict[str, Any], device, seed: int = 0) -> Dict[str, float]:
+    """The test metrics of the objective: bits/dim (``bpd``, ``bpd_sem``, ``n``) of an NTM,
+    the loss (``fm_loss``, ``fm_loss_sem``, ``n``) of a flow-matching model."""
+    from .metrics import dataset_fm_loss
+
+    if upgrade_config(cfg)["objective"] == "flow_matching":
+        return _evaluate(dataset_fm_loss, model, cfg, device, seed)
+    return evaluate_bpd(model, cfg, device, seed)
+
+
+def _evaluate(metric, model, cfg, device, seed):
     x, y = test_data(cfg)
     was = model.training
     model.eval()
     try:
-        return dataset_bits_per_dim(model, x, y, levels=eval_levels(cfg),
-                                    batch_size=cfg["eval_batch"], seed=seed,
-                                    dequantize_data=cfg["dataset"] == "digits", device=device)
+        return metric(model, x, y, levels=eval_levels(cfg), batch_size=cfg["eval_batch"],
+                      seed=seed, dequantize_data=cfg["dataset"] == "digits", device=device)
     finally:
         model.train(was)
+
+
+def default_sample_steps(cfg: Dict[str, Any]) -> int:
+    """Sampling steps when none are asked for: the trained T of an NTM, the Euler steps of a
+    flow-matching model."""
+    from .models.flow_matching import EULER_STEPS
+
+    return EULER_STEPS if upgrade_config(cfg)["objective"] == "flow_matching" \
+        else cfg["model"]["steps"]
 
 
 def sample_labels(cfg: Dict[str, Any], n: int) -> Optional[Tensor]:
@@ -309,20 +428,33 @@ def sample_labels(cfg: Dict[str, Any], n: int) -> Optional[Tensor]:
 
 # ----------------------------------------------------------------------------- schedule, EMA
 
+def budget_progress(cfg: Dict[str, Any], step: int, elapsed_s: float = 0.0,
+                    start: int = 0) -> float:
+    """How much of the budget is spent, in ``[0, 1]``: ``(step - start) / (iters - start)``,
+    or the fraction of ``minutes`` elapsed, whichever is larger."""
+    progress = 0.0
+    if cfg["iters"] is not None:
+        progress = (step - start) / max(1, cfg["iters"] - start)
+    if cfg["minutes"] is not None:
+        progress = max(progress, elapsed_s / (60.0 * cfg["minutes"]))
+    return min(max(progress, 0.0), 1.0)
+
+
 def learning_rate(cfg: Dict[str, Any], step: int, elapsed_s: float = 0.0) -> float:
     """Linear warm-up over ``warmup`` iterations, then cosine decay to ``min_lr_ratio * lr`` at
     the end of the budget (``iters``, or ``minutes`` of training time, whichever comes first)."""
     lr, warm = cfg["lr"], cfg["warmup"]
     if step < warm:
         return lr * (step + 1) / warm
-    progress = 0.0
-    if cfg["iters"] is not None:
-        progress = (step - warm) / max(1, cfg["iters"] - warm)
-    if cfg["minutes"] is not None:
-        progress = max(progress, elapsed_s / (60.0 * cfg["minutes"]))
-    progress = min(max(progress, 0.0), 1.0)
     lo = lr * cfg["min_lr_ratio"]
+    progress = budget_progress(cfg, step, elapsed_s, start=warm)
     return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fm_reg_weight(cfg: Dict[str, Any], step: int, elapsed_s: float = 0.0) -> float:
+    """Weight of ``|mu - mu_FM|^2`` in iteration ``step`` (0-based) of an ``init_from`` run:
+    ``fm_reg`` cosine-decayed to 0 over the budget (``fm_reg`` at step 0, 0 at the end)."""
+    return cfg["fm_reg"] * 0.5 * (1 + math.cos(math.pi * budget_progress(cfg, step, elapsed_s)))
 
 
 class EMA:
@@ -454,10 +586,13 @@ class Trainer:
     def _init(self, cfg: Dict[str, Any], resume: bool) -> None:
         # 1. configuration errors, before anything is written
         validate_config(cfg)
+        existing = ckpt.list_checkpoints(self.out)
+        fm_state = None
+        if cfg["init_from"] is not None and not (resume and existing):
+            fm_state = load_init_source(cfg, log=self.log)
         model_check = self.model_factory(cfg)
         preflight(model_check, cfg, "cpu")
         del model_check
-        existing = ckpt.list_checkpoints(self.out)
         if existing and not resume:
             raise ConfigError(f"{self.out} already holds checkpoints (up to step "
                               f"{existing[-1][0]}); pass --resume to continue that run, or "
@@ -475,6 +610,8 @@ class Trainer:
             if diffs:
                 raise ConfigError("the checkpoint in {} was made with another configuration:\n  "
                                   .format(resumed.path) + "\n  ".join(diffs))
+        elif cfg["init_from"] is not None and fm_state is None:  # no valid checkpoint left
+            fm_state = load_init_source(cfg, log=self.log)
         self.cfg = cfg
         init_seed = derive_seed(cfg["seed"], 0, "init")
         torch.manual_seed(init_seed)  # the initial weights are a function of the seed
@@ -484,6 +621,9 @@ class Trainer:
         if self.device.type != "cpu":
             preflight(self.model, cfg, self.device)
         self.model.train()
+        self.reference: Optional[nn.Module] = None   # the frozen FM predictor (init_from)
+        if cfg["init_from"] is not None:
+            self.reference = self._init_from_flow_matching(fm_state)
         self.ema = EMA(self.model, cfg["ema_decay"])
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"],
                                      betas=(cfg["beta1"], cfg["beta2"]),
@@ -504,7 +644,32 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if (self.out / METRICS_FILE).exists():
                 (self.out / METRICS_FILE).unlink()
+            if self.reference is not None:
+                from safetensors.torch import save as st_save
+                ckpt.atomic_write_bytes(self.out / REFERENCE_FILE,
+                                        st_save(self.reference.state_dict()))
         ckpt.atomic_write_text(self.out / CONFIG_FILE, json.dumps(cfg, indent=1))
+
+    def _init_from_flow_matching(self, fm_state: Optional[Dict[str, Tensor]]) -> nn.Module:
+        """A fresh run (``fm_state`` given): load the FM weights into the predictor; a resumed
+        one: read the frozen reference from the run folder.  Returns the frozen reference."""
+        from safetensors.torch import load as st_load
+
+        from .models.flow_matching import frozen_copy, load_predictor_weights
+
+        try:
+            if fm_state is not None:
+                load_predictor_weights(self.model, fm_state)
+                return frozen_copy(self.model.predictor)
+            path = self.out / REFERENCE_FILE
+            if not path.is_file():
+                raise ValueError(f"{path} (the frozen flow-matching predictor of this "
+                                 "--init-from run) is missing")
+            ref = frozen_copy(self.model.predictor)
+            ref.load_state_dict(st_load(path.read_bytes()), strict=True)
+            return ref.to(self.device)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"--init-from {self.cfg['init_from']}: {e}") from e
 
     # -------------------------------------------------------------- state
     def _restore(self, ck: ckpt.Checkpoint) -> None:
@@ -554,8 +719,8 @@ class Trainer:
     def evaluate(self) -> Dict[str, Any]:
         t0 = time.time()
         rec: Dict[str, Any] = {"type": "eval", "step": self.step}
-        rec.update({f"test_{k}": v for k, v in evaluate_bpd(self.ema.model, self.cfg,
-                                                            self.device).items()})
+        rec.update({f"test_{k}": v for k, v in evaluate_test(self.ema.model, self.cfg,
+                                                             self.device).items()})
         if self.plots and self.cfg["eval_samples"] > 0:
             rec["samples_png"] = str(self.sample_grid())
         rec["eval_s"] = round(time.time() - t0, 3)
@@ -601,10 +766,14 @@ class Trainer:
         lr = learning_rate(cfg, step, self.elapsed_s)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        loss = self.model.trajectory_nll(x, y, generator=g).mean()
+        rec = {"step": step + 1, "lr": lr}
+        reg_weight = 0.0
+        if self.reference is not None:
+            reg_weight = rec["fm_reg_weight"] = fm_reg_weight(cfg, step, self.elapsed_s)
+        terms = training_losses(self.model, cfg, x, y, g, self.reference, reg_weight)
+        loss = terms.pop("loss").mean()
         if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
             loss = loss * float("nan")
-        rec = {"step": step + 1, "lr": lr}
         finite = bool(torch.isfinite(loss))
         gnorm = float("nan")
         if finite:
@@ -624,6 +793,7 @@ class Trainer:
             self.nonfinite_run += 1
         self.step = step + 1
         rec.update(loss=float(loss.detach()), grad_norm=gnorm, finite=finite)
+        rec["terms"] = {k: float(v.detach().mean()) for k, v in terms.items()}
         return rec
 
     def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
@@ -649,7 +819,7 @@ class Trainer:
         bar = tqdm(total=cfg["iters"], initial=self.step, disable=not self.progress,
                    dynamic_ncols=True, desc=f"train {cfg['dataset']}", unit="it",
                    file=sys.stderr, mininterval=0.5)
-        window: List[float] = []
+        window: List[Dict[str, float]] = []   # loss and its terms of the finite steps
         tick, tick_step = time.time(), self.step
         stopped = None
         try:
@@ -669,7 +839,7 @@ class Trainer:
                     time.sleep(self.throttle_s)
                 self.elapsed_s = elapsed0 + (time.time() - t_start)
                 if rec["finite"]:
-                    window.append(rec["loss"])
+                    window.append({"loss": rec["loss"], **rec["terms"]})
                 else:
                     self.log(f"step {rec['step']}: non-finite loss or gradient ({rec['loss']}); "
                              f"step skipped ({self.nonfinite_run} in a row, "
@@ -692,22 +862,29 @@ class Trainer:
                     now = time.time()
                     its = (self.step - tick_step) / max(now - tick, 1e-9)
                     tick, tick_step = now, self.step
-                    mean_loss = sum(window) / len(window) if window else float("nan")
+                    means = {k: sum(w[k] for w in window) / len(window) for k in window[0]} \
+                        if window else {}
                     window = []
-                    bpd = self._train_bpd()
+                    mean_loss = means.pop("loss", float("nan"))
                     lrec = {"type": "train", "step": self.step, "loss": mean_loss,
-                            "loss_per_dim": mean_loss / D, "train_bpd": bpd, "lr": rec["lr"],
+                            "loss_per_dim": mean_loss / D, "lr": rec["lr"],
                             "grad_norm": rec["grad_norm"], "it_s": its,
                             "elapsed_s": round(self.elapsed_s, 3), "skipped": self.skipped}
+                    lrec.update(means)
+                    post = {"loss": f"{mean_loss:.4g}"}
+                    if "fm_reg_weight" in rec:
+                        lrec["fm_reg_weight"] = rec["fm_reg_weight"]
+                    if cfg["objective"] == "ntm":
+                        lrec["train_bpd"] = self._train_bpd()
+                        post["bpd"] = f"{lrec['train_bpd']:.3f}"
                     self._write_metrics(lrec)
-                    post = {"loss": f"{mean_loss:.4g}", "bpd": f"{bpd:.3f}",
-                            "lr": f"{rec['lr']:.2e}", "it/s": f"{its:.2f}"}
+                    post.update({"lr": f"{rec['lr']:.2e}", "it/s": f"{its:.2f}"})
                     if "test_bpd" in self.last_eval:
                         post["test_bpd"] = f"{self.last_eval['test_bpd']:.3f}"
                     bar.set_postfix(post, refresh=False)
                 if self.step % cfg["eval_every"] == 0:
                     ev = self.evaluate()
-                    bar.write(f"step {self.step}: test bits/dim {ev['test_bpd']:.4f}")
+                    bar.write(f"step {self.step}: {eval_summary(ev)}")
                 if self.step % cfg["ckpt_every"] == 0:
                     self.save()
         except BaseException:
@@ -719,7 +896,7 @@ class Trainer:
                 signal.signal(sig, h)
         if stopped.startswith("budget") and (self.last_eval.get("step") != self.step):
             ev = self.evaluate()
-            self.log(f"step {self.step}: test bits/dim {ev['test_bpd']:.4f}")
+            self.log(f"step {self.step}: {eval_summary(ev)}")
         path = self.save() if self._saved_step != self.step else self._saved_path
         summary = {"type": "event", "event": "end", "reason": stopped, "step": self.step,
                    "elapsed_s": round(self.elapsed_s, 3), "skipped": self.skipped,
@@ -748,6 +925,13 @@ class Trainer:
                                                  generator=g).mean())
         finally:
             self.model.train()
+
+
+def eval_summary(rec: Dict[str, Any]) -> str:
+    """One line for an evaluation record: test bits/dim, or the test loss of an FM model."""
+    if "test_bpd" in rec:
+        return f"test bits/dim {rec['test_bpd']:.4f}"
+    return f"test flow-matching loss {rec['test_fm_loss']:.4f}"
 
 
 def threading_main() -> bool:

@@ -5,10 +5,16 @@
 * :mod:`.predictor` -- ``f_P``: block-causal Transformer over all levels, with a KV cache
 * :mod:`.guidance` -- classifier-free guidance of Gaussian steps
 * :mod:`.ntm` -- :class:`NTM`: likelihood, bits/dim bound, sampling, trajectory scores
+* :mod:`.flow_matching` -- :class:`FlowMatchingModel`: the predictor pretrained as a velocity
+  model (Euler sampler), and the NTM initialised from it
+* :mod:`.denoiser` -- :class:`Denoiser`: the light ``g(u_{t_0}, t_0, y)`` distilled from an NTM
 """
+from .denoiser import Denoiser
+from .flow_matching import FlowMatchingModel
 from .guidance import guide
 from .ntm import NTM
 from .predictor import TrajectoryPredictor, block_causal_mask
 from .transporter import Transporter
 
-__all__ = ["NTM", "Transporter", "TrajectoryPredictor", "block_causal_mask", "guide"]
+__all__ = ["NTM", "Denoiser", "FlowMatchingModel", "Transporter", "TrajectoryPredictor",
+           "block_causal_mask", "guide"]

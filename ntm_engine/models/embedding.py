@@ -1,4 +1,4 @@
-"""Continuous time embeddings and the class embedding with a null class."""
+"""Continuous time embeddings, the class embedding with a null class, and label handling."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["sinusoidal", "TimeEmbedding", "ClassEmbedding"]
+__all__ = ["sinusoidal", "TimeEmbedding", "ClassEmbedding", "resolve_labels", "drop_labels"]
 
 
 def sinusoidal(t: Tensor, features: int, max_freq: float = 1000.0) -> Tensor:
@@ -60,3 +60,29 @@ class ClassEmbedding(nn.Module):
         if y is None:
             y = torch.full((rows,), self.null, dtype=torch.long, device=self.table.weight.device)
         return self.table(y)
+
+
+def resolve_labels(y, batch: int, num_classes: int, device, owner: str = "NTM"
+                   ) -> Optional[Tensor]:
+    """Labels as a long tensor ``[batch]`` (an int is repeated; None stays None, the null
+    label).  ``owner`` names the model in the errors."""
+    if y is None:
+        return None
+    if num_classes == 0:
+        raise ValueError(f"labels y given to an unconditional {owner} (num_classes=0)")
+    if isinstance(y, int):
+        return torch.full((batch,), y, dtype=torch.long, device=device)
+    y = torch.as_tensor(y, device=device).long()
+    if y.shape != (batch,):
+        raise ValueError(f"labels y must have shape [{batch}], got {list(y.shape)}")
+    return y
+
+
+def drop_labels(y: Optional[Tensor], p: float, num_classes: int,
+                generator: Optional[torch.Generator] = None) -> Optional[Tensor]:
+    """Replace each label by the null label ``num_classes`` with probability ``p`` (one
+    uniform draw per label from ``generator``; none when ``y`` is None or ``p = 0``)."""
+    if y is None or p <= 0:
+        return y
+    drop = torch.rand(y.shape, generator=generator, device=y.device) < p
+    return torch.where(drop, torch.full_like(y, num_classes), y)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from . import schedule
+from .embedding import drop_labels, resolve_labels
 from .guidance import guide
 from .predictor import TrajectoryPredictor
 from .transporter import Transporter
@@ -39,7 +40,9 @@ class NTM(nn.Module):
     Grid: shifted schedule ``shift``; in training ``t_0 ~ U[0, t_min_max]`` per sample.
     ``data_mean``/``data_std``: the new predictor is the exact reverse process of data
     ``N(data_mean, data_std^2 I)`` (a sensible start; the head learns a correction).
-    ``sigma_clamp`` bounds the learned log-scale correction.
+    ``sigma_clamp`` bounds the learned log-scale correction.  ``parameterization``:
+    ``"gaussian"`` (that start) or ``"flow_matching"`` (the predictor's head is a velocity;
+    an NTM initialised from a flow-matching model, :mod:`.flow_matching`).
     """
 
     def __init__(self, data_shape: Sequence[int], steps: int = 4, num_classes: int = 0, *,
@@ -48,7 +51,8 @@ class NTM(nn.Module):
                  transporter_hidden: int = 128, shift: float = 1.0, t_min_max: float = 0.05,
                  label_dropout: float = 0.1, clamp: Optional[float] = 2.0,
                  mlp_ratio: float = 4.0, context_dim: int = 64, data_mean: float = 0.0,
-                 data_std: float = 1.0, sigma_clamp: float = 6.0, reversible: bool = True):
+                 data_std: float = 1.0, sigma_clamp: float = 6.0, reversible: bool = True,
+                 parameterization: str = "gaussian"):
         super().__init__()
         data_shape = tuple(int(s) for s in data_shape)
         if len(data_shape) not in (1, 3):
@@ -66,7 +70,8 @@ class NTM(nn.Module):
             transporter_layers=transporter_layers, transporter_hidden=transporter_hidden,
             shift=shift, t_min_max=t_min_max, label_dropout=label_dropout, clamp=clamp,
             mlp_ratio=mlp_ratio, context_dim=context_dim, data_mean=data_mean,
-            data_std=data_std, sigma_clamp=sigma_clamp, reversible=reversible)
+            data_std=data_std, sigma_clamp=sigma_clamp, reversible=reversible,
+            parameterization=parameterization)
         self.data_shape, self.steps, self.num_classes = data_shape, steps, num_classes
         self.dim = math.prod(data_shape)
         self.shift, self.t_min_max, self.label_dropout = shift, t_min_max, label_dropout
@@ -74,7 +79,7 @@ class NTM(nn.Module):
                                        num_classes, clamp, context_dim, reversible)
         self.predictor = TrajectoryPredictor(data_shape, width, depth, heads, patch_size,
                                              num_classes, mlp_ratio, data_mean, data_std,
-                                             sigma_clamp)
+                                             sigma_clamp, parameterization)
 
     # ------------------------------------------------------------------ configs
     @staticmethod
@@ -112,16 +117,20 @@ class NTM(nn.Module):
                                   device=device, dtype=dtype)
 
     def _labels(self, y: Labels, batch: int, device) -> Optional[Tensor]:
-        if y is None:
-            return None
-        if self.num_classes == 0:
-            raise ValueError("labels y given to an unconditional NTM (num_classes=0)")
-        if isinstance(y, int):
-            return torch.full((batch,), y, dtype=torch.long, device=device)
-        y = torch.as_tensor(y, device=device).long()
-        if y.shape != (batch,):
-            raise ValueError(f"labels y must have shape [{batch}], got {list(y.shape)}")
-        return y
+        return resolve_labels(y, batch, self.num_classes, device)
+
+    def _check_denoiser(self, denoiser: Optional[nn.Module]) -> None:
+        """A denoiser that declares ``data_shape``/``num_classes`` must declare this model's."""
+        if denoiser is None:
+            return
+        shape = getattr(denoiser, "data_shape", None)
+        if shape is not None and tuple(shape) != self.data_shape:
+            raise ValueError(f"sample: the denoiser is for data of shape {list(shape)}, this NTM "
+                             f"for {list(self.data_shape)}")
+        classes = getattr(denoiser, "num_classes", None)
+        if classes is not None and classes != self.num_classes:
+            raise ValueError(f"sample: label mismatch: the denoiser has num_classes={classes}, "
+                             f"this NTM num_classes={self.num_classes}")
 
     def _check_data(self, x: Tensor, name: str = "x") -> None:
         if tuple(x.shape[1:]) != self.data_shape:
@@ -171,13 +180,23 @@ class NTM(nn.Module):
         u, logdet = self.transporter(Xf[:, :T].reshape(B * T, D), t[:, :T].reshape(B * T),
                                      rows_y)
         U = u.view(B, T, D)
-        u_in = torch.cat([U[:, 1:], Xf[:, T:]], dim=1)   # slot k reads u_{t_{k+1}}
-        mu, log_sigma = self.predictor(u_in, t[:, :T], t[:, 1:], y)
+        mu, log_sigma = self.predictor(self.slot_inputs(U, X), t[:, :T], t[:, 1:], y)
         return U, logdet.view(B, T), mu.to(U.dtype), log_sigma.to(U.dtype)
+
+    @staticmethod
+    def slot_inputs(U: Tensor, X: Tensor) -> Tensor:
+        """The predictor's input ``[B, T, D]``: slot ``k`` reads ``u_{t_{k+1}}`` (``U [B, T, D]``
+        from :meth:`predict_levels`, ``x_1`` the last level of ``X [B, T+1, ...]``)."""
+        B, T, D = U.shape
+        return torch.cat([U[:, 1:], X.reshape(B, T + 1, D)[:, T:]], dim=1)
 
     def _nll(self, X: Tensor, t: Tensor, y: Optional[Tensor]) -> Tensor:
         """``L [B]`` (DESIGN.md section 1) of trajectory ``X [B, T+1, ...]`` on ``t [B, T+1]``."""
-        U, logdet, mu, log_sigma = self._predict(X, t, y)
+        return self.nll_from_levels(X, *self._predict(X, t, y))
+
+    def nll_from_levels(self, X: Tensor, U: Tensor, logdet: Tensor, mu: Tensor,
+                        log_sigma: Tensor) -> Tensor:
+        """``L [B]`` of trajectory ``X`` from the outputs of :meth:`predict_levels` on it."""
         B, T, D = U.shape
         nll = ops.gaussian_nll(U.reshape(B, T * D), mu.reshape(B, T * D),
                                log_sigma.reshape(B, T * D))
@@ -198,12 +217,19 @@ class NTM(nn.Module):
         training mode labels are replaced by the null class with probability
         ``label_dropout`` (drawn from ``generator`` after the trajectory).  One transporter
         pass over ``B*T`` rows and one predictor pass."""
+        return self._nll(*self.training_trajectory(x, y, generator))
+
+    def training_trajectory(self, x: Tensor, y: Labels = None,
+                            generator: Optional[torch.Generator] = None
+                            ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """The random draws of :meth:`trajectory_nll`, in its order: ``(X [B, T+1, ...],
+        t [B, T+1], y [B] or None)``, a forward trajectory of ``x`` and the labels after
+        label dropout (training mode only)."""
         X, t = self.forward_trajectory(x, generator)
         y = self._labels(y, x.shape[0], x.device)
-        if y is not None and self.training and self.label_dropout > 0:
-            drop = torch.rand(y.shape, generator=generator, device=y.device) < self.label_dropout
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        return self._nll(X, t, y)
+        if self.training:
+            y = drop_labels(y, self.label_dropout, self.num_classes, generator)
+        return X, t, y
 
     def forward_entropy(self, t: Tensor) -> Tensor:
         """``H_q [B]`` (nats) of the forward process on grid ``t [B, T+1]``."""
@@ -232,12 +258,16 @@ class NTM(nn.Module):
     def sample(self, n: int, y: Labels = None, steps: Optional[int] = None,
                temperature: float = 1.0, guidance: float = 0.0,
                generator: Optional[torch.Generator] = None, return_trajectory: bool = False,
-               use_cache: bool = True) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+               use_cache: bool = True, t_min: float = 0.0,
+               denoiser: Optional[nn.Module] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Draw ``n`` samples ``[n, *data_shape]`` (no gradients).
 
         ``u_1 ~ N(0, I)``; for ``k = T-1..0``: ``u_{t_k} = mu_k + temperature * sig_k * z``;
-        ``x = f_T^{-1}(u_{t_0}; t_0 = 0)``.  ``steps`` (None: the trained T) evaluates the
-        predictor on another grid of the same schedule.  ``y``: int or ``[n]`` labels
+        ``x = f_T^{-1}(u_{t_0}; t_0)``.  ``steps`` (None: the trained T) evaluates the
+        predictor on another grid of the same schedule; ``t_min`` is that grid's ``t_0``
+        (``0 <= t_min < t_1``).  ``denoiser`` (e.g. a :class:`~.denoiser.Denoiser` distilled
+        from this model at ``t_0 = t_min``): ``x = denoiser(u_{t_0} [n, *data_shape], t_0 [n],
+        y)`` replaces the transporter inverse (DESIGN.md, "Trajectory denoising").  ``y``: int or ``[n]`` labels
         (None: unconditional, the null class).  ``guidance`` ``w != 0`` (needs labels) runs
         the unconditional branch alongside (one batch of ``2n``) and combines the two
         Gaussians with :func:`~.guidance.guide`; the transporter inverse uses the labels.
@@ -245,12 +275,19 @@ class NTM(nn.Module):
         without it every step reruns all slots (unfinished inputs zero, which causality
         ignores).  Noise is drawn from ``generator``: ``u_1`` then one ``z`` per step.
         With ``return_trajectory``: returns ``(x, X)``, ``X [n, steps+1, *data_shape]`` the
-        x-space levels ``x_{t_0} = x, ..., x_{t_T} = u_1``.
+        x-space levels ``x_{t_0} = x, ..., x_{t_T} = u_1`` (level 0 is the output ``x``, the
+        denoised one when a ``denoiser`` is given).
         """
         p = next(self.parameters())
         device, dtype, D = p.device, p.dtype, self.dim
         T = steps or self.steps
-        t = self.time_grid(n, T, 0.0, device=device, dtype=dtype)
+        t1 = float(self.time_grid(1, T, 0.0, dtype=torch.float64)[0, 1])
+        if not 0 <= t_min < t1:
+            raise ValueError(f"sample: t_min (the t_0 of the sampling grid) must lie in "
+                             f"[0, t_1 = {t1:.4g}) for {T} steps with shift {self.shift}, "
+                             f"got {t_min}")
+        self._check_denoiser(denoiser)
+        t = self.time_grid(n, T, t_min, device=device, dtype=dtype)
         y = self._labels(y, n, device)
         guided = guidance != 0
         if guided and y is None:
@@ -278,8 +315,14 @@ class NTM(nn.Module):
                 mu, log_sigma = guide(mu[:n], log_sigma[:n], mu[n:], log_sigma[n:], guidance)
             z = torch.randn(n, D, generator=generator, device=device, dtype=dtype)
             U[k] = mu + temperature * torch.exp(log_sigma) * z
-        x, _ = self.transporter.inverse(U[0], t[:, 0], y)
-        x = x.view(n, *self.data_shape)
+        if denoiser is None:
+            x, _ = self.transporter.inverse(U[0], t[:, 0], y)
+            x = x.view(n, *self.data_shape)
+        else:
+            x = denoiser(U[0].view(n, *self.data_shape), t[:, 0], y)
+            if tuple(x.shape) != (n, *self.data_shape):
+                raise ValueError(f"sample: the denoiser returned shape {list(x.shape)}, expected "
+                                 f"{[n, *self.data_shape]}")
         if not return_trajectory:
             return x
         rows_y = None if y is None else y.repeat_interleave(T)

@@ -8,11 +8,19 @@ cleaner one.  Tokens of slot ``k`` = linear embedding of the patches of ``u_{t_{
 embedding: it is continuous in the times, so the predictor runs on grids it was not trained
 on (other step counts).  ``c_k`` also modulates every LayerNorm (adaLN shift/scale).
 
-Output parameterisation: the predictor starts as the exact reverse step ``q(x_{t_k} |
-x_{t_{k+1}})`` of Gaussian data ``N(data_mean, data_std^2 I)``
-(:func:`~ntm_engine.models.schedule.gaussian_reverse`: ``N(A u + b, c^2)``) and learns a
-correction: ``mu = A u + b + c * dmu``, ``log sig = log c + dls``, where ``(dmu, dls)`` come
-from a zero-initialised head.  ``dls`` is soft-clamped to ``(-sigma_clamp, sigma_clamp)``.
+Output parameterisations (``parameterization``; the head has two zero-initialised chunks
+``(h1, h2)`` per slot, ``h2`` soft-clamped to ``(-sigma_clamp, sigma_clamp)``; ``u = u_in``,
+step ``t = t_{k+1} -> s = t_k``):
+
+* ``"gaussian"`` (default): the predictor starts as the exact reverse step ``q(x_s | x_t)`` of
+  Gaussian data ``N(data_mean, data_std^2 I)``
+  (:func:`~ntm_engine.models.schedule.gaussian_reverse`: ``N(A u + b, c^2)``) and learns a
+  correction: ``mu = A u + b + c * h1``, ``log sig = log c + h2``.
+* ``"flow_matching"``: ``h1`` is a velocity ``v(u, t)`` (the backbone of a flow-matching
+  model, :mod:`.flow_matching`), ``mu = A u + B (u - t v)``, ``log sig = log sig_0 + h2``
+  with ``(A, B, sig_0)`` of :func:`~ntm_engine.models.schedule.flow_matching_reverse` (the
+  posterior ``q(x_s | x_t, x0_hat)`` widened by the data uncertainty of a Gaussian of std
+  ``data_std``, so the ``s = 0`` slot has a finite scale).
 """
 from __future__ import annotations
 
@@ -24,9 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embedding import ClassEmbedding, TimeEmbedding
-from .schedule import gaussian_reverse
+from .schedule import flow_matching_reverse, gaussian_reverse
 
-__all__ = ["TrajectoryPredictor", "block_causal_mask", "default_patch_size"]
+__all__ = ["TrajectoryPredictor", "block_causal_mask", "default_patch_size",
+           "PARAMETERIZATIONS"]
+
+PARAMETERIZATIONS = ("gaussian", "flow_matching")
 
 KV = Tuple[Tensor, Tensor]
 
@@ -89,13 +100,20 @@ class TrajectoryPredictor(nn.Module):
     """``f_P``: ``(u_in [B, T, D], t_lo [B, T], t_hi [B, T], y [B]) -> (mu, log_sigma)``, both
     ``[B, T, D]``; slot ``k`` reads ``u_in[:, k] = u_{t_{k+1}}`` and predicts the level at
     ``t_k = t_lo[:, k]`` (``t_hi[:, k] = t_{k+1}``).  See the module docstring for tokens and
-    parameterisation."""
+    the two parameterizations."""
 
     def __init__(self, data_shape: Sequence[int], width: int = 128, depth: int = 4,
                  heads: int = 4, patch_size: Optional[int] = None, num_classes: int = 0,
                  mlp_ratio: float = 4.0, data_mean: float = 0.0, data_std: float = 1.0,
-                 sigma_clamp: float = 6.0):
+                 sigma_clamp: float = 6.0, parameterization: str = "gaussian"):
         super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
+                             f"got {parameterization!r}")
+        if parameterization == "flow_matching" and not data_std > 0:
+            raise ValueError(f"the flow_matching parameterization needs data_std > 0 (the "
+                             f"scale of the t_0 = 0 slot), got {data_std}")
+        self.parameterization = parameterization
         self.data_shape = tuple(int(s) for s in data_shape)
         self.dim = math.prod(self.data_shape)
         p = patch_size or default_patch_size(self.data_shape)
@@ -153,21 +171,30 @@ class TrajectoryPredictor(nn.Module):
         x = self.patchify(u_in.reshape(B * S, D).to(self.embed.weight.dtype))
         return self.embed(x).view(B, S, self.tokens, self.width) + self.pos + c.unsqueeze(2)
 
-    def _output(self, h: Tensor, c: Tensor, u_in: Tensor, t_lo: Tensor, t_hi: Tensor
-                ) -> Tuple[Tensor, Tensor]:
+    def _head(self, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor]:
+        """The two head chunks ``(h1, h2)``, each ``[B, S, D]``, from features ``h [B, S, N, W]``
+        and the slot conditioning ``c [B, S, W]``."""
         B, S = h.shape[:2]
         shift, scale = self.final_mod(c).unsqueeze(2).chunk(2, dim=-1)
         out = self.head(self.norm(h) * (1 + scale) + shift)           # [B, S, N, 2 pd]
-        dmu, dls = out.chunk(2, dim=-1)
-        dmu = self.unpatchify(dmu.reshape(B * S, self.tokens, self.patch_dim)).view(B, S, -1)
-        dls = self.unpatchify(dls.reshape(B * S, self.tokens, self.patch_dim)).view(B, S, -1)
-        A, b, log_c = gaussian_reverse(t_lo.to(dmu.dtype), t_hi.to(dmu.dtype),
-                                       self.data_mean, self.data_std)
-        A, b, log_c = A.unsqueeze(-1), b.unsqueeze(-1), log_c.unsqueeze(-1)
+        h1, h2 = out.chunk(2, dim=-1)
+        h1 = self.unpatchify(h1.reshape(B * S, self.tokens, self.patch_dim)).view(B, S, -1)
+        h2 = self.unpatchify(h2.reshape(B * S, self.tokens, self.patch_dim)).view(B, S, -1)
+        return h1, h2
+
+    def _output(self, h1: Tensor, h2: Tensor, u_in: Tensor, t_lo: Tensor, t_hi: Tensor
+                ) -> Tuple[Tensor, Tensor]:
+        """``(mu, log_sigma)`` ``[B, S, D]`` from the head chunks (module docstring)."""
+        s, t = t_lo.to(h1.dtype).unsqueeze(-1), t_hi.to(h1.dtype).unsqueeze(-1)
+        u = u_in.to(h1.dtype)
         k = self.sigma_clamp
-        mu = A * u_in.to(dmu.dtype) + b + torch.exp(log_c) * dmu
-        log_sigma = log_c + k * torch.tanh(dls / k)
-        return mu, log_sigma
+        if self.parameterization == "flow_matching":
+            A, B, log_s0 = flow_matching_reverse(s, t, self.data_std)
+            mu = A * u + B * (u - t * h1)
+        else:
+            A, b, log_s0 = gaussian_reverse(s, t, self.data_mean, self.data_std)
+            mu = A * u + b + torch.exp(log_s0) * h1
+        return mu, log_s0 + k * torch.tanh(h2 / k)
 
     def _mask(self, rows: int, cols: int, levels: int, device) -> Tensor:
         key = (rows, cols, levels, str(device))
@@ -180,10 +207,11 @@ class TrajectoryPredictor(nn.Module):
         return self._masks[key]
 
     # ---------------------------------------------------------------- passes
-    def forward(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor] = None
-                ) -> Tuple[Tensor, Tensor]:
-        """All slots at once (teacher forcing): ``u_in [B, T, D]``, ``t_lo, t_hi [B, T]``,
-        ``y [B]`` or None -> ``(mu [B, T, D], log_sigma [B, T, D])``."""
+    def head_outputs(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor,
+                     y: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """The raw head chunks ``(h1, h2)`` ``[B, T, D]`` of all slots at once (teacher
+        forcing); arguments as :meth:`forward`.  In the ``"flow_matching"`` parameterization
+        ``h1`` is the velocity ``v(u_in, t_hi)``."""
         B, T, _ = u_in.shape
         c = self.condition(t_lo, t_hi, y)
         h = self._tokens(u_in, c)
@@ -191,7 +219,14 @@ class TrajectoryPredictor(nn.Module):
         mask = self._mask(L, L, T, h.device)
         for blk in self.blocks:
             h, _ = blk(h, c, mask)
-        return self._output(h, c, u_in, t_lo, t_hi)
+        return self._head(h, c)
+
+    def forward(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
+        """All slots at once (teacher forcing): ``u_in [B, T, D]``, ``t_lo, t_hi [B, T]``,
+        ``y [B]`` or None -> ``(mu [B, T, D], log_sigma [B, T, D])``."""
+        h1, h2 = self.head_outputs(u_in, t_lo, t_hi, y)
+        return self._output(h1, h2, u_in, t_lo, t_hi)
 
     def step(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor] = None,
              cache: Optional[List[KV]] = None) -> Tuple[Tensor, Tensor, List[KV]]:
@@ -207,5 +242,5 @@ class TrajectoryPredictor(nn.Module):
         for i, blk in enumerate(self.blocks):
             h, kv = blk(h, c, mask, None if cache is None else cache[i])
             new_cache.append(kv)
-        mu, log_sigma = self._output(h, c, u_in, t_lo, t_hi)
+        mu, log_sigma = self._output(*self._head(h, c), u_in, t_lo, t_hi)
         return mu[:, 0], log_sigma[:, 0], new_cache

@@ -17,7 +17,10 @@ __all__ = [
     "forward_coefficients",
     "forward_trajectory",
     "forward_entropy",
+    "marginal_variance",
     "gaussian_reverse",
+    "posterior_coefficients",
+    "flow_matching_reverse",
     "level_covariance",
 ]
 
@@ -86,23 +89,67 @@ def forward_entropy(t: Tensor, dim: int) -> Tensor:
     return 0.5 * dim * (math.log(2 * math.pi * math.e) + 2 * torch.log(s)).sum(dim=1)
 
 
+def marginal_variance(t: Tensor, std: float) -> Tensor:
+    """``V_t = (1-t)^2 std^2 + t^2``: the per-dimension variance of ``x_t`` for data of
+    std ``std``."""
+    return (1 - t) ** 2 * (std * std) + t * t
+
+
 def gaussian_reverse(s: Tensor, t: Tensor, mean: float = 0.0, std: float = 1.0
                      ) -> Tuple[Tensor, Tensor, Tensor]:
     """The exact reverse step ``q(x_s | x_t)`` (``s < t``) for data ``N(mean, std^2 I)``.
 
     Returns ``(A, b, log_c)`` (shapes of ``s``) with ``q(x_s | x_t) = N(A x_t + b, c^2 I)``:
-    ``V_r = (1-r)^2 std^2 + r^2``, ``a = (1-t)/(1-s)``, ``A = a V_s / V_t``,
+    ``V_r`` = :func:`marginal_variance`, ``a = (1-t)/(1-s)``, ``A = a V_s / V_t``,
     ``b = (1-s) mean - A (1-t) mean``, ``c^2 = V_s (t^2 - a^2 s^2) / V_t``.  At ``t = 1``:
     ``A = 0`` and ``q(x_s | x_1) = q(x_s)``.  The predictor starts from this step.
     """
-    v = std * std
-    vs = (1 - s) ** 2 * v + s * s
-    vt = (1 - t) ** 2 * v + t * t
+    vs, vt = marginal_variance(s, std), marginal_variance(t, std)
     a = (1 - t) / (1 - s)
     A = a * vs / vt
     b = (1 - s) * mean - A * (1 - t) * mean
     c2 = vs * (t * t - a * a * s * s).clamp_min(0) / vt
     return A, b, 0.5 * torch.log(c2.clamp_min(torch.finfo(c2.dtype).tiny))
+
+
+def posterior_coefficients(s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The forward process's posterior ``q(x_s | x_t, x) = N(A x_t + B x, C^2 I)`` (``s < t``).
+
+    Returns ``(A, B, log_C)`` (shapes of ``s``, broadcast with ``t``):
+    ``A = s^2 (1-t) / (t^2 (1-s))``, ``B = (t-s)(t+s-2ts) / (t^2 (1-s))``,
+    ``C^2 = s^2 (t-s)(t+s-2ts) / (t^2 (1-s)^2)``.  Limits: ``t = 1`` gives ``A = 0``,
+    ``B = 1-s``, ``C = s`` (``x_1`` is independent of ``x``); ``s = 0`` gives ``A = 0``,
+    ``B = 1``, ``C = 0``, so ``log_C = -inf`` there (no NaN; the caller decides what a point
+    mass means for a likelihood, see :func:`flow_matching_reverse`).
+    """
+    t2 = t * t
+    q = (t - s) * (t + s - 2 * t * s)            # = (1-s)^2 s_{t|s}^2, the step's noise
+    A = s * s * (1 - t) / (t2 * (1 - s))
+    B = q / (t2 * (1 - s))
+    log_C = torch.log(s) + 0.5 * torch.log(q) - torch.log(t) - torch.log1p(-s)
+    return A, B, log_C
+
+
+def flow_matching_reverse(s: Tensor, t: Tensor, std: float
+                          ) -> Tuple[Tensor, Tensor, Tensor]:
+    """The reverse step of an NTM initialised from a flow-matching model (``s < t``).
+
+    With ``x0_hat = x_t - t v(x_t, t)`` the data estimate of a velocity model, the step is
+    ``N(A x_t + B x0_hat, sig^2 I)``; returns ``(A, B, log_sig)`` (shapes of ``s``) with
+    ``(A, B, C)`` of :func:`posterior_coefficients` and
+    ``sig^2 = C^2 + B^2 r_t^2``,  ``r_t^2 = std^2 t^2 / ((1-t)^2 std^2 + t^2)``:
+    ``r_t^2`` is ``Var[x | x_t]`` for data ``N(., std^2 I)``, so by the law of total variance
+    the step is exactly ``q(x_s | x_t)`` for Gaussian data whose ``x0_hat = E[x | x_t]`` (it
+    then equals :func:`gaussian_reverse`).  ``std -> 0`` gives ``sig = C``, the posterior
+    ``q(x_s | x_t, x0_hat)`` of DESIGN.md; ``std > 0`` keeps the ``s = 0`` slot (``C = 0``,
+    ``B = 1``: ``sig = r_t``) a proper density, so the likelihood with ``t_0 = 0`` is finite.
+    """
+    if not std > 0:
+        raise ValueError(f"flow_matching_reverse: std must be > 0, got {std}")
+    A, B, log_C = posterior_coefficients(s, t)
+    log_r = math.log(std) + torch.log(t) - 0.5 * torch.log(marginal_variance(t, std))
+    log_sig = 0.5 * torch.logaddexp(2 * log_C, 2 * (torch.log(B) + log_r))
+    return A, B, log_sig
 
 
 def level_covariance(t: Tensor) -> Tensor:

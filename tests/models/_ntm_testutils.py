@@ -1,5 +1,7 @@
 """Shared helpers for the NTM model tests."""
 import torch
+from torch.autograd.functional import jacobian
+from torch.distributions import Normal
 
 from ntm_engine.models import NTM
 
@@ -21,3 +23,35 @@ def small_ntm(data_shape=(1, 4, 4), steps=3, num_classes=3, seed=0, std=0.1, **k
     cfg.update(kw)
     model = NTM(data_shape, steps=steps, num_classes=num_classes, **cfg).double()
     return perturb(model, std, seed).eval()
+
+
+def joint_covariance(t, v):
+    """Cov of (x_{t_0}, ..., x_{t_T}) per dimension for x ~ N(m, v): (1-t_i)(1-t_j) v + S_ij."""
+    lo = torch.minimum(t.view(-1, 1), t.view(1, -1))
+    hi = torch.maximum(t.view(-1, 1), t.view(1, -1))
+    S = torch.where(lo < 1, lo ** 2 * (1 - hi) / (1 - lo).clamp_min(1e-300), torch.ones_like(lo))
+    return torch.outer(1 - t, 1 - t) * v + S
+
+
+def brute_force_nll(model, X, t, y):
+    """-log p(X) per sample, level by level, with slogdet of the transporter's Jacobian."""
+    B, T = X.shape[0], X.shape[1] - 1
+    D = model.dim
+    Xf = X.reshape(B, T + 1, D)
+    out = torch.zeros(B, dtype=torch.float64)
+    for b in range(B):
+        yb = None if y is None else y[b:b + 1]
+        us, logdets = [], []
+        for k in range(T):
+            tk = t[b, k:k + 1]
+            f = lambda v: model.transporter(v.unsqueeze(0), tk, yb)[0][0]  # noqa: E731
+            us.append(f(Xf[b, k]))
+            J = jacobian(f, Xf[b, k])
+            logdets.append(torch.linalg.slogdet(J).logabsdet)
+        u_in = torch.stack(us[1:] + [Xf[b, T]]).unsqueeze(0)
+        mu, ls = model.predictor(u_in, t[b:b + 1, :T], t[b:b + 1, 1:], yb)
+        logp = Normal(0.0, 1.0).log_prob(Xf[b, T]).sum()
+        for k in range(T):
+            logp = logp + Normal(mu[0, k], ls[0, k].exp()).log_prob(us[k]).sum() + logdets[k]
+        out[b] = -logp
+    return out

@@ -5,7 +5,7 @@ import torch
 
 from ntm_engine.models import NTM
 
-from _ntm_testutils import perturb
+from _ntm_testutils import joint_covariance, perturb
 
 
 def gaussian_model(m, v, steps=4, shift=1.0, dim=3):
@@ -14,14 +14,6 @@ def gaussian_model(m, v, steps=4, shift=1.0, dim=3):
     model = NTM((dim,), steps=steps, width=16, depth=1, heads=2, transporter_layers=0,
                 shift=shift, data_mean=m, data_std=math.sqrt(v))
     return model.double().eval()
-
-
-def joint_covariance(t, v):
-    """Cov of (x_{t_0}, ..., x_{t_T}) per dimension for x ~ N(m, v): (1-t_i)(1-t_j) v + S_ij."""
-    lo = torch.minimum(t.view(-1, 1), t.view(1, -1))
-    hi = torch.maximum(t.view(-1, 1), t.view(1, -1))
-    S = torch.where(lo < 1, lo ** 2 * (1 - hi) / (1 - lo).clamp_min(1e-300), torch.ones_like(lo))
-    return torch.outer(1 - t, 1 - t) * v + S
 
 
 def test_predictor_starts_as_the_optimal_gaussian_reverse_process():

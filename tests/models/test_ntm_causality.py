@@ -15,11 +15,12 @@ def test_block_causal_mask_layout():
             assert bool(m[i, j]) == bool(slot[j] >= slot[i])
 
 
+@pytest.mark.parametrize("parameterization", ["gaussian", "flow_matching"])
 @pytest.mark.parametrize("data_shape,patch", [((1, 4, 4), 2), ((3, 2, 4), 2), ((6,), 3),
                                               ((2,), 2)])
-def test_cleaner_level_never_leaks(data_shape, patch):
+def test_cleaner_level_never_leaks(data_shape, patch, parameterization):
     T = 4
-    model = small_ntm(data_shape, steps=T, patch_size=patch)
+    model = small_ntm(data_shape, steps=T, patch_size=patch, parameterization=parameterization)
     g = torch.Generator().manual_seed(1)
     B = 5
     x = torch.randn(B, *data_shape, generator=g, dtype=torch.float64)
@@ -43,9 +44,10 @@ def test_cleaner_level_never_leaks(data_shape, patch):
                 assert torch.equal(U[:, j], U0[:, j]) == (j != k)
 
 
-def test_prediction_of_a_level_ignores_its_own_value():
+@pytest.mark.parametrize("parameterization", ["gaussian", "flow_matching"])
+def test_prediction_of_a_level_ignores_its_own_value(parameterization):
     """Slot k reads u_{t_{k+1}}: the likelihood of level k is autoregressive in levels."""
-    model = small_ntm((1, 4, 4), steps=3, patch_size=2)
+    model = small_ntm((1, 4, 4), steps=3, patch_size=2, parameterization=parameterization)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64)
     X, t = model.forward_trajectory(x, generator=g)

@@ -8,37 +8,14 @@ from torch.distributions import Normal
 
 from ntm_engine.models import NTM
 
-from _ntm_testutils import perturb, small_ntm
+from _ntm_testutils import brute_force_nll, perturb, small_ntm
 
 
-def brute_force_nll(model, X, t, y):
-    """-log p(X) per sample, level by level, with slogdet of the transporter's Jacobian."""
-    B, T = X.shape[0], X.shape[1] - 1
-    D = model.dim
-    Xf = X.reshape(B, T + 1, D)
-    out = torch.zeros(B, dtype=torch.float64)
-    for b in range(B):
-        yb = None if y is None else y[b:b + 1]
-        us, logdets = [], []
-        for k in range(T):
-            tk = t[b, k:k + 1]
-            f = lambda v: model.transporter(v.unsqueeze(0), tk, yb)[0][0]  # noqa: E731
-            us.append(f(Xf[b, k]))
-            J = jacobian(f, Xf[b, k])
-            logdets.append(torch.linalg.slogdet(J).logabsdet)
-        u_in = torch.stack(us[1:] + [Xf[b, T]]).unsqueeze(0)
-        mu, ls = model.predictor(u_in, t[b:b + 1, :T], t[b:b + 1, 1:], yb)
-        logp = Normal(0.0, 1.0).log_prob(Xf[b, T]).sum()
-        for k in range(T):
-            logp = logp + Normal(mu[0, k], ls[0, k].exp()).log_prob(us[k]).sum() + logdets[k]
-        out[b] = -logp
-    return out
-
-
+@pytest.mark.parametrize("parameterization", ["gaussian", "flow_matching"])
 @pytest.mark.parametrize("data_shape,steps,patch", [((4,), 3, 2), ((1, 2, 2), 2, 1), ((2,), 4, 2)])
-def test_trajectory_nll_matches_brute_force(data_shape, steps, patch):
+def test_trajectory_nll_matches_brute_force(data_shape, steps, patch, parameterization):
     model = small_ntm(data_shape, steps=steps, patch_size=patch, num_classes=2, std=0.3,
-                      label_dropout=0.0)
+                      label_dropout=0.0, parameterization=parameterization)
     model.train()                        # t_0 drawn per sample; no label dropout (p = 0)
     x = torch.randn(3, *data_shape, generator=torch.Generator().manual_seed(5),
                     dtype=torch.float64)

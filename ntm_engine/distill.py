@@ -1,0 +1,526 @@
+"""Self-distillation of a trained NTM into a light denoiser (DESIGN.md section 1, "Trajectory
+denoising and self-distillation").
+
+The frozen teacher (an NTM, EMA weights) draws forward trajectories of real training data on
+its grid with a fixed ``t_0 = t_d > 0``.  The regression target is its Tweedie posterior mean
+``E[x | X]`` (:meth:`~ntm_engine.models.NTM.posterior_mean`, exact through the trajectory
+score), the input the transporter's output at level 0, ``u_{t_0} = f_T(x_{t_0}; t_0, y)``
+(:func:`distillation_batch`).  A :class:`~ntm_engine.models.Denoiser` ``g(u_{t_0}, t_d, y)``
+learns it by mean squared error; at sampling time it replaces the transporter inverse
+(``NTM.sample(..., t_min=t_d, denoiser=g)``).  Class-conditional teachers: labels are
+replaced by the null class with probability ``label_dropout`` (inputs *and* targets then come
+from the teacher's unconditional branch), so the denoiser also serves unconditional sampling.
+The targets cost about 20 denoiser updates (one teacher forward + backward over ``B*T`` rows),
+so each batch of targets serves ``updates_per_batch`` updates (default 8); on the digits the
+regression is limited by updates, not by fresh data.
+
+The loop (:class:`Distiller`) reuses the pieces of :mod:`ntm_engine.train` -- batches as a
+function of ``(seed, step)`` (:class:`~ntm_engine.train.DataSource`), per-step seeds
+(:func:`~ntm_engine.train.derive_seed`), warm-up + cosine learning rate, :class:`EMA`, RNG
+states, ``metrics.jsonl`` -- and the atomic, verified checkpoints of
+:mod:`ntm_engine.checkpoint` (generic: the config is a JSON-able dict, here with
+``kind = "ntm-denoiser"``).  It does not subclass :class:`~ntm_engine.train.Trainer`, whose
+step, evaluation and checkpoint contents are the NTM's own.  A run resumed from the
+checkpoint of step ``s`` repeats bit for bit (same machine and threads) what an uninterrupted
+run does after ``s``, unless a ``minutes`` budget shapes the learning rate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from .data import DIGITS_LEVELS, dequantize
+from .models import Denoiser, schedule
+from .models.embedding import drop_labels, resolve_labels
+from .train import (CONFIG_FILE, EMA, METRICS_FILE, ConfigError, DataSource, NonFiniteLossError,
+                    config_differences, derive_seed, learning_rate, model_code_fingerprint,
+                    rng_states, set_rng_states, test_data, threading_main, truncate_metrics)
+
+__all__ = ["KIND", "DISTILL_DEFAULTS", "DistillBatch", "distillation_batch", "make_distill_config",
+           "validate_distill_config", "Distiller", "load_denoiser", "check_denoiser_fits"]
+
+KIND = "ntm-denoiser"
+DISTILL_DEFAULTS: Dict[str, Any] = dict(
+    batch_size=128, updates_per_batch=8, lr=2e-3, min_lr_ratio=0.05, warmup=50,
+    weight_decay=0.0, beta1=0.9,
+    beta2=0.99, ema_decay=0.995, grad_clip=1.0, seed=0, iters=None, minutes=None,
+    log_every=25, eval_every=250, ckpt_every=100, keep=2, max_nonfinite=20, eval_n=1000,
+    eval_batch=256,
+)
+# entries that define a distillation run: a resumed run must agree on these
+IDENTITY_KEYS = ("kind", "teacher", "teacher_model", "dataset", "class_conditional", "t_min",
+                 "label_dropout", "denoiser", "batch_size", "seed")
+
+
+# ----------------------------------------------------------------------------- targets
+
+@dataclass
+class DistillBatch:
+    """One regression batch: input ``u [B, *shape]`` at ``t0 [B]`` with labels ``y [B]`` (or
+    None), target ``E[x | X] [B, *shape]``, and the trajectory's level 0 ``x_t0 [B, *shape]``
+    (what the transporter inverse of ``u`` gives back)."""
+    u: Tensor
+    t0: Tensor
+    y: Optional[Tensor]
+    target: Tensor
+    x_t0: Tensor
+
+
+@torch.no_grad()
+def distillation_batch(teacher: nn.Module, x: Tensor, y: Optional[Tensor], t_min: float,
+                       generator: Optional[torch.Generator] = None,
+                       label_dropout: float = 0.0) -> DistillBatch:
+    """Inputs and targets for data ``x [B, *shape]`` (labels ``y [B]`` or None).
+
+    A forward trajectory ``X`` on the teacher's grid with ``t_0 = t_min`` (noise from
+    ``generator``); then, for a conditional teacher, labels dropped to the null class with
+    probability ``label_dropout`` (drawn from ``generator`` after the trajectory); the target
+    ``teacher.posterior_mean(X, t, y)`` (its own autograd for the score; everything else
+    without gradients) and the input ``u_{t_0} = f_T(x_{t_0}; t_0, y)``.
+    """
+    X, t = teacher.forward_trajectory(x, generator, t_min=t_min)
+    y = resolve_labels(y, x.shape[0], teacher.num_classes, x.device)
+    y = drop_labels(y, label_dropout, teacher.num_classes, generator)
+    target = teacher.posterior_mean(X, t, y)
+    B = x.shape[0]
+    u, _ = teacher.transporter(X[:, 0].reshape(B, teacher.dim), t[:, 0], y)
+    return DistillBatch(u.view_as(x), t[:, 0], y, target, X[:, 0])
+
+
+# ----------------------------------------------------------------------------- config
+
+def _teacher_t1(model_cfg: Dict[str, Any]) -> float:
+    return float(schedule.time_grid(1, int(model_cfg["steps"]), float(model_cfg["shift"]),
+                                    dtype=torch.float64)[0, 1])
+
+
+def make_distill_config(teacher_ck: ckpt.Checkpoint, t_min: Optional[float] = None,
+                        denoiser: Optional[Dict[str, Any]] = None,
+                        label_dropout: Optional[float] = None, **train) -> Dict[str, Any]:
+    """A full, validated distillation config for the teacher checkpoint ``teacher_ck``.
+
+    ``t_min`` (``t_d``; None: the teacher's ``t_min_max``), ``denoiser``: keyword arguments of
+    :class:`~ntm_engine.models.Denoiser` (shape and classes come from the teacher),
+    ``label_dropout`` (None: the teacher's; 0 for unconditional teachers), ``train``: entries
+    of :data:`DISTILL_DEFAULTS`."""
+    tcfg = teacher_ck.config
+    if tcfg.get("kind") == KIND or "model" not in tcfg:
+        raise ConfigError(f"teacher {teacher_ck.path} is not an NTM run checkpoint "
+                          f"(its config has kind {tcfg.get('kind')!r})")
+    if tcfg.get("objective", "ntm") != "ntm":
+        raise ConfigError(f"teacher {teacher_ck.path} is a {tcfg['objective']} run; distillation "
+                          "needs an NTM (its posterior mean comes from the trajectory likelihood)")
+    unknown = set(train) - set(DISTILL_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown distillation options: {sorted(unknown)}")
+    m = tcfg["model"]
+    conditional = int(m.get("num_classes", 0)) > 0
+    if t_min is None:
+        t_min = float(m["t_min_max"])
+    if label_dropout is None:
+        label_dropout = float(m.get("label_dropout", 0.0)) if conditional else 0.0
+    try:
+        den = Denoiser(m["data_shape"], int(m.get("num_classes", 0)), **(denoiser or {})).config
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid denoiser configuration: {e}") from e
+    cfg = dict(DISTILL_DEFAULTS)
+    cfg.update({k: v for k, v in train.items() if v is not None})
+    cfg.update(kind=KIND, dataset=tcfg["dataset"], class_conditional=conditional,
+               teacher={"checkpoint": str(Path(teacher_ck.path).resolve()),
+                        "step": int(teacher_ck.step)},
+               teacher_model=json.loads(json.dumps(m)), t_min=float(t_min),
+               label_dropout=float(label_dropout), denoiser=den)
+    validate_distill_config(cfg)
+    return cfg
+
+
+def validate_distill_config(cfg: Dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the option, what it must be and what it is."""
+    t1 = _teacher_t1(cfg["teacher_model"])
+    t = cfg["t_min"]
+    if not 0 < t < t1:
+        why = (" (at t_0 = 0 the posterior mean is x_{t_0} itself: nothing to distil)"
+               if t == 0 else "")
+        raise ConfigError(f"--t-min (t_d, the t_0 of the distillation grid) must lie in "
+                          f"(0, t_1 = {t1:.4g}) for the teacher's {cfg['teacher_model']['steps']} "
+                          f"steps, got {t}{why}")
+    checks = [
+        (0 <= cfg["label_dropout"] < 1, f"label_dropout must lie in [0, 1), got "
+         f"{cfg['label_dropout']}"),
+        (cfg["class_conditional"] or cfg["label_dropout"] == 0,
+         "label_dropout > 0 needs a class-conditional teacher"),
+        (cfg["batch_size"] >= 1, f"--batch-size must be >= 1, got {cfg['batch_size']}"),
+        (cfg["updates_per_batch"] >= 1,
+         f"--updates-per-batch must be >= 1, got {cfg['updates_per_batch']}"),
+        (cfg["lr"] > 0 and math.isfinite(cfg["lr"]), f"--lr must be > 0, got {cfg['lr']}"),
+        (0 <= cfg["min_lr_ratio"] <= 1, f"min_lr_ratio must lie in [0, 1], got "
+         f"{cfg['min_lr_ratio']}"),
+        (cfg["warmup"] >= 0, f"warmup must be >= 0, got {cfg['warmup']}"),
+        (cfg["weight_decay"] >= 0, f"weight_decay must be >= 0, got {cfg['weight_decay']}"),
+        (0 <= cfg["ema_decay"] < 1, f"ema_decay must lie in [0, 1), got {cfg['ema_decay']}"),
+        (cfg["grad_clip"] is None or cfg["grad_clip"] > 0,
+         f"grad_clip must be > 0, got {cfg['grad_clip']}"),
+        (cfg["iters"] is not None or cfg["minutes"] is not None,
+         "give a budget: --iters and/or --minutes"),
+        (cfg["iters"] is None or cfg["iters"] >= 1, f"--iters must be >= 1, got {cfg['iters']}"),
+        (cfg["minutes"] is None or cfg["minutes"] > 0,
+         f"--minutes must be > 0, got {cfg['minutes']}"),
+        (all(cfg[k] >= 1 for k in ("log_every", "eval_every", "ckpt_every", "keep",
+                                   "max_nonfinite", "eval_batch")),
+         "log_every, eval_every, ckpt_every, keep, max_nonfinite, eval_batch must be >= 1"),
+        (cfg["eval_n"] >= 0, f"eval_n must be >= 0, got {cfg['eval_n']}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def _check_teacher(teacher: nn.Module, cfg: Dict[str, Any]) -> None:
+    m = cfg["teacher_model"]
+    if (tuple(teacher.data_shape) != tuple(m["data_shape"])
+            or teacher.num_classes != int(m.get("num_classes", 0))):
+        raise ConfigError(f"the teacher model (data_shape {list(teacher.data_shape)}, "
+                          f"num_classes {teacher.num_classes}) is not the one of the config "
+                          f"(data_shape {list(m['data_shape'])}, num_classes "
+                          f"{m.get('num_classes', 0)})")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+class Distiller:
+    """One distillation run in folder ``out`` from the frozen ``teacher`` (an NTM; put in eval
+    mode, its parameters frozen with ``requires_grad_(False)``).
+
+    ``resume=True`` continues from the newest valid checkpoint in ``out`` (corrupt ones are
+    reported and moved aside); ``fault_nonfinite_steps`` (1-based, as logged): steps whose
+    loss is forced to NaN (tests of the skipping).
+    """
+
+    def __init__(self, cfg: Dict[str, Any], out, teacher: nn.Module, *, resume: bool = False,
+                 device=None, progress: bool = True, log: Optional[Callable[[str], None]] = None,
+                 fault_nonfinite_steps=()):
+        self.out = Path(out)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.progress = progress
+        self.fault_steps = set(int(s) for s in fault_nonfinite_steps)
+        validate_distill_config(cfg)
+        _check_teacher(teacher, cfg)
+        existing = ckpt.list_checkpoints(self.out)
+        if existing and not resume:
+            raise ConfigError(f"{self.out} already holds checkpoints (up to step "
+                              f"{existing[-1][0]}); pass --resume to continue that run, or "
+                              "choose another --out folder")
+        resumed = None
+        if resume and existing:
+            resumed = ckpt.load_latest(self.out, quarantine=True, log=self.log)
+            if resumed is None:
+                self.log(f"no valid checkpoint left in {self.out}; starting from scratch")
+        if resumed is not None:
+            if resumed.config.get("kind") != KIND:
+                raise ConfigError(f"{self.out} holds checkpoints of an NTM training run, not of "
+                                  "a denoiser; choose another --out folder")
+            diffs = config_differences(resumed.config, cfg, IDENTITY_KEYS)
+            if diffs:
+                raise ConfigError(f"the checkpoint in {resumed.path} was made with another "
+                                  "configuration:\n  " + "\n  ".join(diffs))
+        if cfg["t_min"] > cfg["teacher_model"]["t_min_max"]:
+            self.log(f"warning: t_d = {cfg['t_min']} is above the teacher's t_min_max = "
+                     f"{cfg['teacher_model']['t_min_max']}: the teacher never trained there")
+        self.cfg = cfg
+        torch.manual_seed(derive_seed(cfg["seed"], 0, "init"))
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.model = Denoiser(**cfg["denoiser"]).to(self.device).train()
+        self.ema = EMA(self.model, cfg["ema_decay"])
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"],
+                                     betas=(cfg["beta1"], cfg["beta2"]),
+                                     weight_decay=cfg["weight_decay"])
+        self.data = DataSource(cfg, device=self.device)
+        self.step, self.elapsed_s, self.skipped, self.nonfinite_run = 0, 0.0, 0, 0
+        self.last_eval: Dict[str, Any] = {}
+        self._eval_set: Optional[List[Tuple[DistillBatch, Tensor]]] = None
+        self._saved_step: Optional[int] = None
+        self._saved_path: Optional[Path] = None
+        if resumed is not None:
+            self._restore(resumed)
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if (self.out / METRICS_FILE).exists():
+                (self.out / METRICS_FILE).unlink()
+        ckpt.atomic_write_text(self.out / CONFIG_FILE, json.dumps(cfg, indent=1))
+
+    # -------------------------------------------------------------- state
+    def _restore(self, ck: ckpt.Checkpoint) -> None:
+        try:
+            self.model.load_state_dict(ck.model, strict=True)
+            if ck.ema is not None:
+                self.ema.model.load_state_dict(ck.ema, strict=True)
+            self.opt.load_state_dict(ck.state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ConfigError(f"checkpoint {ck.path} does not fit this denoiser: {e}") from e
+        st = ck.state
+        self.step = int(st["step"])
+        self.elapsed_s = float(st.get("elapsed_s", 0.0))
+        self.skipped = int(st.get("skipped_steps", 0))
+        self.nonfinite_run = int(st.get("nonfinite_run", 0))
+        self.last_eval = dict(st.get("last_eval", {}))
+        if "rng" in st:
+            set_rng_states(st["rng"])
+        truncate_metrics(self.out, self.step)
+        self._saved_step, self._saved_path = self.step, ck.path
+        self.log(f"resumed from {ck.path} at step {self.step}")
+
+    def save(self) -> Path:
+        state = {"config": self.cfg, "optimizer": self.opt.state_dict(),
+                 "elapsed_s": self.elapsed_s, "skipped_steps": self.skipped,
+                 "nonfinite_run": self.nonfinite_run, "rng": rng_states(),
+                 "last_eval": self.last_eval, "torch_version": str(torch.__version__),
+                 "model_code_sha256": model_code_fingerprint()}
+        path = ckpt.save_checkpoint(self.out, self.step, self.model.state_dict(),
+                                    self.ema.model.state_dict(), state, keep=self.cfg["keep"])
+        self._saved_step, self._saved_path = self.step, path
+        self._write_metrics({"type": "checkpoint", "step": self.step, "path": str(path)},
+                            sync=True)
+        return path
+
+    def _write_metrics(self, rec: Dict[str, Any], sync: bool = False) -> None:
+        with open(self.out / METRICS_FILE, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    # -------------------------------------------------------------- steps
+    def train_step(self) -> Dict[str, Any]:
+        """One iteration (``self.step`` -> ``self.step + 1``); returns its record."""
+        cfg, step = self.cfg, self.step
+        torch.manual_seed(derive_seed(cfg["seed"], step, "global"))
+        x, y = self.data.batch(step)
+        batch = distillation_batch(self.teacher, x, y, cfg["t_min"],
+                                   self._generator(derive_seed(cfg["seed"], step, "model")),
+                                   cfg["label_dropout"])
+        lr = learning_rate(cfg, step, self.elapsed_s)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        clip = cfg["grad_clip"] if cfg["grad_clip"] is not None else float("inf")
+        K = cfg["updates_per_batch"]
+        fresh_loss, gnorm, finite = float("nan"), float("nan"), True
+        for j in range(K):   # the targets cost ~20 denoiser updates: each batch serves K
+            loss = (self.model(batch.u, batch.t0, batch.y) - batch.target).pow(2).mean()
+            if j == 0:
+                if step + 1 in self.fault_steps:
+                    loss = loss * float("nan")
+                fresh_loss = float(loss.detach())   # before any update on this batch
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+                finite = math.isfinite(gnorm)
+            if not finite:
+                self.opt.zero_grad(set_to_none=True)
+                break
+            self.opt.step()
+            self.ema.update(self.model, step * K + j)
+        if finite:
+            self.nonfinite_run = 0
+        else:
+            self.skipped += 1
+            self.nonfinite_run += 1
+        self.step = step + 1
+        return {"step": self.step, "lr": lr, "loss": fresh_loss, "grad_norm": gnorm,
+                "finite": finite}
+
+    # -------------------------------------------------------------- evaluation
+    def eval_set(self) -> List[Tuple[DistillBatch, Tensor]]:
+        """Fixed held-out batches ``(DistillBatch, clean x)``: the test split (digits:
+        dequantised with a fixed seed; toys: fixed samples), at most ``eval_n`` items, labels
+        kept (no dropout).  Targets are computed once."""
+        if self._eval_set is None:
+            cfg = self.cfg
+            x, y = test_data(cfg)
+            x, y = x[:cfg["eval_n"]], (None if y is None else y[:cfg["eval_n"]])
+            g = torch.Generator().manual_seed(derive_seed(cfg["seed"], 0, "eval_data"))
+            if cfg["dataset"] == "digits":
+                x = dequantize(x, DIGITS_LEVELS, generator=g)
+            gm = self._generator(derive_seed(cfg["seed"], 0, "eval_model"))
+            self._eval_set = []
+            for i in range(0, len(x), cfg["eval_batch"]):
+                xb = x[i:i + cfg["eval_batch"]].to(self.device)
+                yb = None if y is None else y[i:i + cfg["eval_batch"]].to(self.device)
+                self._eval_set.append((distillation_batch(self.teacher, xb, yb, cfg["t_min"],
+                                                          gm), xb))
+        return self._eval_set
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, Any]:
+        """Held-out mean squared errors (per element) of the EMA denoiser: ``test_mse`` vs the
+        teacher's targets, ``test_mse_transporter`` of the transporter inverse ``x_{t_0}`` (no
+        denoising) vs the targets; ``test_mse_data`` of the denoiser and
+        ``test_mse_data_teacher`` of the targets vs the clean data."""
+        sums = dict(test_mse=0.0, test_mse_transporter=0.0, test_mse_data=0.0,
+                    test_mse_data_teacher=0.0)
+        n = 0
+        for b, x in self.eval_set():
+            pred = self.ema.model(b.u, b.t0, b.y)
+            sums["test_mse"] += float((pred - b.target).pow(2).sum())
+            sums["test_mse_transporter"] += float((b.x_t0 - b.target).pow(2).sum())
+            sums["test_mse_data"] += float((pred - x).pow(2).sum())
+            sums["test_mse_data_teacher"] += float((b.target - x).pow(2).sum())
+            n += b.target.numel()
+        rec = {"type": "eval", "step": self.step,
+               **{k: v / max(n, 1) for k, v in sums.items()}, "test_elements": n}
+        self.last_eval = {k: v for k, v in rec.items() if isinstance(v, (int, float))}
+        self._write_metrics(rec)
+        return rec
+
+    # -------------------------------------------------------------- loop
+    def _budget_spent(self) -> Optional[str]:
+        cfg = self.cfg
+        if cfg["iters"] is not None and self.step >= cfg["iters"]:
+            return "iters"
+        if cfg["minutes"] is not None and self.elapsed_s >= 60.0 * cfg["minutes"]:
+            return "minutes"
+        return None
+
+    def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
+        """Distil until the budget is spent (or ``stop_after`` iterations of this call, or
+        SIGTERM/SIGINT); evaluate and checkpoint periodically and at the end.  Returns a
+        summary record."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        start_step, t_start, elapsed0 = self.step, time.time(), self.elapsed_s
+        self._write_metrics({"type": "event", "event": "resume" if start_step else "start",
+                             "step": self.step, "time": time.time()})
+        stop_signal: List[int] = []
+        old_handlers = {}
+        if threading_main():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old_handlers[sig] = signal.signal(sig, lambda s, f: stop_signal.append(s))
+        bar = tqdm(total=cfg["iters"], initial=self.step, disable=not self.progress,
+                   dynamic_ncols=True, desc="distill", unit="it", file=sys.stderr,
+                   mininterval=0.5)
+        window: List[float] = []
+        tick, tick_step = time.time(), self.step
+        try:
+            while True:
+                spent = self._budget_spent()
+                if spent or stop_signal or (stop_after is not None
+                                            and self.step - start_step >= stop_after):
+                    stopped = (f"budget ({spent})" if spent else
+                               f"signal {stop_signal[0]}" if stop_signal else "stop_after")
+                    break
+                rec = self.train_step()
+                self.elapsed_s = elapsed0 + (time.time() - t_start)
+                if rec["finite"]:
+                    window.append(rec["loss"])
+                else:
+                    self._nonfinite(rec)
+                bar.update(1)
+                if self.step % cfg["log_every"] == 0 or self.step == cfg["iters"]:
+                    now = time.time()
+                    its = (self.step - tick_step) / max(now - tick, 1e-9)
+                    tick, tick_step = now, self.step
+                    mean = sum(window) / len(window) if window else float("nan")
+                    window = []
+                    self._write_metrics({"type": "train", "step": self.step, "loss": mean,
+                                         "lr": rec["lr"], "grad_norm": rec["grad_norm"],
+                                         "it_s": its, "elapsed_s": round(self.elapsed_s, 3),
+                                         "skipped": self.skipped})
+                    post = {"mse": f"{mean:.3g}", "lr": f"{rec['lr']:.2e}", "it/s": f"{its:.2f}"}
+                    if "test_mse" in self.last_eval:
+                        post["test_mse"] = f"{self.last_eval['test_mse']:.3g}"
+                    bar.set_postfix(post, refresh=False)
+                if self.step % cfg["eval_every"] == 0:
+                    ev = self.evaluate()
+                    bar.write(f"step {self.step}: test mse {ev['test_mse']:.4g} (transporter "
+                              f"inverse {ev['test_mse_transporter']:.4g})")
+                if self.step % cfg["ckpt_every"] == 0:
+                    self.save()
+        finally:
+            bar.close()
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+        if stopped.startswith("budget") and self.last_eval.get("step") != self.step:
+            self.evaluate()
+        path = self.save() if self._saved_step != self.step else self._saved_path
+        summary = {"type": "event", "event": "end", "reason": stopped, "step": self.step,
+                   "elapsed_s": round(self.elapsed_s, 3), "skipped": self.skipped,
+                   "checkpoint": str(path),
+                   **{k: v for k, v in self.last_eval.items() if k.startswith("test_")}}
+        self._write_metrics(summary, sync=True)
+        if stopped.startswith("signal"):
+            self.log(f"stopped by {stopped} at step {self.step}; checkpoint {path} written")
+        return summary
+
+    def _nonfinite(self, rec: Dict[str, Any]) -> None:
+        self.log(f"step {rec['step']}: non-finite loss or gradient ({rec['loss']}); step "
+                 f"skipped ({self.nonfinite_run} in a row, {self.skipped} in total)")
+        self._write_metrics({"type": "nonfinite", "step": self.step, "loss": str(rec["loss"]),
+                             "run": self.nonfinite_run, "skipped_total": self.skipped})
+        if self.nonfinite_run >= self.cfg["max_nonfinite"]:
+            good = ckpt.list_checkpoints(self.out)
+            where = (f"the last good checkpoint is {good[-1][1]}" if good else
+                     "no checkpoint had been written yet")
+            self._write_metrics({"type": "event", "event": "nonfinite_stop", "step": self.step},
+                                sync=True)
+            raise NonFiniteLossError(
+                f"stopping: {self.nonfinite_run} consecutive non-finite losses (max_nonfinite "
+                f"{self.cfg['max_nonfinite']}) at step {self.step}; {where}. Lower --lr.")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_denoiser(path, device=None, use_ema: bool = True, log=None
+                  ) -> Tuple[Denoiser, ckpt.Checkpoint]:
+    """``(denoiser in eval mode, checkpoint)`` from a distillation folder or checkpoint."""
+    ck = ckpt.resolve(path, log=log)
+    if ck.config.get("kind") != KIND:
+        raise ConfigError(f"--denoiser {path}: {ck.path} is not a denoiser checkpoint (made by "
+                          "`ntm distill`); it is an NTM training run")
+    den = Denoiser(**ck.config["denoiser"])
+    weights = ck.ema if (use_ema and ck.ema is not None) else ck.model
+    try:
+        den.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"checkpoint {ck.path} does not fit the denoiser of its config: {e}")
+    return den.to(device or "cpu").eval(), ck
+
+
+def check_denoiser_fits(teacher_ck: ckpt.Checkpoint, denoiser_ck: ckpt.Checkpoint,
+                        log: Callable[[str], None]) -> None:
+    """Refuse a denoiser made for another kind of model (data shape, labels); warn when it was
+    distilled from another teacher checkpoint or model configuration."""
+    tm, dm = teacher_ck.config["model"], denoiser_ck.config["denoiser"]
+    if list(tm["data_shape"]) != list(dm["data_shape"]):
+        raise ConfigError(f"--denoiser {denoiser_ck.path} is for data of shape "
+                          f"{list(dm['data_shape'])}, the model {teacher_ck.path} for "
+                          f"{list(tm['data_shape'])}")
+    if int(tm.get("num_classes", 0)) != int(dm["num_classes"]):
+        raise ConfigError(f"--denoiser {denoiser_ck.path}: label mismatch: the denoiser has "
+                          f"num_classes={dm['num_classes']}, the model {teacher_ck.path} "
+                          f"num_classes={tm.get('num_classes', 0)}")
+    distilled_from = denoiser_ck.config["teacher"]["checkpoint"]
+    if Path(distilled_from) != Path(teacher_ck.path).resolve():
+        log(f"warning: the denoiser was distilled from {distilled_from}, not from "
+            f"{teacher_ck.path}")
+    diffs = config_differences({"model": denoiser_ck.config["teacher_model"]}, {"model": tm},
+                               ("model",))
+    if diffs:
+        log("warning: the denoiser's teacher had another model configuration: "
+            + "; ".join(diffs))
