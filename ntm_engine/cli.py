@@ -281,7 +281,8 @@ def _train_config(args, parser) -> Dict[str, Any]:
 def cmd_train(args, parser) -> int:
     import torch
 
-    from .train import NonFiniteLossError, Trainer
+    from .run_loop import run_command
+    from .train import Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -302,14 +303,7 @@ def cmd_train(args, parser) -> int:
          f", T={cfg['model']['steps']}, {nparams / 1e6:.2f}M parameters, device {device}, "
          f"{torch.get_num_threads()} threads, budget iters={cfg['iters']} minutes={cfg['minutes']}"
          f", out {args.out}")
-    try:
-        summary = trainer.run()
-    except NonFiniteLossError as e:
-        raise SystemExit(f"ntm train: {e}")
-    print(json.dumps(summary))
-    if summary["reason"].startswith("signal"):
-        return 128 + int(summary["reason"].split()[1])
-    return 0
+    return run_command(trainer, "ntm train")
 
 
 def load_model(path, device, use_ema: bool = True):

@@ -14,24 +14,18 @@ The targets cost about 20 denoiser updates (one teacher forward + backward over 
 so each batch of targets serves ``updates_per_batch`` updates (default 8); on the digits the
 regression is limited by updates, not by fresh data.
 
-The loop (:class:`Distiller`) reuses the pieces of :mod:`ntm_engine.train` -- batches as a
-function of ``(seed, step)`` (:class:`~ntm_engine.train.DataSource`), per-step seeds
-(:func:`~ntm_engine.train.derive_seed`), warm-up + cosine learning rate, :class:`EMA`, RNG
-states, ``metrics.jsonl`` -- and the atomic, verified checkpoints of
-:mod:`ntm_engine.checkpoint` (generic: the config is a JSON-able dict, here with
-``kind = "ntm-denoiser"``).  It does not subclass :class:`~ntm_engine.train.Trainer`, whose
-step, evaluation and checkpoint contents are the NTM's own.  A run resumed from the
-checkpoint of step ``s`` repeats bit for bit (same machine and threads) what an uninterrupted
-run does after ``s``, unless a ``minutes`` budget shapes the learning rate.
+The loop (:class:`Distiller`) is :class:`ntm_engine.run_loop.RunLoop`'s, shared with NTM
+training: batches as a function of ``(seed, step)`` (:class:`~ntm_engine.train.DataSource`),
+per-step seeds, warm-up + cosine learning rate, EMA, RNG states, ``metrics.jsonl``, the folder
+lock and the atomic, verified checkpoints of :mod:`ntm_engine.checkpoint` (the config is a
+JSON-able dict, here with ``kind = "ntm-denoiser"``).  A run resumed from the checkpoint of
+step ``s`` repeats bit for bit (same machine and threads) what an uninterrupted run does after
+``s``, unless a ``minutes`` budget shapes the learning rate.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -43,9 +37,8 @@ from . import checkpoint as ckpt
 from .data import DIGITS_LEVELS, dequantize
 from .models import Denoiser, schedule
 from .models.embedding import drop_labels, resolve_labels
-from .train import (CONFIG_FILE, EMA, METRICS_FILE, ConfigError, DataSource, NonFiniteLossError,
-                    config_differences, derive_seed, learning_rate, model_code_fingerprint,
-                    rng_states, set_rng_states, test_data, threading_main, truncate_metrics)
+from .run_loop import EMA, ConfigError, RunLoop, derive_seed, device_generator, learning_rate
+from .train import DataSource, config_differences, test_data
 
 __all__ = ["KIND", "DISTILL_DEFAULTS", "DistillBatch", "distillation_batch", "make_distill_config",
            "validate_distill_config", "Distiller", "load_denoiser", "check_denoiser_fits"]
@@ -198,43 +191,31 @@ def _check_teacher(teacher: nn.Module, cfg: Dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- the loop
 
-class Distiller:
+class Distiller(RunLoop):
     """One distillation run in folder ``out`` from the frozen ``teacher`` (an NTM; put in eval
-    mode, its parameters frozen with ``requires_grad_(False)``).
+    mode, its parameters frozen with ``requires_grad_(False)``); the loop itself is
+    :class:`~ntm_engine.run_loop.RunLoop`'s.
 
     ``resume=True`` continues from the newest valid checkpoint in ``out`` (corrupt ones are
     reported and moved aside); ``fault_nonfinite_steps`` (1-based, as logged): steps whose
     loss is forced to NaN (tests of the skipping).
     """
 
+    kind = KIND
+    desc = "distill"
+
     def __init__(self, cfg: Dict[str, Any], out, teacher: nn.Module, *, resume: bool = False,
                  device=None, progress: bool = True, log: Optional[Callable[[str], None]] = None,
                  fault_nonfinite_steps=()):
-        self.out = Path(out)
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.progress = progress
-        self.fault_steps = set(int(s) for s in fault_nonfinite_steps)
+        super().__init__(out, device=device, progress=progress, log=log,
+                         fault_nonfinite_steps=fault_nonfinite_steps)
         validate_distill_config(cfg)
         _check_teacher(teacher, cfg)
-        existing = ckpt.list_checkpoints(self.out)
-        if existing and not resume:
-            raise ConfigError(f"{self.out} already holds checkpoints (up to step "
-                              f"{existing[-1][0]}); pass --resume to continue that run, or "
-                              "choose another --out folder")
-        resumed = None
-        if resume and existing:
-            resumed = ckpt.load_latest(self.out, quarantine=True, log=self.log)
-            if resumed is None:
-                self.log(f"no valid checkpoint left in {self.out}; starting from scratch")
-        if resumed is not None:
-            if resumed.config.get("kind") != KIND:
-                raise ConfigError(f"{self.out} holds checkpoints of an NTM training run, not of "
-                                  "a denoiser; choose another --out folder")
-            diffs = config_differences(resumed.config, cfg, IDENTITY_KEYS)
-            if diffs:
-                raise ConfigError(f"the checkpoint in {resumed.path} was made with another "
-                                  "configuration:\n  " + "\n  ".join(diffs))
+        try:
+            resumed = self._open_run_folder(cfg, resume)
+        except BaseException:
+            self.close()
+            raise
         if cfg["t_min"] > cfg["teacher_model"]["t_min_max"]:
             self.log(f"warning: t_d = {cfg['t_min']} is above the teacher's t_min_max = "
                      f"{cfg['teacher_model']['t_min_max']}: the teacher never trained there")
@@ -247,62 +228,18 @@ class Distiller:
                                      betas=(cfg["beta1"], cfg["beta2"]),
                                      weight_decay=cfg["weight_decay"])
         self.data = DataSource(cfg, device=self.device)
-        self.step, self.elapsed_s, self.skipped, self.nonfinite_run = 0, 0.0, 0, 0
-        self.last_eval: Dict[str, Any] = {}
         self._eval_set: Optional[List[Tuple[DistillBatch, Tensor]]] = None
-        self._saved_step: Optional[int] = None
-        self._saved_path: Optional[Path] = None
-        if resumed is not None:
-            self._restore(resumed)
-        else:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if (self.out / METRICS_FILE).exists():
-                (self.out / METRICS_FILE).unlink()
-        ckpt.atomic_write_text(self.out / CONFIG_FILE, json.dumps(cfg, indent=1))
-
-    # -------------------------------------------------------------- state
-    def _restore(self, ck: ckpt.Checkpoint) -> None:
         try:
-            self.model.load_state_dict(ck.model, strict=True)
-            if ck.ema is not None:
-                self.ema.model.load_state_dict(ck.ema, strict=True)
-            self.opt.load_state_dict(ck.state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ConfigError(f"checkpoint {ck.path} does not fit this denoiser: {e}") from e
-        st = ck.state
-        self.step = int(st["step"])
-        self.elapsed_s = float(st.get("elapsed_s", 0.0))
-        self.skipped = int(st.get("skipped_steps", 0))
-        self.nonfinite_run = int(st.get("nonfinite_run", 0))
-        self.last_eval = dict(st.get("last_eval", {}))
-        if "rng" in st:
-            set_rng_states(st["rng"])
-        truncate_metrics(self.out, self.step)
-        self._saved_step, self._saved_path = self.step, ck.path
-        self.log(f"resumed from {ck.path} at step {self.step}")
+            self._begin(cfg, resumed)
+        except BaseException:
+            self.close()
+            raise
 
-    def save(self) -> Path:
-        state = {"config": self.cfg, "optimizer": self.opt.state_dict(),
-                 "elapsed_s": self.elapsed_s, "skipped_steps": self.skipped,
-                 "nonfinite_run": self.nonfinite_run, "rng": rng_states(),
-                 "last_eval": self.last_eval, "torch_version": str(torch.__version__),
-                 "model_code_sha256": model_code_fingerprint()}
-        path = ckpt.save_checkpoint(self.out, self.step, self.model.state_dict(),
-                                    self.ema.model.state_dict(), state, keep=self.cfg["keep"])
-        self._saved_step, self._saved_path = self.step, path
-        self._write_metrics({"type": "checkpoint", "step": self.step, "path": str(path)},
-                            sync=True)
-        return path
-
-    def _write_metrics(self, rec: Dict[str, Any], sync: bool = False) -> None:
-        with open(self.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
+    def config_differences(self, stored: Dict[str, Any], requested: Dict[str, Any]) -> List[str]:
+        return config_differences(stored, requested, IDENTITY_KEYS)
 
     def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed)
+        return device_generator(self.device, seed)
 
     # -------------------------------------------------------------- steps
     def train_step(self) -> Dict[str, Any]:
@@ -388,100 +325,16 @@ class Distiller:
         self._write_metrics(rec)
         return rec
 
-    # -------------------------------------------------------------- loop
-    def _budget_spent(self) -> Optional[str]:
-        cfg = self.cfg
-        if cfg["iters"] is not None and self.step >= cfg["iters"]:
-            return "iters"
-        if cfg["minutes"] is not None and self.elapsed_s >= 60.0 * cfg["minutes"]:
-            return "minutes"
-        return None
+    def eval_summary(self, rec: Dict[str, Any]) -> str:
+        return (f"test mse {rec['test_mse']:.4g} (transporter inverse "
+                f"{rec['test_mse_transporter']:.4g})")
 
-    def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
-        """Distil until the budget is spent (or ``stop_after`` iterations of this call, or
-        SIGTERM/SIGINT); evaluate and checkpoint periodically and at the end.  Returns a
-        summary record."""
-        from tqdm import tqdm
-
-        cfg = self.cfg
-        start_step, t_start, elapsed0 = self.step, time.time(), self.elapsed_s
-        self._write_metrics({"type": "event", "event": "resume" if start_step else "start",
-                             "step": self.step, "time": time.time()})
-        stop_signal: List[int] = []
-        old_handlers = {}
-        if threading_main():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                old_handlers[sig] = signal.signal(sig, lambda s, f: stop_signal.append(s))
-        bar = tqdm(total=cfg["iters"], initial=self.step, disable=not self.progress,
-                   dynamic_ncols=True, desc="distill", unit="it", file=sys.stderr,
-                   mininterval=0.5)
-        window: List[float] = []
-        tick, tick_step = time.time(), self.step
-        try:
-            while True:
-                spent = self._budget_spent()
-                if spent or stop_signal or (stop_after is not None
-                                            and self.step - start_step >= stop_after):
-                    stopped = (f"budget ({spent})" if spent else
-                               f"signal {stop_signal[0]}" if stop_signal else "stop_after")
-                    break
-                rec = self.train_step()
-                self.elapsed_s = elapsed0 + (time.time() - t_start)
-                if rec["finite"]:
-                    window.append(rec["loss"])
-                else:
-                    self._nonfinite(rec)
-                bar.update(1)
-                if self.step % cfg["log_every"] == 0 or self.step == cfg["iters"]:
-                    now = time.time()
-                    its = (self.step - tick_step) / max(now - tick, 1e-9)
-                    tick, tick_step = now, self.step
-                    mean = sum(window) / len(window) if window else float("nan")
-                    window = []
-                    self._write_metrics({"type": "train", "step": self.step, "loss": mean,
-                                         "lr": rec["lr"], "grad_norm": rec["grad_norm"],
-                                         "it_s": its, "elapsed_s": round(self.elapsed_s, 3),
-                                         "skipped": self.skipped})
-                    post = {"mse": f"{mean:.3g}", "lr": f"{rec['lr']:.2e}", "it/s": f"{its:.2f}"}
-                    if "test_mse" in self.last_eval:
-                        post["test_mse"] = f"{self.last_eval['test_mse']:.3g}"
-                    bar.set_postfix(post, refresh=False)
-                if self.step % cfg["eval_every"] == 0:
-                    ev = self.evaluate()
-                    bar.write(f"step {self.step}: test mse {ev['test_mse']:.4g} (transporter "
-                              f"inverse {ev['test_mse_transporter']:.4g})")
-                if self.step % cfg["ckpt_every"] == 0:
-                    self.save()
-        finally:
-            bar.close()
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
-        if stopped.startswith("budget") and self.last_eval.get("step") != self.step:
-            self.evaluate()
-        path = self.save() if self._saved_step != self.step else self._saved_path
-        summary = {"type": "event", "event": "end", "reason": stopped, "step": self.step,
-                   "elapsed_s": round(self.elapsed_s, 3), "skipped": self.skipped,
-                   "checkpoint": str(path),
-                   **{k: v for k, v in self.last_eval.items() if k.startswith("test_")}}
-        self._write_metrics(summary, sync=True)
-        if stopped.startswith("signal"):
-            self.log(f"stopped by {stopped} at step {self.step}; checkpoint {path} written")
-        return summary
-
-    def _nonfinite(self, rec: Dict[str, Any]) -> None:
-        self.log(f"step {rec['step']}: non-finite loss or gradient ({rec['loss']}); step "
-                 f"skipped ({self.nonfinite_run} in a row, {self.skipped} in total)")
-        self._write_metrics({"type": "nonfinite", "step": self.step, "loss": str(rec["loss"]),
-                             "run": self.nonfinite_run, "skipped_total": self.skipped})
-        if self.nonfinite_run >= self.cfg["max_nonfinite"]:
-            good = ckpt.list_checkpoints(self.out)
-            where = (f"the last good checkpoint is {good[-1][1]}" if good else
-                     "no checkpoint had been written yet")
-            self._write_metrics({"type": "event", "event": "nonfinite_stop", "step": self.step},
-                                sync=True)
-            raise NonFiniteLossError(
-                f"stopping: {self.nonfinite_run} consecutive non-finite losses (max_nonfinite "
-                f"{self.cfg['max_nonfinite']}) at step {self.step}; {where}. Lower --lr.")
+    def _log_extras(self, rec: Dict[str, Any], mean_loss: float
+                    ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+        post = {}
+        if "test_mse" in self.last_eval:
+            post["test_mse"] = f"{self.last_eval['test_mse']:.3g}"
+        return {}, post
 
 
 # ----------------------------------------------------------------------------- loading

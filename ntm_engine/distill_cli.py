@@ -2,8 +2,6 @@
 (registered by :mod:`ntm_engine.cli`; the loop is :mod:`ntm_engine.distill`)."""
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
@@ -49,7 +47,8 @@ def cmd_distill(args, parser, *, load_model: Callable, device_of: Callable,
 
     from . import checkpoint as ckpt
     from .distill import (DISTILL_DEFAULTS, IDENTITY_KEYS, Distiller, make_distill_config)
-    from .train import ConfigError, NonFiniteLossError, config_differences
+    from .run_loop import run_command
+    from .train import ConfigError, config_differences
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,14 +83,7 @@ def cmd_distill(args, parser, *, load_model: Callable, device_of: Callable,
         f"parameters) -> denoiser {cfg['denoiser']['arch']} ({n_den / 1e3:.0f}k parameters), "
         f"t_d = {cfg['t_min']}, device {device}, {torch.get_num_threads()} threads, budget "
         f"iters={cfg['iters']} minutes={cfg['minutes']}, out {out}")
-    try:
-        summary = distiller.run()
-    except NonFiniteLossError as e:
-        raise SystemExit(f"ntm distill: {e}")
-    print(json.dumps(summary))
-    if summary["reason"].startswith("signal"):
-        return 128 + int(summary["reason"].split()[1])
-    return 0
+    return run_command(distiller, "ntm distill")
 
 
 def load_denoiser_for(path: Optional[str], model, model_ck, device, log: Callable[[str], None]

@@ -1,6 +1,7 @@
 """The training loop: deterministic data, AdamW with warm-up + cosine decay, EMA, gradient
 clipping, non-finite-loss skipping, periodic evaluation and sample grids, and checkpoints that
-survive being killed (:mod:`ntm_engine.checkpoint`).
+survive being killed (:mod:`ntm_engine.checkpoint`).  The loop machinery shared with the other
+run types lives in :mod:`ntm_engine.run_loop`; this module holds what is NTM-specific.
 
 Determinism: everything random in iteration ``step`` (the batch, its dequantisation noise, the
 trajectory noise, ``t_0``, label dropout) is drawn from generators seeded by ``(seed, step)``,
@@ -26,14 +27,9 @@ Objectives (``config["objective"]``):
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import math
-import os
 import random
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -43,11 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
+from .run_loop import (CONFIG_FILE, EMA, METRICS_FILE, ConfigError, NonFiniteLossError,  # noqa: F401
+                       RunLoop, budget_progress, check_model_code, derive_seed, device_generator,
+                       learning_rate, model_code_fingerprint, read_metrics, rng_states,
+                       set_rng_states, threading_main, truncate_metrics)
 from .data import DIGITS_LEVELS, DIGITS_SHAPE, TOYS, dequantize, load_digits, sample_toy
 
 DATASETS = ("digits",) + tuple(sorted(TOYS))
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
 
 # keys of config["model"] that the command line exposes (and their CLI names)
 MODEL_OPTIONS = {
@@ -72,14 +70,6 @@ OBJECTIVES = ("ntm", "flow_matching")
 # model keys added after configs were first stored, with the value that reproduces old runs
 LEGACY_MODEL_DEFAULTS = {"parameterization": "gaussian"}
 REFERENCE_FILE = "fm_reference.safetensors"   # the frozen FM predictor of an --init-from run
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; raised before any training work starts."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive non-finite losses; the run stopped."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -193,26 +183,6 @@ def validate_config(cfg: Dict[str, Any]) -> None:
             raise ConfigError(f"--patch-size {p} must divide the image size {shape[1]}x{shape[2]}")
 
 
-def model_code_fingerprint() -> str:
-    """sha256 of the model's source (``ntm_engine/models``, ``ntm_engine/nn``): a checkpoint
-    loaded by other model code may not compute the same function."""
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for sub in ("models", "nn"):
-        for f in sorted((root / sub).glob("*.py")):
-            h.update(f"{sub}/{f.name}".encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def check_model_code(state: Dict[str, Any], where, log) -> None:
-    """Warn if ``state`` (a checkpoint's) was written by different model code."""
-    saved = state.get("model_code_sha256")
-    if saved and saved != model_code_fingerprint():
-        log(f"warning: {where} was written by different model code (ntm_engine/models or "
-            "ntm_engine/nn changed since); it loads, but may not compute the same function")
-
-
 def build_model(cfg: Dict[str, Any]) -> nn.Module:
     """The model of ``cfg``: the NTM of ``cfg["model"]``, or for the ``flow_matching``
     objective the :class:`~ntm_engine.models.FlowMatchingModel` of the same settings;
@@ -254,7 +224,7 @@ def preflight(model: nn.Module, cfg: Dict[str, Any], device) -> None:
     try:
         with torch.no_grad():
             loss = training_losses(model, cfg, x.to(device), None if y is None else y.to(device),
-                                   _device_generator(device, 0))["loss"]
+                                   device_generator(device, 0))["loss"]
         if loss.shape != (2,):
             raise ValueError(f"the loss has shape {list(loss.shape)}, expected [2]")
     except (ValueError, RuntimeError, TypeError) as e:
@@ -305,19 +275,6 @@ def config_differences(a: Dict[str, Any], b: Dict[str, Any], keys=IDENTITY_KEYS)
 
 def _norm(v):
     return json.loads(json.dumps(v))
-
-
-# ----------------------------------------------------------------------------- determinism
-
-def derive_seed(seed: int, step: int, stream: str) -> int:
-    """A 63-bit seed from ``(seed, step, stream)`` (independent streams per use)."""
-    h = hashlib.blake2b(f"{seed}/{stream}/{step}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def _device_generator(device, seed: int) -> torch.Generator:
-    device = torch.device(device)
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 class DataSource:
@@ -426,30 +383,7 @@ def sample_labels(cfg: Dict[str, Any], n: int) -> Optional[Tensor]:
     return torch.arange(n) % 10 if cfg["class_conditional"] else None
 
 
-# ----------------------------------------------------------------------------- schedule, EMA
-
-def budget_progress(cfg: Dict[str, Any], step: int, elapsed_s: float = 0.0,
-                    start: int = 0) -> float:
-    """How much of the budget is spent, in ``[0, 1]``: ``(step - start) / (iters - start)``,
-    or the fraction of ``minutes`` elapsed, whichever is larger."""
-    progress = 0.0
-    if cfg["iters"] is not None:
-        progress = (step - start) / max(1, cfg["iters"] - start)
-    if cfg["minutes"] is not None:
-        progress = max(progress, elapsed_s / (60.0 * cfg["minutes"]))
-    return min(max(progress, 0.0), 1.0)
-
-
-def learning_rate(cfg: Dict[str, Any], step: int, elapsed_s: float = 0.0) -> float:
-    """Linear warm-up over ``warmup`` iterations, then cosine decay to ``min_lr_ratio * lr`` at
-    the end of the budget (``iters``, or ``minutes`` of training time, whichever comes first)."""
-    lr, warm = cfg["lr"], cfg["warmup"]
-    if step < warm:
-        return lr * (step + 1) / warm
-    lo = lr * cfg["min_lr_ratio"]
-    progress = budget_progress(cfg, step, elapsed_s, start=warm)
-    return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * progress))
-
+# ----------------------------------------------------------------------------- schedule
 
 def fm_reg_weight(cfg: Dict[str, Any], step: int, elapsed_s: float = 0.0) -> float:
     """Weight of ``|mu - mu_FM|^2`` in iteration ``step`` (0-based) of an ``init_from`` run:
@@ -457,131 +391,31 @@ def fm_reg_weight(cfg: Dict[str, Any], step: int, elapsed_s: float = 0.0) -> flo
     return cfg["fm_reg"] * 0.5 * (1 + math.cos(math.pi * budget_progress(cfg, step, elapsed_s)))
 
 
-class EMA:
-    """Exponential moving average of a model's floating-point parameters and buffers;
-    ``decay`` ramps up as ``min(decay, (1+n)/(10+n))`` over the first updates."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, num_updates: int) -> None:
-        d = min(self.decay, (1 + num_updates) / (10 + num_updates))
-        src = model.state_dict()
-        for k, v in self.model.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.lerp_(src[k], 1 - d)
-            else:
-                v.copy_(src[k])
-
-
-# ----------------------------------------------------------------------------- RNG states
-
-def rng_states(data_generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    out = {
-        "torch_cpu": torch.get_rng_state(),
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    if torch.cuda.is_available():
-        out["torch_cuda"] = torch.cuda.get_rng_state_all()
-    if data_generator is not None:
-        out["data_generator"] = data_generator.get_state()
-    return out
-
-
-def set_rng_states(st: Dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch_cpu"])
-    py = st["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npst = st["numpy"]
-    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))
-    if "torch_cuda" in st and torch.cuda.is_available():
-        states = st["torch_cuda"]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-
-
-# ----------------------------------------------------------------------------- metrics file
-
-def read_metrics(run_dir) -> List[Dict[str, Any]]:
-    """The records of ``metrics.jsonl`` (a torn last line, from a kill, is skipped)."""
-    path = Path(run_dir) / METRICS_FILE
-    out = []
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def truncate_metrics(run_dir, step: int) -> None:
-    """Drop records written after ``step`` (by a run that was killed before checkpointing
-    them), so a resumed run's curve continues without duplicates."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return
-    keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
 # ----------------------------------------------------------------------------- trainer
 
-class Trainer:
-    """One training run in folder ``out``.
+class Trainer(RunLoop):
+    """One training run in folder ``out`` (the loop itself: :class:`~.run_loop.RunLoop`).
 
     ``resume=True`` continues from the newest valid checkpoint (a corrupt newer one is
     refused, reported and moved aside); ``model_factory(cfg)`` replaces :func:`build_model`
-    (tests); ``fault_nonfinite_steps``: steps (1-based, as logged) whose loss is forced to NaN (tests of the
-    non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills).
+    (tests); ``fault_nonfinite_steps``: steps (1-based, as logged) whose loss is forced to NaN
+    (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills).
     """
 
     def __init__(self, cfg: Dict[str, Any], out, *, resume: bool = False, device=None,
                  progress: bool = True, log: Callable[[str], None] = None,
                  model_factory: Optional[Callable[[Dict[str, Any]], nn.Module]] = None,
                  plots: bool = True, fault_nonfinite_steps=(), throttle_s: float = 0.0):
-        self.out = Path(out)
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.progress, self.plots = progress, plots
-        self.fault_steps = set(int(s) for s in fault_nonfinite_steps)
-        self.throttle_s = throttle_s
+        super().__init__(out, device=device, progress=progress, log=log,
+                         fault_nonfinite_steps=fault_nonfinite_steps, throttle_s=throttle_s)
+        self.plots = plots
         self.model_factory = model_factory or build_model
-
-        self._lock = None
+        self.desc = f"train {cfg.get('dataset', '')}".strip()
         try:
             self._init(cfg, resume)
         except BaseException:
             self.close()
             raise
-
-    def _acquire_lock(self) -> None:
-        """One trainer per run folder: an advisory lock, released by the OS even on SIGKILL."""
-        import fcntl
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        f = open(self.out / ".lock", "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            raise ConfigError(f"another training process is using {self.out} right now")
-        self._lock = f
-
-    def close(self) -> None:
-        """Release the run folder (done at the end of :meth:`run`)."""
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
 
     def _init(self, cfg: Dict[str, Any], resume: bool) -> None:
         # 1. configuration errors, before anything is written
@@ -593,25 +427,10 @@ class Trainer:
         model_check = self.model_factory(cfg)
         preflight(model_check, cfg, "cpu")
         del model_check
-        if existing and not resume:
-            raise ConfigError(f"{self.out} already holds checkpoints (up to step "
-                              f"{existing[-1][0]}); pass --resume to continue that run, or "
-                              "choose another --out folder")
         # 2. own the run folder, then find the checkpoint to continue from
-        self._acquire_lock()
-        resumed = None
-        if resume and existing:
-            resumed = ckpt.load_latest(self.out, map_location="cpu", quarantine=True,
-                                       log=self.log)
-            if resumed is None:
-                self.log(f"no valid checkpoint left in {self.out}; starting from scratch")
-        if resumed is not None:
-            diffs = config_differences(resumed.config, cfg)
-            if diffs:
-                raise ConfigError("the checkpoint in {} was made with another configuration:\n  "
-                                  .format(resumed.path) + "\n  ".join(diffs))
-        elif cfg["init_from"] is not None and fm_state is None:  # no valid checkpoint left
-            fm_state = load_init_source(cfg, log=self.log)
+        resumed = self._open_run_folder(cfg, resume)
+        if resumed is None and cfg["init_from"] is not None and fm_state is None:
+            fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
         self.cfg = cfg
         init_seed = derive_seed(cfg["seed"], 0, "init")
         torch.manual_seed(init_seed)  # the initial weights are a function of the seed
@@ -629,26 +448,16 @@ class Trainer:
                                      betas=(cfg["beta1"], cfg["beta2"]),
                                      weight_decay=cfg["weight_decay"])
         self.data = DataSource(cfg, device=self.device)
-        self.step = 0
-        self.elapsed_s = 0.0
-        self.skipped = 0
-        self.nonfinite_run = 0
-        self.last_eval: Dict[str, Any] = {}
-        self.resumed_from: Optional[str] = None
-        self._saved_step: Optional[int] = None
-        self._code_sha = model_code_fingerprint()
-        self._saved_path: Optional[Path] = None
-        if resumed is not None:
-            self._restore(resumed)
-        else:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if (self.out / METRICS_FILE).exists():
-                (self.out / METRICS_FILE).unlink()
-            if self.reference is not None:
-                from safetensors.torch import save as st_save
-                ckpt.atomic_write_bytes(self.out / REFERENCE_FILE,
-                                        st_save(self.reference.state_dict()))
-        ckpt.atomic_write_text(self.out / CONFIG_FILE, json.dumps(cfg, indent=1))
+        self._begin(cfg, resumed)
+
+    def config_differences(self, stored: Dict[str, Any], requested: Dict[str, Any]) -> List[str]:
+        return config_differences(stored, requested)
+
+    def _on_fresh_start(self) -> None:
+        if self.reference is not None:
+            from safetensors.torch import save as st_save
+            ckpt.atomic_write_bytes(self.out / REFERENCE_FILE,
+                                    st_save(self.reference.state_dict()))
 
     def _init_from_flow_matching(self, fm_state: Optional[Dict[str, Tensor]]) -> nn.Module:
         """A fresh run (``fm_state`` given): load the FM weights into the predictor; a resumed
@@ -671,50 +480,6 @@ class Trainer:
         except (RuntimeError, ValueError) as e:
             raise ConfigError(f"--init-from {self.cfg['init_from']}: {e}") from e
 
-    # -------------------------------------------------------------- state
-    def _restore(self, ck: ckpt.Checkpoint) -> None:
-        try:
-            self.model.load_state_dict(ck.model, strict=True)
-            if ck.ema is not None:
-                self.ema.model.load_state_dict(ck.ema, strict=True)
-            self.opt.load_state_dict(ck.state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ConfigError(f"checkpoint {ck.path} does not fit this model: {e}") from e
-        st = ck.state
-        check_model_code(st, ck.path, self.log)
-        self.step = int(st["step"])
-        self.elapsed_s = float(st.get("elapsed_s", 0.0))
-        self.skipped = int(st.get("skipped_steps", 0))
-        self.nonfinite_run = int(st.get("nonfinite_run", 0))
-        self.last_eval = dict(st.get("last_eval", {}))
-        if "rng" in st:
-            set_rng_states(st["rng"])
-        truncate_metrics(self.out, self.step)
-        self._saved_step, self._saved_path = self.step, ck.path
-        self.log(f"resumed from {ck.path} at step {self.step}")
-        self.resumed_from = str(ck.path)
-
-    def save(self) -> Path:
-        state = {
-            "config": self.cfg, "optimizer": self.opt.state_dict(), "elapsed_s": self.elapsed_s,
-            "skipped_steps": self.skipped, "nonfinite_run": self.nonfinite_run,
-            "rng": rng_states(self.data.generator(self.step)), "last_eval": self.last_eval,
-            "torch_version": str(torch.__version__), "model_code_sha256": self._code_sha,
-        }
-        path = ckpt.save_checkpoint(self.out, self.step, self.model.state_dict(),
-                                    self.ema.model.state_dict(), state, keep=self.cfg["keep"])
-        self._saved_step, self._saved_path = self.step, path
-        self._write_metrics({"type": "checkpoint", "step": self.step, "path": str(path)},
-                            sync=True)
-        return path
-
-    def _write_metrics(self, rec: Dict[str, Any], sync: bool = False) -> None:
-        with open(self.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
-
     # -------------------------------------------------------------- evaluation
     def evaluate(self) -> Dict[str, Any]:
         t0 = time.time()
@@ -734,7 +499,7 @@ class Trainer:
         cfg = self.cfg
         n = cfg["eval_samples"] if cfg["dataset"] == "digits" else max(cfg["eval_samples"], 1000)
         y = sample_labels(cfg, n)
-        g = _device_generator(self.device, 12345)
+        g = device_generator(self.device, 12345)
         s = self.ema.model.sample(n, y=None if y is None else y.to(self.device), generator=g)
         folder = self.out / "samples"
         folder.mkdir(exist_ok=True)
@@ -747,22 +512,12 @@ class Trainer:
         ckpt.atomic_write_bytes(self.out / "samples.png", path.read_bytes())
         return path
 
-    # -------------------------------------------------------------- loop
-    def _budget_spent(self) -> Optional[str]:
-        """``"iters"`` or ``"minutes"`` once that budget is spent, else None."""
-        cfg = self.cfg
-        if cfg["iters"] is not None and self.step >= cfg["iters"]:
-            return "iters"
-        if cfg["minutes"] is not None and self.elapsed_s >= 60.0 * cfg["minutes"]:
-            return "minutes"
-        return None
-
     def train_step(self) -> Dict[str, Any]:
         """One iteration (``self.step`` -> ``self.step + 1``); returns its record."""
         cfg, step = self.cfg, self.step
         torch.manual_seed(derive_seed(cfg["seed"], step, "global"))
         x, y = self.data.batch(step)
-        g = _device_generator(self.device, derive_seed(cfg["seed"], step, "model"))
+        g = device_generator(self.device, derive_seed(cfg["seed"], step, "model"))
         lr = learning_rate(cfg, step, self.elapsed_s)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -796,123 +551,30 @@ class Trainer:
         rec["terms"] = {k: float(v.detach().mean()) for k, v in terms.items()}
         return rec
 
-    def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
-        """Train until the budget is spent (or ``stop_after`` iterations of this call);
-        evaluate and checkpoint periodically and at the end.  Returns a summary."""
-        from tqdm import tqdm
+    def eval_summary(self, rec: Dict[str, Any]) -> str:
+        return eval_summary(rec)
 
-        cfg = self.cfg
-        D = math.prod(cfg["model"]["data_shape"])
-        start_step, t_start = self.step, time.time()
-        elapsed0 = self.elapsed_s
-        self._write_metrics({"type": "event", "event": "resume" if start_step else "start",
-                             "step": self.step, "time": time.time()})
-        stop_signal = []
+    def _log_extras(self, rec: Dict[str, Any], mean_loss: float
+                    ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+        extra: Dict[str, Any] = {"loss_per_dim": mean_loss / math.prod(
+            self.cfg["model"]["data_shape"])}
+        post: Dict[str, str] = {}
+        if "fm_reg_weight" in rec:
+            extra["fm_reg_weight"] = rec["fm_reg_weight"]
+        if self.cfg["objective"] == "ntm":
+            extra["train_bpd"] = self._train_bpd()
+            post["bpd"] = f"{extra['train_bpd']:.3f}"
+        if "test_bpd" in self.last_eval:
+            post["test_bpd"] = f"{self.last_eval['test_bpd']:.3f}"
+        return extra, post
 
-        def on_signal(signum, frame):
-            stop_signal.append(signum)
-
-        old_handlers = {}
-        if threading_main():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                old_handlers[sig] = signal.signal(sig, on_signal)
-        bar = tqdm(total=cfg["iters"], initial=self.step, disable=not self.progress,
-                   dynamic_ncols=True, desc=f"train {cfg['dataset']}", unit="it",
-                   file=sys.stderr, mininterval=0.5)
-        window: List[Dict[str, float]] = []   # loss and its terms of the finite steps
-        tick, tick_step = time.time(), self.step
-        stopped = None
-        try:
-            while True:
-                spent = self._budget_spent()
-                if spent:
-                    stopped = f"budget ({spent})"
-                    break
-                if stop_after is not None and self.step - start_step >= stop_after:
-                    stopped = "stop_after"
-                    break
-                if stop_signal:
-                    stopped = f"signal {stop_signal[0]}"
-                    break
-                rec = self.train_step()
-                if self.throttle_s:
-                    time.sleep(self.throttle_s)
-                self.elapsed_s = elapsed0 + (time.time() - t_start)
-                if rec["finite"]:
-                    window.append({"loss": rec["loss"], **rec["terms"]})
-                else:
-                    self.log(f"step {rec['step']}: non-finite loss or gradient ({rec['loss']}); "
-                             f"step skipped ({self.nonfinite_run} in a row, "
-                             f"{self.skipped} in total)")
-                    self._write_metrics({"type": "nonfinite", "step": self.step,
-                                         "loss": str(rec["loss"]), "run": self.nonfinite_run,
-                                         "skipped_total": self.skipped})
-                    if self.nonfinite_run >= cfg["max_nonfinite"]:
-                        good = ckpt.list_checkpoints(self.out)
-                        where = (f"the last good checkpoint is {good[-1][1]}" if good else
-                                 "no checkpoint had been written yet")
-                        msg = (f"stopping: {self.nonfinite_run} consecutive non-finite losses "
-                               f"(--max-nonfinite {cfg['max_nonfinite']}) at step {self.step}; "
-                               f"{where}. Lower --lr or raise --warmup/--grad-clip.")
-                        self._write_metrics({"type": "event", "event": "nonfinite_stop",
-                                             "step": self.step}, sync=True)
-                        raise NonFiniteLossError(msg)
-                bar.update(1)
-                if self.step % cfg["log_every"] == 0 or self.step == cfg["iters"]:
-                    now = time.time()
-                    its = (self.step - tick_step) / max(now - tick, 1e-9)
-                    tick, tick_step = now, self.step
-                    means = {k: sum(w[k] for w in window) / len(window) for k in window[0]} \
-                        if window else {}
-                    window = []
-                    mean_loss = means.pop("loss", float("nan"))
-                    lrec = {"type": "train", "step": self.step, "loss": mean_loss,
-                            "loss_per_dim": mean_loss / D, "lr": rec["lr"],
-                            "grad_norm": rec["grad_norm"], "it_s": its,
-                            "elapsed_s": round(self.elapsed_s, 3), "skipped": self.skipped}
-                    lrec.update(means)
-                    post = {"loss": f"{mean_loss:.4g}"}
-                    if "fm_reg_weight" in rec:
-                        lrec["fm_reg_weight"] = rec["fm_reg_weight"]
-                    if cfg["objective"] == "ntm":
-                        lrec["train_bpd"] = self._train_bpd()
-                        post["bpd"] = f"{lrec['train_bpd']:.3f}"
-                    self._write_metrics(lrec)
-                    post.update({"lr": f"{rec['lr']:.2e}", "it/s": f"{its:.2f}"})
-                    if "test_bpd" in self.last_eval:
-                        post["test_bpd"] = f"{self.last_eval['test_bpd']:.3f}"
-                    bar.set_postfix(post, refresh=False)
-                if self.step % cfg["eval_every"] == 0:
-                    ev = self.evaluate()
-                    bar.write(f"step {self.step}: {eval_summary(ev)}")
-                if self.step % cfg["ckpt_every"] == 0:
-                    self.save()
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            bar.close()
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
-        if stopped.startswith("budget") and (self.last_eval.get("step") != self.step):
-            ev = self.evaluate()
-            self.log(f"step {self.step}: {eval_summary(ev)}")
-        path = self.save() if self._saved_step != self.step else self._saved_path
-        summary = {"type": "event", "event": "end", "reason": stopped, "step": self.step,
-                   "elapsed_s": round(self.elapsed_s, 3), "skipped": self.skipped,
-                   "checkpoint": str(path), **{k: v for k, v in self.last_eval.items()
-                                               if k.startswith("test_")}}
-        self._write_metrics(summary, sync=True)
+    def _on_end(self) -> None:
         if self.plots:
             try:
                 from . import plots
                 plots.plot_metrics(read_metrics(self.out), self.out / "curves.png")
             except Exception as e:  # a figure must never lose a run
                 self.log(f"could not draw curves.png: {e}")
-        self.close()
-        if stopped.startswith("signal"):
-            self.log(f"stopped by {stopped} at step {self.step}; checkpoint {path} written")
-        return summary
 
     @torch.no_grad()
     def _train_bpd(self) -> float:
@@ -920,7 +582,7 @@ class Trainer:
         x, y = self.data.batch(self.step)
         self.model.eval()
         try:
-            g = _device_generator(self.device, derive_seed(self.cfg["seed"], self.step, "bpd"))
+            g = device_generator(self.device, derive_seed(self.cfg["seed"], self.step, "bpd"))
             return float(self.model.bits_per_dim(x, y, levels=eval_levels(self.cfg),
                                                  generator=g).mean())
         finally:
@@ -932,8 +594,3 @@ def eval_summary(rec: Dict[str, Any]) -> str:
     if "test_bpd" in rec:
         return f"test bits/dim {rec['test_bpd']:.4f}"
     return f"test flow-matching loss {rec['test_fm_loss']:.4f}"
-
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()

@@ -10,28 +10,18 @@ import pytest
 import torch
 
 from ntm_engine import checkpoint as ckpt
-from ntm_engine.train import (REFERENCE_FILE, ConfigError, Trainer, build_model,
-                              config_differences, fm_reg_weight, make_config, read_metrics,
+from ntm_engine.train import (REFERENCE_FILE, ConfigError, build_model,
+                              config_differences, fm_reg_weight, read_metrics,
                               validate_config)
 
+from run_testutils import trainer
+from run_testutils import tiny_cfg as run_tiny_cfg
 from test_cli import TINY as CLI_TINY
 from test_cli import fast_classifier, run_cli  # noqa: F401  (fixture: a quick classifier)
 
-TINY = dict(width=32, depth=1, heads=2, transporter_layers=2, transporter_hidden=32)
-
-
 def tiny_cfg(dataset="two_moons", conditional=False, model=None, **train):
-    kw = dict(batch_size=32, iters=12, warmup=3, log_every=1, eval_every=1000, ckpt_every=6,
-              eval_samples=0)
-    kw.update(train)
-    return make_config(dataset, conditional, model=dict(TINY, **(model or {})), **kw)
-
-
-def trainer(cfg, out, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("plots", False)
-    kw.setdefault("log", lambda m: None)
-    return Trainer(cfg, out, device="cpu", **kw)
+    return run_tiny_cfg(dataset, conditional, model, **{**dict(iters=12, warmup=3, ckpt_every=6),
+                                                       **train})
 
 
 def train_records(run):

@@ -7,26 +7,11 @@ import pytest
 import torch
 
 from ntm_engine import checkpoint as ckpt
-from ntm_engine.train import (EMA, ConfigError, DataSource, NonFiniteLossError, Trainer,
+from ntm_engine.train import (EMA, ConfigError, DataSource, NonFiniteLossError,
                               config_differences, derive_seed, learning_rate, make_config,
                               read_metrics)
 
-TINY = dict(width=32, depth=1, heads=2, transporter_layers=2, transporter_hidden=32)
-
-
-def tiny_cfg(dataset="two_moons", conditional=False, **train):
-    kw = dict(batch_size=32, iters=40, warmup=5, log_every=1, eval_every=1000, ckpt_every=10,
-              eval_samples=0)
-    kw.update(train)
-    return make_config(dataset, conditional, model=dict(TINY), **kw)
-
-
-def trainer(cfg, out, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("plots", False)
-    kw.setdefault("log", lambda m: None)
-    return Trainer(cfg, out, device="cpu", **kw)
-
+from run_testutils import TINY, tiny_cfg, trainer
 
 def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r.get("type") == "train"}

@@ -100,11 +100,7 @@ class FlowMatchingModel(nn.Module):
                  shift: float = 1.0, t_min_max: float = 0.05, label_dropout: float = 0.1,
                  data_mean: float = 0.0, data_std: float = 1.0, sigma_clamp: float = 6.0):
         super().__init__()
-        data_shape = tuple(int(s) for s in data_shape)
-        if len(data_shape) not in (1, 3):
-            raise ValueError(f"data_shape must be [D] or [C, H, W], got {list(data_shape)}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        data_shape = schedule.check_shape_and_steps(data_shape, steps)
         if not 0 <= t_min_max < 1:
             raise ValueError(f"t_min_max must lie in [0, 1), got {t_min_max}")
         if not 0 <= label_dropout < 1:

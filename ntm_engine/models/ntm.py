@@ -54,11 +54,7 @@ class NTM(nn.Module):
                  data_std: float = 1.0, sigma_clamp: float = 6.0, reversible: bool = True,
                  parameterization: str = "gaussian"):
         super().__init__()
-        data_shape = tuple(int(s) for s in data_shape)
-        if len(data_shape) not in (1, 3):
-            raise ValueError(f"data_shape must be [D] or [C, H, W], got {list(data_shape)}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        data_shape = schedule.check_shape_and_steps(data_shape, steps)
         t1 = float(schedule.time_grid(1, steps, shift, dtype=torch.float64)[0, 1])
         if not 0 <= t_min_max < t1:
             raise ValueError(f"t_min_max must lie in [0, t_1 = {t1:.4g}), got {t_min_max}")

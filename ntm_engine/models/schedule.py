@@ -6,12 +6,13 @@ Data here is flat, ``[B, D]``; the model reshapes.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "check_shape_and_steps",
     "shifted",
     "time_grid",
     "forward_coefficients",
@@ -23,6 +24,17 @@ __all__ = [
     "flow_matching_reverse",
     "level_covariance",
 ]
+
+
+def check_shape_and_steps(data_shape: Sequence[int], steps: int) -> Tuple[int, ...]:
+    """``data_shape`` as a tuple, after checking that it is ``[D]`` or ``[C, H, W]`` and that
+    the trajectory has ``steps >= 1`` steps (ValueError naming the argument otherwise)."""
+    data_shape = tuple(int(s) for s in data_shape)
+    if len(data_shape) not in (1, 3):
+        raise ValueError(f"data_shape must be [D] or [C, H, W], got {list(data_shape)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return data_shape
 
 
 def shifted(r: Tensor, shift: float) -> Tensor:

@@ -1,0 +1,19 @@
+"""Tiny training runs shared by the training-loop tests: a small NTM config on a toy dataset
+and a quiet CPU :class:`~ntm_engine.train.Trainer`."""
+from ntm_engine.train import Trainer, make_config
+
+TINY = dict(width=32, depth=1, heads=2, transporter_layers=2, transporter_hidden=32)
+
+
+def tiny_cfg(dataset="two_moons", conditional=False, model=None, **train):
+    kw = dict(batch_size=32, iters=40, warmup=5, log_every=1, eval_every=1000, ckpt_every=10,
+              eval_samples=0)
+    kw.update(train)
+    return make_config(dataset, conditional, model=dict(TINY, **(model or {})), **kw)
+
+
+def trainer(cfg, out, **kw):
+    kw.setdefault("progress", False)
+    kw.setdefault("plots", False)
+    kw.setdefault("log", lambda m: None)
+    return Trainer(cfg, out, device="cpu", **kw)
