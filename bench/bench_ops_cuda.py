@@ -18,10 +18,7 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # run as a script from a source checkout that is not installed
-    sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from op_suite import HEADER, candidates, make_tensors, op_cases, run_suite  # noqa: E402
 from timing import markdown_header, markdown_row  # noqa: E402
 

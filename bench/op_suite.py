@@ -12,6 +12,7 @@ fraction of copy_ bandwidth the op reaches.
 """
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -20,8 +21,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ntm_engine import ops
-from ntm_engine import reference as R
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # run as a script from a source checkout that is not installed
+    sys.path.insert(0, _ROOT)
+
+from ntm_engine import ops  # noqa: E402
+from ntm_engine import reference as R  # noqa: E402
 
 CLAMP = 2.0
 Tensors = Dict[str, torch.Tensor]
@@ -102,8 +107,6 @@ def candidates(case: OpCase, t: Tensors, compile_twin: bool = True
 def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    import os
-
     return (f"{platform.processor() or platform.machine()} x{os.cpu_count()} cores, "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
