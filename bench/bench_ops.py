@@ -17,7 +17,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from op_suite import HEADER, candidates, machine_description, make_tensors, op_cases, run_suite  # noqa: E402
+from op_suite import (HEADER, benchmark_variant, machine_description, make_tensors,  # noqa: E402
+                      op_cases, run_suite)
 from timing import emit_report, markdown_table  # noqa: E402
 
 SHAPES = [(4096, 1024), (256, 256)]
@@ -31,12 +32,7 @@ def tensors(request):
 @pytest.mark.parametrize("variant", ["fused", "eager", "compile", "copy_"])
 @pytest.mark.parametrize("case", op_cases(), ids=lambda c: c.name)
 def test_op(benchmark, tensors, case, variant):
-    fn = candidates(case, tensors, compile_twin=variant == "compile")[variant]
-    if fn is None:
-        pytest.skip("torch.compile failed")
-    benchmark.extra_info["bytes"] = case.bytes_moved(tensors)
-    with torch.no_grad():
-        benchmark(fn)
+    benchmark_variant(benchmark, case, tensors, variant)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from op_suite import HEADER, candidates, make_tensors, op_cases, run_suite  # noqa: E402
+from op_suite import HEADER, benchmark_variant, make_tensors, op_cases, run_suite  # noqa: E402
 from timing import markdown_header, markdown_row  # noqa: E402
 
 ROWS, COLS = 65536, 1024
@@ -42,17 +42,7 @@ def tensors(request):
 @pytest.mark.parametrize("variant", ["fused", "eager", "compile", "copy_"])
 @pytest.mark.parametrize("case", op_cases(), ids=lambda c: c.name)
 def test_op_cuda(benchmark, tensors, case, variant):
-    fn = candidates(case, tensors, compile_twin=variant == "compile")[variant]
-    if fn is None:
-        pytest.skip("torch.compile failed")
-    benchmark.extra_info["bytes"] = case.bytes_moved(tensors)
-
-    def call():
-        fn()
-        torch.cuda.synchronize()
-
-    with torch.no_grad():
-        benchmark.pedantic(call, rounds=20, iterations=1, warmup_rounds=3)
+    benchmark_variant(benchmark, case, tensors, variant)
 
 
 def main() -> int:

@@ -104,6 +104,26 @@ def candidates(case: OpCase, t: Tensors, compile_twin: bool = True
             "compile": compiled, "copy_": lambda: dst.copy_(src)}
 
 
+def benchmark_variant(benchmark, case: OpCase, t: Tensors, variant: str) -> None:
+    """The pytest-benchmark body shared by the CPU and GPU suites: time one variant of one op
+    (no autograd; on CUDA every call is synchronised, 20 rounds after 3 warm-ups)."""
+    import pytest
+
+    fn = candidates(case, t, compile_twin=variant == "compile")[variant]
+    if fn is None:
+        pytest.skip("torch.compile failed")
+    benchmark.extra_info["bytes"] = case.bytes_moved(t)
+    with torch.no_grad():
+        if t["x"].is_cuda:
+            def call():
+                fn()
+                torch.cuda.synchronize()
+
+            benchmark.pedantic(call, rounds=20, iterations=1, warmup_rounds=3)
+        else:
+            benchmark(fn)
+
+
 def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
