@@ -465,6 +465,9 @@ def cmd_eval(args, parser) -> int:
     from .distill_cli import load_denoiser_for
     from .train import default_sample_steps, evaluate_bpd, evaluate_test, model_code_fingerprint
 
+    if args.denoiser is not None and args.n_samples == 0:
+        parser.error("--denoiser evaluates the denoised sampler: it needs --n-samples > 0, "
+                     "got --n-samples 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)

@@ -37,7 +37,8 @@ from . import checkpoint as ckpt
 from .data import DIGITS_LEVELS, dequantize
 from .models import Denoiser, schedule
 from .models.embedding import drop_labels, resolve_labels
-from .run_loop import EMA, ConfigError, RunLoop, derive_seed, device_generator, learning_rate
+from .run_loop import (EMA, ConfigError, RunLoop, derive_seed, device_generator, learning_rate,
+                       validate_loop_options)
 from .train import DataSource, config_differences, test_data
 
 __all__ = ["KIND", "DISTILL_DEFAULTS", "DistillBatch", "distillation_batch", "make_distill_config",
@@ -93,11 +94,6 @@ def distillation_batch(teacher: nn.Module, x: Tensor, y: Optional[Tensor], t_min
 
 # ----------------------------------------------------------------------------- config
 
-def _teacher_t1(model_cfg: Dict[str, Any]) -> float:
-    return float(schedule.time_grid(1, int(model_cfg["steps"]), float(model_cfg["shift"]),
-                                    dtype=torch.float64)[0, 1])
-
-
 def make_distill_config(teacher_ck: ckpt.Checkpoint, t_min: Optional[float] = None,
                         denoiser: Optional[Dict[str, Any]] = None,
                         label_dropout: Optional[float] = None, **train) -> Dict[str, Any]:
@@ -140,7 +136,8 @@ def make_distill_config(teacher_ck: ckpt.Checkpoint, t_min: Optional[float] = No
 
 def validate_distill_config(cfg: Dict[str, Any]) -> None:
     """Raise :class:`ConfigError` naming the option, what it must be and what it is."""
-    t1 = _teacher_t1(cfg["teacher_model"])
+    tm = cfg["teacher_model"]
+    t1 = schedule.first_interior_time(int(tm["steps"]), float(tm["shift"]))
     t = cfg["t_min"]
     if not 0 < t < t1:
         why = (" (at t_0 = 0 the posterior mean is x_{t_0} itself: nothing to distil)"
@@ -152,31 +149,16 @@ def validate_distill_config(cfg: Dict[str, Any]) -> None:
         (0 <= cfg["label_dropout"] < 1, f"label_dropout must lie in [0, 1), got "
          f"{cfg['label_dropout']}"),
         (cfg["class_conditional"] or cfg["label_dropout"] == 0,
-         "label_dropout > 0 needs a class-conditional teacher"),
-        (cfg["batch_size"] >= 1, f"--batch-size must be >= 1, got {cfg['batch_size']}"),
+         f"label_dropout > 0 needs a class-conditional teacher, got label_dropout="
+         f"{cfg['label_dropout']} for an unconditional one"),
         (cfg["updates_per_batch"] >= 1,
          f"--updates-per-batch must be >= 1, got {cfg['updates_per_batch']}"),
-        (cfg["lr"] > 0 and math.isfinite(cfg["lr"]), f"--lr must be > 0, got {cfg['lr']}"),
-        (0 <= cfg["min_lr_ratio"] <= 1, f"min_lr_ratio must lie in [0, 1], got "
-         f"{cfg['min_lr_ratio']}"),
-        (cfg["warmup"] >= 0, f"warmup must be >= 0, got {cfg['warmup']}"),
-        (cfg["weight_decay"] >= 0, f"weight_decay must be >= 0, got {cfg['weight_decay']}"),
-        (0 <= cfg["ema_decay"] < 1, f"ema_decay must lie in [0, 1), got {cfg['ema_decay']}"),
-        (cfg["grad_clip"] is None or cfg["grad_clip"] > 0,
-         f"grad_clip must be > 0, got {cfg['grad_clip']}"),
-        (cfg["iters"] is not None or cfg["minutes"] is not None,
-         "give a budget: --iters and/or --minutes"),
-        (cfg["iters"] is None or cfg["iters"] >= 1, f"--iters must be >= 1, got {cfg['iters']}"),
-        (cfg["minutes"] is None or cfg["minutes"] > 0,
-         f"--minutes must be > 0, got {cfg['minutes']}"),
-        (all(cfg[k] >= 1 for k in ("log_every", "eval_every", "ckpt_every", "keep",
-                                   "max_nonfinite", "eval_batch")),
-         "log_every, eval_every, ckpt_every, keep, max_nonfinite, eval_batch must be >= 1"),
         (cfg["eval_n"] >= 0, f"eval_n must be >= 0, got {cfg['eval_n']}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    validate_loop_options(cfg)
 
 
 def _check_teacher(teacher: nn.Module, cfg: Dict[str, Any]) -> None:
@@ -212,10 +194,13 @@ class Distiller(RunLoop):
         validate_distill_config(cfg)
         _check_teacher(teacher, cfg)
         try:
-            resumed = self._open_run_folder(cfg, resume)
+            self._init(cfg, teacher, resume)
         except BaseException:
             self.close()
             raise
+
+    def _init(self, cfg: Dict[str, Any], teacher: nn.Module, resume: bool) -> None:
+        resumed = self._open_run_folder(cfg, resume)
         if cfg["t_min"] > cfg["teacher_model"]["t_min_max"]:
             self.log(f"warning: t_d = {cfg['t_min']} is above the teacher's t_min_max = "
                      f"{cfg['teacher_model']['t_min_max']}: the teacher never trained there")
@@ -229,11 +214,7 @@ class Distiller(RunLoop):
                                      weight_decay=cfg["weight_decay"])
         self.data = DataSource(cfg, device=self.device)
         self._eval_set: Optional[List[Tuple[DistillBatch, Tensor]]] = None
-        try:
-            self._begin(cfg, resumed)
-        except BaseException:
-            self.close()
-            raise
+        self._begin(cfg, resumed)
 
     def config_differences(self, stored: Dict[str, Any], requested: Dict[str, Any]) -> List[str]:
         return config_differences(stored, requested, IDENTITY_KEYS)
@@ -262,8 +243,8 @@ class Distiller(RunLoop):
                 if step + 1 in self.fault_steps:
                     loss = loss * float("nan")
                 fresh_loss = float(loss.detach())   # before any update on this batch
-            finite = bool(torch.isfinite(loss))
-            if finite:
+                finite = math.isfinite(fresh_loss)
+            if finite:   # (a non-finite loss of a later update shows in the gradient norm)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
@@ -344,8 +325,10 @@ def load_denoiser(path, device=None, use_ema: bool = True, log=None
     """``(denoiser in eval mode, checkpoint)`` from a distillation folder or checkpoint."""
     ck = ckpt.resolve(path, log=log)
     if ck.config.get("kind") != KIND:
+        what = ("a flow-matching run" if ck.config.get("objective") == "flow_matching"
+                else "an NTM training run")
         raise ConfigError(f"--denoiser {path}: {ck.path} is not a denoiser checkpoint (made by "
-                          "`ntm distill`); it is an NTM training run")
+                          f"`ntm distill`); it is {what}")
     den = Denoiser(**ck.config["denoiser"])
     weights = ck.ema if (use_ema and ck.ema is not None) else ck.model
     try:

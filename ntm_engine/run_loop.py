@@ -127,11 +127,46 @@ class EMA:
     def update(self, model: nn.Module, num_updates: int) -> None:
         d = min(self.decay, (1 + num_updates) / (10 + num_updates))
         src = model.state_dict()
+        avg, new = [], []
         for k, v in self.model.state_dict().items():
             if v.dtype.is_floating_point:
-                v.lerp_(src[k], 1 - d)
+                avg.append(v)
+                new.append(src[k])
             else:
                 v.copy_(src[k])
+        if avg:
+            torch._foreach_lerp_(avg, new, 1 - d)
+
+
+# ----------------------------------------------------------------------------- options
+
+def _opt(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def validate_loop_options(cfg: Dict[str, Any], counts: Tuple[str, ...] = (
+        "log_every", "eval_every", "ckpt_every", "keep", "max_nonfinite", "eval_batch")) -> None:
+    """The options every run loop has (batch, optimiser, EMA, budget, and the ``counts`` that
+    must be >= 1): a :class:`ConfigError` naming the first bad one and its value."""
+    checks = [
+        (cfg["batch_size"] >= 1, f"--batch-size must be >= 1, got {cfg['batch_size']}"),
+        (cfg["lr"] > 0 and math.isfinite(cfg["lr"]), f"--lr must be > 0, got {cfg['lr']}"),
+        (0 <= cfg["min_lr_ratio"] <= 1,
+         f"--min-lr-ratio must lie in [0, 1], got {cfg['min_lr_ratio']}"),
+        (cfg["warmup"] >= 0, f"--warmup must be >= 0, got {cfg['warmup']}"),
+        (cfg["weight_decay"] >= 0, f"--weight-decay must be >= 0, got {cfg['weight_decay']}"),
+        (0 <= cfg["ema_decay"] < 1, f"--ema-decay must lie in [0, 1), got {cfg['ema_decay']}"),
+        (cfg["grad_clip"] is None or cfg["grad_clip"] > 0,
+         f"--grad-clip must be > 0, got {cfg['grad_clip']}"),
+        (cfg["iters"] is not None or cfg["minutes"] is not None,
+         "give a budget: --iters and/or --minutes"),
+        (cfg["iters"] is None or cfg["iters"] >= 1, f"--iters must be >= 1, got {cfg['iters']}"),
+        (cfg["minutes"] is None or cfg["minutes"] > 0,
+         f"--minutes must be > 0, got {cfg['minutes']}"),
+    ] + [(cfg[k] >= 1, f"{_opt(k)} must be >= 1, got {cfg[k]}") for k in counts]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
 
 
 # ----------------------------------------------------------------------------- model code

@@ -42,7 +42,8 @@ from . import checkpoint as ckpt
 from .run_loop import (CONFIG_FILE, EMA, METRICS_FILE, ConfigError, NonFiniteLossError,  # noqa: F401
                        RunLoop, budget_progress, check_model_code, derive_seed, device_generator,
                        learning_rate, model_code_fingerprint, read_metrics, rng_states,
-                       set_rng_states, threading_main, truncate_metrics)
+                       set_rng_states, threading_main, truncate_metrics,
+                       validate_loop_options)
 from .data import DIGITS_LEVELS, DIGITS_SHAPE, TOYS, dequantize, load_digits, sample_toy
 
 DATASETS = ("digits",) + tuple(sorted(TOYS))
@@ -148,20 +149,6 @@ def validate_config(cfg: Dict[str, Any]) -> None:
          "--transporter-layers must be >= 0 and --transporter-hidden >= 1"),
         (m["shift"] > 0, f"--shift must be > 0, got {m['shift']}"),
         (m["clamp"] is None or m["clamp"] > 0, f"--clamp must be > 0, got {m['clamp']}"),
-        (cfg["batch_size"] >= 1, f"--batch-size must be >= 1, got {cfg['batch_size']}"),
-        (cfg["lr"] > 0 and math.isfinite(cfg["lr"]), f"--lr must be > 0, got {cfg['lr']}"),
-        (0 <= cfg["min_lr_ratio"] <= 1, "--min-lr-ratio must lie in [0, 1]"),
-        (cfg["warmup"] >= 0, f"--warmup must be >= 0, got {cfg['warmup']}"),
-        (cfg["weight_decay"] >= 0, "--weight-decay must be >= 0"),
-        (0 <= cfg["ema_decay"] < 1, f"--ema-decay must lie in [0, 1), got {cfg['ema_decay']}"),
-        (cfg["grad_clip"] is None or cfg["grad_clip"] > 0, "--grad-clip must be > 0"),
-        (cfg["iters"] is not None or cfg["minutes"] is not None,
-         "give a budget: --iters and/or --minutes"),
-        (cfg["iters"] is None or cfg["iters"] >= 1, f"--iters must be >= 1, got {cfg['iters']}"),
-        (cfg["minutes"] is None or cfg["minutes"] > 0, f"--minutes must be > 0, got {cfg['minutes']}"),
-        (all(cfg[k] >= 1 for k in ("log_every", "eval_every", "ckpt_every", "keep",
-                                   "max_nonfinite", "eval_batch")),
-         "--log-every, --eval-every, --ckpt-every, --keep, --max-nonfinite must be >= 1"),
         (cfg["eval_samples"] >= 0, "--eval-samples must be >= 0"),
         (cfg["objective"] in OBJECTIVES,
          f"--objective must be one of {', '.join(OBJECTIVES)}, got {cfg['objective']!r}"),
@@ -177,6 +164,7 @@ def validate_config(cfg: Dict[str, Any]) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    validate_loop_options(cfg)
     if len(shape) == 3:
         p = m.get("patch_size")
         if p is not None and (p < 1 or shape[1] % p or shape[2] % p):

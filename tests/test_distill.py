@@ -241,6 +241,8 @@ def test_cli_refuses_mismatched_teachers_and_denoisers(tmp_path, capsys):
         run_cli("sample", out, "-n", 2)
     with pytest.raises(ConfigError, match="teacher .* is not an NTM run checkpoint"):
         make_distill_config(ckpt.resolve(out), iters=1)
+    with pytest.raises(SystemExit):   # argparse error: --denoiser needs samples to judge
+        run_cli("eval", run, "--n-samples", 0, "--denoiser", out)
     uncond = digits_teacher(tmp_path / "uncond", conditional=False)
     with pytest.raises(SystemExit, match="label mismatch: the denoiser has num_classes=10, the "
                        "model .* num_classes=0"):

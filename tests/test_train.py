@@ -157,6 +157,8 @@ def test_too_many_nonfinite_losses_stop_and_keep_last_good_checkpoint(tmp_path):
     (dict(model=dict(width=30, heads=4)), "divisible"),
     (dict(model=dict(patch_size=3)), "patch-size 3 must divide"),
     (dict(iters=0), "--iters must be >= 1"),
+    (dict(ckpt_every=0), "--ckpt-every must be >= 1, got 0"),
+    (dict(min_lr_ratio=2.0), r"--min-lr-ratio must lie in \[0, 1\], got 2.0"),
     (dict(model=dict(data_shape=[2])), "does not match dataset"),
     (dict(bogus=1), "unknown training options"),
 ])

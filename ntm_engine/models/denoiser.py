@@ -78,10 +78,10 @@ class Denoiser(nn.Module):
         if arch == "conv" and len(data_shape) != 3:
             raise ValueError(f"Denoiser: arch 'conv' needs images [C, H, W], got data_shape "
                              f"{list(data_shape)}")
-        if num_classes < 0 or hidden < 1 or blocks < 0 or context_dim < 2:
-            raise ValueError(f"Denoiser: need num_classes >= 0, hidden >= 1, blocks >= 0, "
-                             f"context_dim >= 2; got {num_classes}, {hidden}, {blocks}, "
-                             f"{context_dim}")
+        for name, value, least in (("num_classes", num_classes, 0), ("hidden", hidden, 1),
+                                   ("blocks", blocks, 0), ("context_dim", context_dim, 2)):
+            if value < least:
+                raise ValueError(f"Denoiser: {name} must be >= {least}, got {value}")
         self.config: Dict[str, Any] = dict(data_shape=list(data_shape), num_classes=num_classes,
                                            arch=arch, hidden=hidden, blocks=blocks,
                                            context_dim=context_dim)

@@ -141,8 +141,12 @@ class FlowMatchingModel(nn.Module):
         self._check_data(x_t)
         B = x_t.shape[0]
         dtype = self.predictor.embed.weight.dtype
-        t = torch.as_tensor(t, device=x_t.device, dtype=dtype).expand(B)
-        t_next = torch.as_tensor(t_next, device=x_t.device, dtype=dtype).expand(B)
+        t, t_next = (torch.as_tensor(v, device=x_t.device, dtype=dtype) for v in (t, t_next))
+        for name, v in (("t", t), ("t_next", t_next)):
+            if v.shape not in ((), (B,)):
+                raise ValueError(f"velocity: {name} must be a number or have shape [{B}], got "
+                                 f"{list(v.shape)}")
+        t, t_next = t.expand(B), t_next.expand(B)
         v, _ = self.predictor.head_outputs(x_t.reshape(B, 1, self.dim), t_next.unsqueeze(1),
                                            t.unsqueeze(1), self._labels(y, B, x_t.device))
         return v.view(B, *self.data_shape)
@@ -193,7 +197,7 @@ class FlowMatchingModel(nn.Module):
         ``x_{t_k} = x_{t_{k+1}} - (t_{k+1} - t_k) v(x_{t_{k+1}}, t_{k+1})``.  ``guidance``
         ``w != 0`` (needs labels): ``v = (1+w) v(.|y) - w v(.|null)``."""
         p = next(self.parameters())
-        device, dtype, D = p.device, p.dtype, self.dim
+        device, dtype = p.device, p.dtype
         N = steps or EULER_STEPS
         t = schedule.time_grid(n, N, self.shift, 0.0, device=device, dtype=dtype)
         y = self._labels(y, n, device)
@@ -201,11 +205,12 @@ class FlowMatchingModel(nn.Module):
             raise ValueError("guidance needs labels y (and a class-conditional model)")
         x = temperature * torch.randn(n, *self.data_shape, generator=generator, device=device,
                                       dtype=dtype)
+        if guidance != 0:   # conditional rows, then the same rows with the null label
+            y2, t2 = torch.cat([y, torch.full_like(y, self.num_classes)]), t.repeat(2, 1)
         for k in range(N - 1, -1, -1):
             if guidance != 0:
-                v = self.velocity(x.repeat(2, *([1] * len(self.data_shape))),
-                                  t[:, k + 1].repeat(2), t[:, k].repeat(2),
-                                  torch.cat([y, torch.full_like(y, self.num_classes)]))
+                v = self.velocity(x.repeat(2, *([1] * len(self.data_shape))), t2[:, k + 1],
+                                  t2[:, k], y2)
                 v = (1 + guidance) * v[:n] - guidance * v[n:]
             else:
                 v = self.velocity(x, t[:, k + 1], t[:, k], y)

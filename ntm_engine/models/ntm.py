@@ -55,7 +55,7 @@ class NTM(nn.Module):
                  parameterization: str = "gaussian"):
         super().__init__()
         data_shape = schedule.check_shape_and_steps(data_shape, steps)
-        t1 = float(schedule.time_grid(1, steps, shift, dtype=torch.float64)[0, 1])
+        t1 = schedule.first_interior_time(steps, shift)
         if not 0 <= t_min_max < t1:
             raise ValueError(f"t_min_max must lie in [0, t_1 = {t1:.4g}), got {t_min_max}")
         if not 0 <= label_dropout < 1:
@@ -277,7 +277,7 @@ class NTM(nn.Module):
         p = next(self.parameters())
         device, dtype, D = p.device, p.dtype, self.dim
         T = steps or self.steps
-        t1 = float(self.time_grid(1, T, 0.0, dtype=torch.float64)[0, 1])
+        t1 = schedule.first_interior_time(T, self.shift)
         if not 0 <= t_min < t1:
             raise ValueError(f"sample: t_min (the t_0 of the sampling grid) must lie in "
                              f"[0, t_1 = {t1:.4g}) for {T} steps with shift {self.shift}, "

@@ -15,6 +15,7 @@ __all__ = [
     "check_shape_and_steps",
     "shifted",
     "time_grid",
+    "first_interior_time",
     "forward_coefficients",
     "forward_trajectory",
     "forward_entropy",
@@ -66,6 +67,11 @@ def time_grid(batch: int, steps: int, shift: float = 1.0,
                              f"for {steps} steps with shift {shift}")
         t[:, 0] = t0
     return t
+
+
+def first_interior_time(steps: int, shift: float = 1.0) -> float:
+    """``t_1`` of the grid of ``steps`` steps with ``shift``: every ``t_0`` must stay below it."""
+    return float(shifted(torch.tensor(1.0 / steps, dtype=torch.float64), float(shift)))
 
 
 def forward_coefficients(t: Tensor) -> Tuple[Tensor, Tensor]:

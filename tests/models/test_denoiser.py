@@ -57,6 +57,13 @@ def test_denoiser_input_errors():
         Denoiser((4,), arch="conv")
     with pytest.raises(ValueError, match="arch must be one of mlp, conv, got 'unet'"):
         Denoiser((4,), arch="unet")
+    for kw, msg in ((dict(hidden=0), "hidden must be >= 1, got 0"),
+                    (dict(blocks=-1), "blocks must be >= 0, got -1"),
+                    (dict(context_dim=1), "context_dim must be >= 2, got 1")):
+        with pytest.raises(ValueError, match=msg):
+            Denoiser((4,), **kw)
+    with pytest.raises(ValueError, match="num_classes must be >= 0, got -2"):
+        Denoiser((4,), -2)
 
 
 def test_default_denoiser_is_light_next_to_the_digits_teacher():

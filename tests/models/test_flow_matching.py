@@ -301,6 +301,10 @@ def test_euler_sampler_guidance_and_labels():
         fm.sample(3, guidance=1.0)
     with pytest.raises(ValueError, match="unconditional flow-matching model"):
         FlowMatchingModel((2,), width=16, depth=1, heads=2).sample(2, y=1)
+    x = torch.zeros(3, 1, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"velocity: t_next must be a number or have shape "
+                       r"\[3\], got \[2\]"):
+        fm.velocity(x, 0.5, torch.zeros(2), y)
 
 
 def test_short_pretraining_lowers_the_loss_and_samples_the_data():
