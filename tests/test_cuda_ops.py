@@ -17,6 +17,8 @@ import torch
 from ntm_engine import ops
 from ntm_engine import reference as R
 
+from op_cases import assert_compiled_matches_eager
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -340,21 +342,7 @@ def test_opcheck_on_cuda(case):
 
 
 def test_torch_compile_fullgraph_on_cuda():
-    def f(x, shift, logits, mean, log_sigma):
-        y, ld = ops.affine_coupling(x, shift, logits, 2.0)
-        return (ops.gaussian_nll(y, mean, log_sigma) - ld).sum()
-
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    args = [t.requires_grad_() for t in make_args("affine_coupling", (4, 33), torch.float32,
-                                                  device="cuda")[:3]]
-    args += [t.requires_grad_() for t in make_args("gaussian_nll", (4, 33), torch.float32,
-                                                   seed=1, device="cuda")[1:]]
-    eager = f(*args)
-    out = compiled(*args)
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(torch.autograd.grad(out, args), torch.autograd.grad(eager, args)):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager((4, 33), device="cuda")
 
 
 # ----------------------------------------------------------------------------- determinism

@@ -6,7 +6,7 @@ import ntm_engine
 from ntm_engine import ops
 from ntm_engine import reference as R
 
-from op_cases import make_inputs
+from op_cases import assert_compiled_matches_eager, make_inputs
 
 
 def _samples():
@@ -33,22 +33,7 @@ def test_opcheck(case):
 
 
 def test_torch_compile_fullgraph_matches_eager():
-    def loss_fn(x, shift, logits, mean, log_sigma):
-        y, ld = ops.affine_coupling(x, shift, logits, 2.0)
-        return (ops.gaussian_nll(y, mean, log_sigma) - ld).sum()
-
-    torch._dynamo.reset()
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    x, shift, logits = make_inputs((4, 16), torch.float32)
-    mean, log_sigma = make_inputs((4, 16), torch.float32, seed=9)[:2]
-    leaves = [t.requires_grad_() for t in (x, shift, logits, mean, log_sigma)]
-    eager = loss_fn(*leaves)
-    eager_grads = torch.autograd.grad(eager, leaves)
-    out = compiled(*leaves)
-    grads = torch.autograd.grad(out, leaves)
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(grads, eager_grads):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager((4, 16))
 
 
 def _raises(exc, match, fn, *args):
