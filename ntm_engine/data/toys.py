@@ -1,49 +1,11 @@
-"""Built-in data: the scikit-learn digits (8x8, 17 grey levels) and 2-D toy distributions.
-
-Digits are returned as float tensors in [-1, 1] of shape ``[N, 1, 8, 8]`` with integer labels
-``[N]``; :func:`dequantize` adds the uniform noise of one grey level.  The toys sample
-``[n, 2]`` float32 tensors from an explicit ``torch.Generator``.
-"""
+"""2-D toy distributions: ``[n, 2]`` float32 samples drawn from an explicit ``torch.Generator``."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor
-
-DIGITS_LEVELS = 17  # grey levels 0..16
-DIGITS_SHAPE = (1, 8, 8)
-_SPLIT_SEED = 20260508
-_TEST_FRACTION = 0.2
-
-
-def load_digits(split: str = "train") -> Tuple[Tensor, Tensor]:
-    """The scikit-learn digits, fixed split: ``(images [N, 1, 8, 8] in [-1, 1], labels [N])``.
-
-    Pixel value ``v in {0..16}`` maps to the centre of its bin, ``(v + 0.5) / 17 * 2 - 1``.
-    ``split`` is ``"train"`` (80%), ``"test"`` (20%) or ``"all"``.
-    """
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    from sklearn.datasets import load_digits as _sk_load
-
-    bunch = _sk_load()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32)  # [1797, 8, 8], 0..16
-    labels = torch.as_tensor(bunch.target, dtype=torch.long)
-    x = ((images + 0.5) / DIGITS_LEVELS * 2 - 1).unsqueeze(1)
-    if split == "all":
-        return x, labels
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(_SPLIT_SEED))
-    n_test = int(round(len(x) * _TEST_FRACTION))
-    idx = perm[n_test:] if split == "train" else perm[:n_test]
-    return x[idx], labels[idx]
-
-
-def dequantize(x: Tensor, levels: int, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Uniform dequantisation of bin-centred data in [-1, 1] with ``levels`` bins (width 2/levels)."""
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5
-    return x + noise * (2.0 / levels)
 
 
 def checkerboard(n: int, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -1,0 +1,156 @@
+"""Training batches of an :class:`ImageData` split as a pure function of ``(seeds, step)``.
+
+Epoch ``e`` visits the split in the order ``randperm(N)`` seeded by ``seeds(e, "epoch")``;
+batch ``step`` is positions ``[step * B, step * B + n)`` of the concatenated epochs,
+dequantised (``levels`` bins) with noise seeded by ``seeds(step, "data")``.  So a run resumed
+at any step sees the same batches, whichever path reads them:
+
+- in memory (:class:`~ntm_engine.data.core.ImageSet`): :meth:`ImageBatches.batch` gathers rows
+  of the code tensor directly (the fast path for small sets);
+- lazy (any other split, e.g. a user ``Dataset``): :meth:`ImageBatches.stream` reads through a
+  ``DataLoader`` with ``num_workers`` worker processes, which also dequantise, and pinned
+  memory when the device is a GPU.  :meth:`ImageBatches.batch` still works (in-process).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .core import DataError, ImageData, ImageSet, dequantize
+
+Batch = Tuple[Tensor, Optional[Tensor]]
+
+
+class _Noisy(Dataset):
+    """Item ``(i, noise_seed)`` -> ``(image, label, noise_seed)``."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        x, y = self.ds[key[0]]
+        return x, y, key[1]
+
+
+class _Collate:
+    """Stacks one batch and dequantises it with the generator of its noise seed."""
+
+    def __init__(self, levels: int):
+        self.levels = levels
+
+    def __call__(self, items) -> Tuple[Tensor, Tensor]:
+        x = torch.stack([it[0] for it in items])
+        y = torch.tensor([it[1] for it in items], dtype=torch.long)
+        g = torch.Generator().manual_seed(items[0][2])
+        return dequantize(x, self.levels, generator=g), y
+
+
+class _Steps(Sampler):
+    """Batches ``[(index, noise_seed), ...]`` of steps ``start, start + 1, ...`` (endless)."""
+
+    def __init__(self, batches: "ImageBatches", start: int):
+        self.batches, self.start = batches, start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            seed = self.batches.noise_seed(step)
+            yield [(i, seed) for i in self.batches.indices(step).tolist()]
+            step += 1
+
+
+class ImageBatches:
+    """Seeded training batches ``(x [B, C, H, W] dequantised, y [B] or None)`` of one split.
+
+    ``seeds(index, stream) -> int`` derives independent seeds (the trainer passes
+    ``lambda i, s: derive_seed(cfg_seed, i, s)``); ``conditional`` returns labels (the data
+    must have classes).  ``num_workers`` / ``pin_memory`` (default: on for CUDA devices)
+    apply to :meth:`stream` on a lazy split.
+    """
+
+    def __init__(self, data: ImageData, *, batch_size: int, seeds: Callable[[int, str], int],
+                 split: str = "train", conditional: bool = False, device=None,
+                 num_workers: int = 0, pin_memory: Optional[bool] = None):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if conditional and data.num_classes == 0:
+            raise DataError(f"conditional: data {data.name!r} has no class labels")
+        self.ds = data.split(split)
+        if len(self.ds) == 0:
+            raise DataError(f"split: {data.name!r} has no {split!r} images")
+        self.levels, self.batch_size, self.seeds = data.levels, batch_size, seeds
+        self.conditional = conditional
+        self.device = torch.device(device or "cpu")
+        self.num_workers = num_workers
+        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
+        self._perm_cache: Dict[int, Tensor] = {}
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.ds, ImageSet)
+
+    def permutation(self, epoch: int) -> Tensor:
+        """The visiting order of epoch ``epoch``: ``[N]``."""
+        if epoch not in self._perm_cache:
+            if len(self._perm_cache) > 4:
+                self._perm_cache.clear()
+            g = torch.Generator().manual_seed(self.seeds(epoch, "epoch"))
+            self._perm_cache[epoch] = torch.randperm(len(self.ds), generator=g)
+        return self._perm_cache[epoch]
+
+    def indices(self, step: int, n: Optional[int] = None) -> Tensor:
+        """Rows of batch ``step``: ``[n]`` (default ``batch_size``)."""
+        N, start = len(self.ds), step * self.batch_size
+        end = start + (n or self.batch_size)
+        parts: List[Tensor] = []
+        p = start
+        while p < end:
+            e, off = divmod(p, N)
+            take = min(N - off, end - p)
+            parts.append(self.permutation(e)[off:off + take])
+            p += take
+        return torch.cat(parts)
+
+    def noise_seed(self, step: int) -> int:
+        return self.seeds(step, "data")
+
+    def generator(self, step: int) -> torch.Generator:
+        """The dequantisation generator of batch ``step``."""
+        return torch.Generator().manual_seed(self.noise_seed(step))
+
+    def batch(self, step: int, n: Optional[int] = None) -> Batch:
+        """Batch ``step`` (first ``n`` rows when given), read in this process."""
+        idx = self.indices(step, n)
+        if self.in_memory:
+            x, y = self.ds.images(idx), self.ds.labels
+            y = None if y is None else y[idx]
+        else:
+            items = [self.ds[i] for i in idx.tolist()]
+            x = torch.stack([it[0] for it in items])
+            y = torch.tensor([it[1] for it in items], dtype=torch.long)
+        x = dequantize(x, self.levels, generator=self.generator(step))
+        return self._place(x, y)
+
+    def stream(self, start: int = 0) -> Iterator[Batch]:
+        """Batches ``start, start + 1, ...`` (endless); equal to :meth:`batch` of each step."""
+        if self.in_memory or self.num_workers == 0:
+            yield from (self.batch(step) for step in itertools.count(start))
+            return
+        loader = DataLoader(_Noisy(self.ds), batch_sampler=_Steps(self, start),
+                            collate_fn=_Collate(self.levels), num_workers=self.num_workers,
+                            pin_memory=self.pin_memory)
+        for x, y in loader:
+            yield self._place(x, y)
+
+    def _place(self, x: Tensor, y: Optional[Tensor]) -> Batch:
+        nb = self.pin_memory and self.device.type == "cuda"
+        x = x.to(self.device, non_blocking=nb)
+        y = y.to(self.device, non_blocking=nb) if self.conditional and y is not None else None
+        return x, y

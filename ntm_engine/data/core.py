@@ -1,0 +1,186 @@
+"""The uniform description of an image data set and its in-memory and lazy splits.
+
+Every image source (digits, colour patches, folders, arrays, CIFAR-10, a user ``Dataset``)
+becomes an :class:`ImageData`: a shape ``(C, H, W)``, a number of grey ``levels`` (17 for the
+digits, 256 for 8-bit images), a number of classes (0: unlabelled) and ``train`` / ``test``
+splits.  A split yields ``(image [C, H, W] float32 in [-1, 1], label)`` items, the image at
+the centre of its bin (code ``v`` in ``0..levels-1`` maps to ``(v + 0.5) / levels * 2 - 1``),
+ready for :func:`dequantize`; ``label`` is ``-1`` when the set is unlabelled.
+
+In-memory splits (:class:`ImageSet`) hold integer codes (uint8: 1 byte per value) and give
+whole batches by index; lazy splits (:class:`LazyImages`) convert one item at a time and are
+read through a ``DataLoader`` (:mod:`ntm_engine.data.batches`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+NO_LABEL = -1
+SPLIT_SEED = 20260508  # the fixed seed of every held-out test split
+
+
+class DataError(ValueError):
+    """Bad data: the message names the argument or file, what was expected and what came."""
+
+
+def codes_to_unit(codes: Tensor, levels: int) -> Tensor:
+    """Integer codes in ``0..levels-1`` (any shape) -> float32 bin centres in [-1, 1]."""
+    return (codes.float() + 0.5) / levels * 2 - 1
+
+
+def dequantize(x: Tensor, levels: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Uniform dequantisation of bin-centred data in [-1, 1] with ``levels`` bins (width 2/levels)."""
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5
+    return x + noise * (2.0 / levels)
+
+
+def check_labels(labels, n: int, *, num_classes: Optional[int] = None,
+                 what: str = "labels") -> Tuple[Tensor, int]:
+    """Validate class labels for ``n`` images: ``(labels [n] int64, num_classes)``.
+
+    ``labels`` must be 1-D, of an integer dtype, hold ``n`` values in ``0..num_classes-1``
+    (``num_classes`` defaults to ``max + 1``).  Errors name ``what``.
+    """
+    t = torch.as_tensor(labels)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise DataError(f"{what}: expected integer class labels, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise DataError(f"{what}: expected a 1-D array of labels, got shape {tuple(t.shape)}")
+    if len(t) != n:
+        raise DataError(f"{what}: expected one label per image ({n}), got {len(t)}")
+    t = t.long()
+    if n and int(t.min()) < 0:
+        raise DataError(f"{what}: expected labels >= 0, got {int(t.min())}")
+    top = int(t.max()) + 1 if n else 0
+    if num_classes is None:
+        num_classes = top
+    elif top > num_classes:
+        raise DataError(f"{what}: expected labels in 0..{num_classes - 1}, got {top - 1}")
+    return t, int(num_classes)
+
+
+def split_indices(n: int, test_fraction: float) -> Tuple[Tensor, Tensor]:
+    """The fixed held-out split of ``n`` items: ``(train_idx, test_idx)``, seeded by
+    :data:`SPLIT_SEED`; at least one test item when ``test_fraction > 0``."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError(f"test_fraction: expected a number in [0, 1), got {test_fraction!r}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_test = 0 if test_fraction == 0 else max(1, int(round(n * test_fraction)))
+    if n - n_test < 1:
+        raise DataError(f"data: expected at least 2 images to hold out a test split, got {n}")
+    return perm[n_test:], perm[:n_test]
+
+
+class ImageSet(Dataset):
+    """An in-memory split: ``codes [N, C, H, W]`` (uint8 for <= 256 levels) and ``labels [N]``
+    int64 or ``None``.  Items are ``(image [C, H, W] in [-1, 1], label or -1)``."""
+
+    def __init__(self, codes: Tensor, labels: Optional[Tensor], levels: int):
+        if codes.dim() != 4:
+            raise DataError(f"codes: expected [N, C, H, W], got shape {tuple(codes.shape)}")
+        if labels is not None and len(labels) != len(codes):
+            raise DataError(f"labels: expected {len(codes)} labels, got {len(labels)}")
+        self.codes, self.labels, self.levels = codes, labels, int(levels)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> Tuple[Tensor, int]:
+        y = NO_LABEL if self.labels is None else int(self.labels[i])
+        return codes_to_unit(self.codes[i], self.levels), y
+
+    def images(self, idx: Optional[Tensor] = None) -> Tensor:
+        """Bin-centred images ``[n, C, H, W]`` float32 (all, or rows ``idx``)."""
+        return codes_to_unit(self.codes if idx is None else self.codes[idx], self.levels)
+
+    def subset(self, idx: Tensor) -> "ImageSet":
+        return ImageSet(self.codes[idx], None if self.labels is None else self.labels[idx],
+                        self.levels)
+
+
+class LazyImages(Dataset):
+    """A lazy split: ``convert(source[j], j)`` gives ``(codes [C, H, W], label or -1)`` for item
+    ``i`` (``j = indices[i]``, or ``i``); items are ``(image [C, H, W] in [-1, 1], label)``.
+    For data too large or too slow to hold in memory."""
+
+    def __init__(self, source: Dataset, convert: Callable, levels: int,
+                 indices: Optional[Tensor] = None):
+        self.source, self.convert, self.levels = source, convert, int(levels)
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else len(self.indices)
+
+    def codes(self, i: int) -> Tuple[Tensor, int]:
+        j = i if self.indices is None else int(self.indices[i])
+        return self.convert(self.source[j], j)
+
+    def __getitem__(self, i: int) -> Tuple[Tensor, int]:
+        c, y = self.codes(i)
+        return codes_to_unit(c, self.levels), y
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """An image data set: ``shape (C, H, W)``, ``levels`` bins per value on [-1, 1],
+    ``num_classes`` (0: unlabelled), ``train`` / ``test`` splits (:class:`ImageSet` or
+    :class:`LazyImages`) and the class names when known."""
+
+    name: str
+    shape: Tuple[int, int, int]
+    levels: int
+    num_classes: int
+    train: Dataset
+    test: Dataset
+    classes: Tuple[str, ...] = field(default=())
+
+    @property
+    def dims(self) -> int:
+        """Values per image, ``C * H * W`` (the ``D`` of bits/dim)."""
+        c, h, w = self.shape
+        return c * h * w
+
+    def split(self, name: str) -> Dataset:
+        """The split ``"train"`` or ``"test"``."""
+        if name not in ("train", "test"):
+            raise DataError(f"split: expected 'train' or 'test', got {name!r}")
+        return self.train if name == "train" else self.test
+
+    def tensors(self, split: str = "test", *, batch_size: int = 256,
+                num_workers: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
+        """A whole split in memory: ``(images [N, C, H, W] in [-1, 1], labels [N] or None)``
+        (labels only when ``num_classes > 0``); for evaluation sets."""
+        ds = self.split(split)
+        if isinstance(ds, ImageSet):
+            x, y = ds.images(), ds.labels
+        else:
+            xs, ys = [], []
+            for xb, yb in DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
+                xs.append(xb)
+                ys.append(yb)
+            x = torch.cat(xs) if xs else torch.empty(0, *self.shape)
+            y = torch.cat(ys) if ys else torch.empty(0, dtype=torch.long)
+        return x, (y if self.num_classes > 0 else None)
+
+
+def in_memory_data(name: str, codes: Tensor, labels: Optional[Tensor], *, levels: int = 256,
+                   num_classes: int = 0, test_fraction: float,
+                   classes: Tuple[str, ...] = (),
+                   test: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> ImageData:
+    """An :class:`ImageData` from codes ``[N, C, H, W]``: the given ``test`` split, or the
+    fixed held-out split of ``test_fraction`` (:func:`split_indices`)."""
+    full = ImageSet(codes, labels if num_classes > 0 else None, levels)
+    if test is None:
+        tr, te = split_indices(len(full), test_fraction)
+        train_set, test_set = full.subset(tr), full.subset(te)
+    else:
+        train_set = full
+        test_set = ImageSet(test[0], test[1] if num_classes > 0 else None, levels)
+    return ImageData(name=name, shape=tuple(codes.shape[1:]), levels=levels,
+                     num_classes=num_classes, train=train_set, test=test_set,
+                     classes=tuple(classes))
