@@ -3,8 +3,9 @@
 Accepted values: uint8 (0..255), other integer dtypes within 0..255, and floats in [0, 1]
 (quantised to 256 levels as ``round(x * 255)``).  Layouts: ``[N, H, W]`` (greyscale),
 ``[N, C, H, W]`` or ``[N, H, W, C]`` with ``C`` in {1, 3}.  Resizing scales the shorter side
-to ``image_size`` and centre-crops the other (antialiased bilinear for arrays, bicubic with
-PIL); channel conversion uses the ITU-R 601-2 luma (as PIL's ``"L"``) or repeats grey.
+to ``image_size`` and centre-crops the other (arrays: box means when shrinking, bilinear
+when enlarging; PIL images: bicubic); channel conversion uses the ITU-R 601-2 luma (as
+PIL's ``"L"``) or repeats grey.
 """
 from __future__ import annotations
 
@@ -106,8 +107,10 @@ def resize_codes(codes: Tensor, image_size: Optional[int]) -> Tensor:
     rw, rh, (left, top, right, bottom) = crop_box(w, h, image_size)
     out = []
     for chunk in codes.split(1024):
-        x = F.interpolate(chunk.float(), size=(rh, rw), mode="bilinear", antialias=True,
-                          align_corners=False)
+        if rh <= h:
+            x = F.interpolate(chunk.float(), size=(rh, rw), mode="area")
+        else:
+            x = F.interpolate(chunk.float(), size=(rh, rw), mode="bilinear", align_corners=False)
         out.append(x[:, :, top:bottom, left:right].round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out) if out else codes.new_empty(0, c, image_size, image_size)
 
