@@ -65,15 +65,16 @@ def check_labels(labels, n: int, *, num_classes: Optional[int] = None,
 
 
 def split_indices(n: int, test_fraction: float) -> Tuple[Tensor, Tensor]:
-    """The fixed held-out split of ``n`` items: ``(train_idx, test_idx)``, seeded by
-    :data:`SPLIT_SEED`; at least one test item when ``test_fraction > 0``."""
+    """The fixed held-out split of ``n`` items: ``(train_idx, test_idx)``, each ascending,
+    chosen by a permutation seeded by :data:`SPLIT_SEED`; at least one test item when
+    ``test_fraction > 0``."""
     if not 0.0 <= test_fraction < 1.0:
         raise DataError(f"test_fraction: expected a number in [0, 1), got {test_fraction!r}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_test = 0 if test_fraction == 0 else max(1, int(round(n * test_fraction)))
     if n - n_test < 1:
         raise DataError(f"data: expected at least 2 images to hold out a test split, got {n}")
-    return perm[n_test:], perm[:n_test]
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
 class ImageSet(Dataset):

@@ -40,6 +40,8 @@ def test_split_indices_is_fixed_disjoint_and_complete():
     tr, te = split_indices(50, 0.2)
     assert len(te) == 10 and len(tr) == 40
     assert sorted(torch.cat([tr, te]).tolist()) == list(range(50))
+    assert tr.tolist() == sorted(tr.tolist()) and te.tolist() == sorted(te.tolist())
+    assert torch.equal(split_indices(5, 0.0)[0], torch.arange(5))
     tr2, te2 = split_indices(50, 0.2)
     assert torch.equal(tr, tr2) and torch.equal(te, te2)
     assert len(split_indices(3, 0.01)[1]) == 1  # at least one test item

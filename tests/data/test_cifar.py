@@ -1,0 +1,81 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from ntm_engine.data import DataError
+from ntm_engine.data.cifar import open_cifar
+
+
+def _write(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def _batch(n, seed):
+    rng = np.random.default_rng(seed)
+    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)]}
+
+
+def fake_cifar(root, sizes=(3, 2), n_test=4):
+    """A CIFAR-10 python folder with ``len(sizes)`` train batches and one test batch."""
+    root.mkdir(parents=True, exist_ok=True)
+    batches = [_batch(n, i) for i, n in enumerate(sizes)]
+    for i, b in enumerate(batches):
+        _write(root / f"data_batch_{i + 1}", b)
+    test = _batch(n_test, 99)
+    _write(root / "test_batch", test)
+    _write(root / "batches.meta", {b"label_names": [f"c{k}".encode() for k in range(10)]})
+    return batches, test
+
+
+def _codes(x):
+    return torch.round((x + 1) / 2 * 256 - 0.5).to(torch.uint8)
+
+
+def test_fake_cifar_reads_rows_channel_major_with_labels_and_names(tmp_path):
+    batches, test = fake_cifar(tmp_path / "cifar-10-batches-py")
+    data = open_cifar(tmp_path)  # the parent folder works too
+    assert data.shape == (3, 32, 32) and data.levels == 256 and data.num_classes == 10
+    assert data.classes == tuple(f"c{k}" for k in range(10))
+    x, y = data.tensors("train")
+    rows = np.concatenate([b[b"data"] for b in batches])
+    assert len(x) == 5 and y.tolist() == sum((b[b"labels"] for b in batches), [])
+    assert torch.equal(_codes(x).flatten(1), torch.from_numpy(rows))
+    assert int(_codes(x)[1, 2, 0, 5]) == rows[1, 2 * 1024 + 5]  # channel 2, row 0, col 5
+    xt, yt = data.tensors("test")
+    assert torch.equal(_codes(xt).flatten(1), torch.from_numpy(test[b"data"]))
+    assert yt.tolist() == test[b"labels"]
+
+
+def test_resize_and_grey(tmp_path):
+    fake_cifar(tmp_path)
+    data = open_cifar(tmp_path, image_size=16, channels=1)
+    assert data.shape == (1, 16, 16) and data.tensors("test")[0].shape == (4, 1, 16, 16)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, r"expected 'data' uint8 \[n, 3072\], got uint8 \[2, 100\]"),
+    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, r"expected 'data' uint8 \[n, 3072\], got float32"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"\['labels'\]: expected labels in 0..9, got 10"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, r"\['labels'\]: expected one label per image \(2\), got 1"),
+    ({b"data": np.zeros((2, 3072), np.uint8)}, r"expected keys 'data' and 'labels', missing \['labels'\]"),
+    ([1, 2], "expected a dict with 'data' and 'labels', got list"),
+])
+def test_bad_batches_are_errors_naming_the_file(tmp_path, bad, match):
+    fake_cifar(tmp_path)
+    _write(tmp_path / "data_batch_2", bad)
+    with pytest.raises(DataError, match=match) as e:
+        open_cifar(tmp_path)
+    assert "data_batch_2" in str(e.value)
+
+
+def test_corrupt_pickle_and_missing_folder_are_errors(tmp_path):
+    fake_cifar(tmp_path)
+    (tmp_path / "test_batch").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="test_batch: not a readable CIFAR-10 pickle"):
+        open_cifar(tmp_path)
+    with pytest.raises(DataError, match="expected a CIFAR-10 python folder"):
+        open_cifar(tmp_path / "nowhere")
