@@ -1,7 +1,8 @@
 """Any ``torch.utils.data.Dataset`` of ``(image, label)`` as an :class:`ImageData`.
 
 An image is a PIL image, or a tensor / array ``[C, H, W]``, ``[H, W, C]`` or ``[H, W]`` of
-uint8 (0..255) or float in [0, 1] (e.g. torchvision's ``ToTensor``), quantised to 256 levels.
+uint8 (0..255) or float in [0, 1] (e.g. torchvision's ``ToTensor``), quantised to 256 levels;
+a 3-D image is channels-first when its first dim is 1 or 3, else channels-last.
 Labels are ints ``0..K-1`` (``None`` or a bare image: unlabelled).  ``K`` comes from
 ``num_classes``, else the dataset's ``classes`` or ``targets`` (torchvision's convention);
 a dataset that yields labels without either needs ``num_classes`` (0 ignores the labels).
@@ -41,10 +42,14 @@ class ConvertItem:
             codes = pil_to_codes(image, image_size=self.image_size, channels=self.channels)
         else:
             t = torch.as_tensor(np.asarray(image)) if not isinstance(image, Tensor) else image
+            layout = "NHW" if t.dim() == 2 else "NCHW"
             if t.dim() == 3 and t.shape[0] not in (1, 3) and t.shape[-1] in (1, 3):
-                t = t.permute(2, 0, 1)  # [H, W, C] -> [C, H, W]
-            codes = fit_codes(to_codes(t.unsqueeze(0), what=what), self.image_size,
-                              self.channels)[0]
+                layout = "NHWC"
+            elif t.dim() not in (2, 3):
+                raise DataError(f"{what}: expected an image [C, H, W], [H, W, C] or [H, W], got "
+                                f"shape {tuple(t.shape)}")
+            codes = fit_codes(to_codes(t.unsqueeze(0), what=what, layout=layout),
+                              self.image_size, self.channels)[0]
         if self.shape is not None and tuple(codes.shape) != self.shape:
             raise DataError(f"{what}: expected an image of shape {self.shape} (as item 0), got "
                             f"{tuple(codes.shape)}; pass image_size to resize")
@@ -79,9 +84,10 @@ class _Codes(Dataset):
         return self.lazy.codes(i)
 
 
-def materialize(lazy: LazyImages, *, num_workers: int = 0) -> ImageSet:
-    """Read a lazy split once into an in-memory :class:`ImageSet`."""
-    xs, ys = [], []
+def materialize(lazy: LazyImages, shape: Tuple[int, int, int], *,
+                num_workers: int = 0) -> ImageSet:
+    """Read a lazy split (images ``shape``) once into an in-memory :class:`ImageSet`."""
+    xs, ys = [torch.empty(0, *shape, dtype=torch.uint8)], [torch.empty(0, dtype=torch.long)]
     for x, y in DataLoader(_Codes(lazy), batch_size=256, num_workers=num_workers):
         xs.append(x)
         ys.append(y)
@@ -110,8 +116,8 @@ def open_torch_dataset(ds: Dataset, *, image_size: Optional[int] = None,
     else:
         train_set, test_set = LazyImages(ds, convert, LEVELS), LazyImages(test, convert, LEVELS)
     if in_memory:
-        train_set = materialize(train_set, num_workers=num_workers)
-        test_set = materialize(test_set, num_workers=num_workers)
+        train_set, test_set = (materialize(s, tuple(probe.shape), num_workers=num_workers)
+                               for s in (train_set, test_set))
     classes = tuple(getattr(ds, "classes", ()) or ()) if k else ()
     return ImageData(name=type(ds).__name__, shape=tuple(probe.shape), levels=LEVELS,
                      num_classes=k, train=train_set, test=test_set, classes=classes)

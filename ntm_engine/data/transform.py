@@ -67,11 +67,12 @@ def _values_to_uint8(t: Tensor, what: str) -> Tensor:
     return t.to(torch.uint8)
 
 
-def to_codes(images, *, what: str = "images") -> Tensor:
-    """An image array (numpy or torch, any accepted layout and dtype) -> uint8 ``[N, C, H, W]``."""
+def to_codes(images, *, what: str = "images", layout: Optional[str] = None) -> Tensor:
+    """An image array (numpy or torch, any accepted dtype) -> uint8 ``[N, C, H, W]``;
+    ``layout`` ("NHW", "NCHW", "NHWC") is inferred from the shape when None."""
     t = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) \
         else torch.as_tensor(images)
-    layout = _layout(tuple(t.shape), what)
+    layout = layout or _layout(tuple(t.shape), what)
     t = _values_to_uint8(t, what)
     if layout == "NHW":
         t = t.unsqueeze(1)

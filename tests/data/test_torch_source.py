@@ -98,3 +98,9 @@ def test_bad_items_are_errors_naming_the_index_when_read():
         data.train[2]
     with pytest.raises(DataError, match="expected a non-empty Dataset, got 0 items"):
         open_torch_dataset(Items([]))
+
+
+def test_items_of_the_wrong_rank_are_errors_naming_the_index():
+    with pytest.raises(DataError, match=r"dataset item 0: expected an image \[C, H, W\], "
+                                        r"\[H, W, C\] or \[H, W\], got shape \(5,\)"):
+        open_torch_dataset(Items([torch.zeros(5, dtype=torch.uint8)]))

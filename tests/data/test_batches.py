@@ -1,0 +1,91 @@
+import hashlib
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from ntm_engine.data import DataError, ImageBatches, ImageData, ImageSet, open_dataset
+
+
+def seeds(i, stream):
+    """Any fixed function of ``(index, stream)``."""
+    return int(hashlib.sha256(f"{i}/{stream}".encode()).hexdigest()[:15], 16)
+
+
+class Items(Dataset):
+    def __init__(self, items, classes):
+        self.items, self.classes = items, classes
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _data(in_memory, n=23):
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g)
+    ds = Items([(im, i % 4) for i, im in enumerate(imgs)], classes=list("abcd"))
+    return open_dataset(ds, in_memory=in_memory, test_fraction=0.0)
+
+
+def test_epochs_visit_every_image_once_in_a_seeded_order():
+    data = _data(True)
+    b = ImageBatches(data, batch_size=5, seeds=seeds)
+    first_epoch = torch.cat([b.indices(s) for s in range(5)])[:23]  # 25 rows span 2 epochs
+    assert sorted(first_epoch.tolist()) == list(range(23))
+    assert torch.equal(torch.cat([b.indices(s) for s in range(5)])[23:], b.permutation(1)[:2])
+    again = ImageBatches(data, batch_size=5, seeds=seeds)
+    assert torch.equal(again.indices(3), b.indices(3))
+
+
+def test_batches_are_dequantised_rows_with_their_labels():
+    data = _data(True)
+    b = ImageBatches(data, batch_size=6, seeds=seeds, conditional=True)
+    x, y = b.batch(2)
+    idx = b.indices(2)
+    clean, labels = data.tensors("train")
+    assert x.shape == (6, 3, 4, 4) and torch.equal(y, labels[idx])
+    assert float((x - clean[idx]).abs().max()) <= 1 / 256
+    assert not torch.equal(x, clean[idx])
+    assert ImageBatches(data, batch_size=6, seeds=seeds).batch(2)[1] is None  # unconditional
+
+
+def test_lazy_split_through_worker_processes_equals_the_in_memory_fast_path():
+    fast = ImageBatches(_data(True), batch_size=8, seeds=seeds, conditional=True)
+    lazy = ImageBatches(_data(False), batch_size=8, seeds=seeds, conditional=True,
+                        num_workers=2)
+    assert fast.in_memory and not lazy.in_memory
+    for step, (xl, yl) in zip(range(3, 9), lazy.stream(start=3)):  # resumed at step 3
+        xf, yf = fast.batch(step)
+        assert torch.equal(xl, xf) and torch.equal(yl, yf)
+    xl, yl = lazy.batch(5, n=3)  # random access in process
+    assert torch.equal(xl, fast.batch(5)[0][:3])
+
+
+def test_stream_of_the_fast_path_is_its_batches():
+    b = ImageBatches(_data(True), batch_size=4, seeds=seeds)
+    for step, (x, _) in zip(range(2, 5), b.stream(2)):
+        assert torch.equal(x, b.batch(step)[0])
+
+
+def test_digits_batches_use_17_levels():
+    b = ImageBatches(open_dataset("digits"), batch_size=16, seeds=seeds)
+    x, _ = b.batch(0)
+    clean = b.ds.images(b.indices(0))
+    assert float((x - clean).abs().max()) <= 1 / 17 and float((x - clean).abs().max()) > 1 / 256
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(batch_size=0), "batch_size: expected a positive integer, got 0"),
+    (dict(batch_size=4, conditional=True), "conditional: data 'u' has no class labels"),
+    (dict(batch_size=4, split="test"), "split: 'u' has no 'test' images"),
+])
+def test_bad_batch_options(kw, match):
+    empty = ImageSet(torch.zeros(0, 1, 2, 2, dtype=torch.uint8), None, 256)
+    train = ImageSet(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), None, 256)
+    data = ImageData(name="u", shape=(1, 2, 2), levels=256, num_classes=0, train=train,
+                     test=empty)
+    with pytest.raises(DataError, match=match):
+        ImageBatches(data, seeds=seeds, **kw)
