@@ -130,7 +130,7 @@ class ImageBatches:
         idx = self.indices(step, n)
         if self.in_memory:
             x, y = self.ds.images(idx), self.ds.labels
-            y = None if y is None else y[idx]
+            y = None if y is None else y.index_select(0, idx)
         else:
             items = [self.ds[i] for i in idx.tolist()]
             x = torch.stack([it[0] for it in items])

@@ -30,13 +30,13 @@ class DataError(ValueError):
 
 def codes_to_unit(codes: Tensor, levels: int) -> Tensor:
     """Integer codes in ``0..levels-1`` (any shape) -> float32 bin centres in [-1, 1]."""
-    return (codes.float() + 0.5) / levels * 2 - 1
+    return torch.add(codes.float(), 0.5).div_(levels).mul_(2).sub_(1)  # (v + .5) / L * 2 - 1
 
 
 def dequantize(x: Tensor, levels: int, generator: Optional[torch.Generator] = None) -> Tensor:
     """Uniform dequantisation of bin-centred data in [-1, 1] with ``levels`` bins (width 2/levels)."""
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5
-    return x + noise * (2.0 / levels)
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x + noise.sub_(0.5).mul_(2.0 / levels)
 
 
 def check_labels(labels, n: int, *, num_classes: Optional[int] = None,
@@ -97,7 +97,8 @@ class ImageSet(Dataset):
 
     def images(self, idx: Optional[Tensor] = None) -> Tensor:
         """Bin-centred images ``[n, C, H, W]`` float32 (all, or rows ``idx``)."""
-        return codes_to_unit(self.codes if idx is None else self.codes[idx], self.levels)
+        codes = self.codes if idx is None else self.codes.index_select(0, idx)
+        return codes_to_unit(codes, self.levels)
 
     def subset(self, idx: Tensor) -> "ImageSet":
         return ImageSet(self.codes[idx], None if self.labels is None else self.labels[idx],

@@ -55,9 +55,20 @@ class ConvertItem:
                             f"{tuple(codes.shape)}; pass image_size to resize")
         if self.num_classes == 0 or label is None:
             return codes, NO_LABEL
-        y = int(check_labels(torch.as_tensor([label]), 1, num_classes=self.num_classes,
-                             what=f"{what} label")[0][0])
-        return codes, y
+        return codes, _class_index(label, self.num_classes, f"{what} label")
+
+
+def _class_index(label, num_classes: int, what: str) -> int:
+    """``label`` (a Python, NumPy or one-element tensor integer) as an int in range."""
+    if isinstance(label, (Tensor, np.ndarray)):
+        if (label.size if isinstance(label, np.ndarray) else label.numel()) != 1:
+            raise DataError(f"{what}: expected one integer, got shape {tuple(label.shape)}")
+        label = label.item()
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+        raise DataError(f"{what}: expected an integer class label, got {label!r}")
+    if not 0 <= label < num_classes:
+        raise DataError(f"{what}: expected labels in 0..{num_classes - 1}, got {label}")
+    return int(label)
 
 
 def _num_classes(ds: Dataset, first_label, num_classes: Optional[int]) -> int:

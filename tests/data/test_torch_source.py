@@ -104,3 +104,23 @@ def test_items_of_the_wrong_rank_are_errors_naming_the_index():
     with pytest.raises(DataError, match=r"dataset item 0: expected an image \[C, H, W\], "
                                         r"\[H, W, C\] or \[H, W\], got shape \(5,\)"):
         open_torch_dataset(Items([torch.zeros(5, dtype=torch.uint8)]))
+
+
+@pytest.mark.parametrize("label, match", [
+    (1.5, "dataset item 0 label: expected an integer class label, got 1.5"),
+    (torch.tensor(1.0), "expected an integer class label, got 1.0"),
+    (torch.tensor([0, 1]), r"expected one integer, got shape \(2,\)"),
+    (True, "expected an integer class label, got True"),
+    (-1, r"expected labels in 0..1, got -1"),
+])
+def test_bad_labels_are_errors_naming_the_item(label, match):
+    data = open_torch_dataset(Items([(torch.zeros(1, 2, 2), label)] * 2, classes=["a", "b"]),
+                              test_fraction=0.0)
+    with pytest.raises(DataError, match=match):
+        data.train[0]
+
+
+def test_numpy_and_tensor_integer_labels_are_accepted():
+    items = [(torch.zeros(1, 2, 2), np.int64(1)), (torch.zeros(1, 2, 2), torch.tensor(0))]
+    data = open_torch_dataset(Items(items, classes=["a", "b"]), test_fraction=0.0)
+    assert data.tensors("train")[1].tolist() == [1, 0]
