@@ -38,7 +38,8 @@ def _unpickle(path: Path) -> dict:
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise DataError(f"{path}: not a readable CIFAR-10 pickle ({type(e).__name__}: {e})") from e
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a dict with 'data' and 'labels', got {type(raw).__name__}")
+        raise DataError(f"{path}: expected a dict with 'data' and 'labels', got "
+                        f"{type(raw).__name__}")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 NO_LABEL = -1
 SPLIT_SEED = 20260508  # the fixed seed of every held-out test split
@@ -34,7 +34,8 @@ def codes_to_unit(codes: Tensor, levels: int) -> Tensor:
 
 
 def dequantize(x: Tensor, levels: int, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Uniform dequantisation of bin-centred data in [-1, 1] with ``levels`` bins (width 2/levels)."""
+    """Uniform dequantisation of bin-centred data in [-1, 1] with ``levels`` bins (width
+    ``2 / levels``): the same shape, each value uniform within its bin."""
     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return x + noise.sub_(0.5).mul_(2.0 / levels)
 
@@ -168,6 +169,25 @@ class ImageData:
             x = torch.cat(xs) if xs else torch.empty(0, *self.shape)
             y = torch.cat(ys) if ys else torch.empty(0, dtype=torch.long)
         return x, (y if self.num_classes > 0 else None)
+
+
+def pixel_mean_std(data: ImageData, *, max_items: int = 10_000) -> Tuple[float, float]:
+    """Mean and standard deviation of the bin-centred values of the train split (exact from
+    a histogram of the codes in memory; over the first ``max_items`` items of a lazy split),
+    e.g. for a model's ``data_mean`` / ``data_std``."""
+    ds = data.train
+    if isinstance(ds, ImageSet):
+        counts = torch.bincount(ds.codes.flatten().long(), minlength=data.levels).double()
+    else:
+        n = min(len(ds), max_items)
+        counts = torch.zeros(data.levels, dtype=torch.float64)
+        for x, _ in DataLoader(Subset(ds, range(n)), batch_size=256):
+            v = torch.round((x.double() + 1) / 2 * data.levels - 0.5).long()
+            counts += torch.bincount(v.flatten(), minlength=data.levels).double()
+    values = codes_to_unit(torch.arange(data.levels), data.levels).double()
+    p = counts / counts.sum()
+    mean = float((p * values).sum())
+    return mean, float((p * (values - mean) ** 2).sum().sqrt())
 
 
 def in_memory_data(name: str, codes: Tensor, labels: Optional[Tensor], *, levels: int = 256,

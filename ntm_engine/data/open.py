@@ -1,4 +1,5 @@
-"""``open_dataset``: one entry point from a name, a path or a ``Dataset`` to an :class:`ImageData`."""
+"""``open_dataset``: one entry point from a name, a path or a ``Dataset`` to an
+:class:`~ntm_engine.data.core.ImageData`."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -68,19 +68,35 @@ def test_resize_and_channels_apply(tmp_path):
     assert data.shape == (1, 4, 4)
 
 
+def _z(shape, dtype=np.uint8):
+    return np.zeros(shape, dtype)
+
+
+IMG = _z((4, 4, 4, 3))
+
+
 @pytest.mark.parametrize("arrays, match", [
-    (dict(images=np.zeros((4, 2, 4, 4, 3), np.uint8)), r"d.npz\[images\]: expected images .* got shape \(4, 2, 4, 4, 3\)"),
-    (dict(images=np.zeros((4, 4, 4, 3), np.float64) + 2), r"d.npz\[images\]: expected float images in \[0, 1\]"),
-    (dict(images=np.zeros((4, 4, 4, 3), bool)), r"d.npz\[images\]: expected uint8, integer or float images, got dtype torch.bool"),
-    (dict(images=np.zeros((4, 4, 4, 3), np.uint8), labels=np.zeros(3, np.int64)), r"d.npz\[labels\]: expected one label per image \(4\), got 3"),
-    (dict(images=np.zeros((4, 4, 4, 3), np.uint8), labels=np.zeros(4, np.float32)), r"d.npz\[labels\]: expected integer class labels, got dtype torch.float32"),
-    (dict(images=np.zeros((4, 4, 4, 3), np.uint8), y=np.array([0, 1, -2, 0])), r"d.npz\[y\]: expected labels >= 0, got -2"),
-    (dict(images=np.zeros((4, 4, 4, 3), np.uint8), x=np.zeros((4, 4, 4, 3), np.uint8)), r"expected one image key of \['images', 'x'\], got \['images', 'x'\]"),
-    (dict(a=np.zeros((4, 4, 4, 3), np.uint8), b=np.zeros(4)), r"expected images under one of \['images', 'x'\], got keys \['a', 'b'\]"),
-    (dict(images=np.zeros((4, 4, 4, 3), np.uint8), test_labels=np.zeros(2, np.int64)), "got test_labels but no test images"),
-    (dict(images=np.zeros((4, 4, 4, 3), np.uint8), test_images=np.zeros((2, 5, 5, 3), np.uint8)), r"expected test images of shape \(3, 4, 4\) like images, got \(3, 5, 5\)"),
-    (dict(images=np.zeros((4, 4, 4, 3), np.uint8), labels=np.zeros(4, np.int64), test_images=np.zeros((2, 4, 4, 3), np.uint8)), "expected labels for both splits or neither"),
-    (dict(images=np.zeros((0, 4, 4, 3), np.uint8)), r"expected at least one image, got 0"),
+    (dict(images=_z((4, 2, 4, 4, 3))),
+     r"d.npz\[images\]: expected images .* got shape \(4, 2, 4, 4, 3\)"),
+    (dict(images=_z((4, 4, 4, 3), np.float64) + 2),
+     r"d.npz\[images\]: expected float images in \[0, 1\]"),
+    (dict(images=_z((4, 4, 4, 3), bool)),
+     r"d.npz\[images\]: expected uint8, integer or float images, got dtype torch.bool"),
+    (dict(images=IMG, labels=_z(3, np.int64)),
+     r"d.npz\[labels\]: expected one label per image \(4\), got 3"),
+    (dict(images=IMG, labels=_z(4, np.float32)),
+     r"d.npz\[labels\]: expected integer class labels, got dtype torch.float32"),
+    (dict(images=IMG, y=np.array([0, 1, -2, 0])), r"d.npz\[y\]: expected labels >= 0, got -2"),
+    (dict(images=IMG, x=IMG),
+     r"expected one image key of \['images', 'x'\], got \['images', 'x'\]"),
+    (dict(a=IMG, b=_z(4)),
+     r"expected images under one of \['images', 'x'\], got keys \['a', 'b'\]"),
+    (dict(images=IMG, test_labels=_z(2, np.int64)), "got test_labels but no test images"),
+    (dict(images=IMG, test_images=_z((2, 5, 5, 3))),
+     r"expected test images of shape \(3, 4, 4\) like images, got \(3, 5, 5\)"),
+    (dict(images=IMG, labels=_z(4, np.int64), test_images=_z((2, 4, 4, 3))),
+     "expected labels for both splits or neither"),
+    (dict(images=_z((0, 4, 4, 3))), r"expected at least one image, got 0"),
 ])
 def test_bad_arrays_are_errors_naming_file_and_key(tmp_path, arrays, match):
     np.savez(tmp_path / "d.npz", **arrays)

@@ -89,3 +89,15 @@ def test_bad_batch_options(kw, match):
                      test=empty)
     with pytest.raises(DataError, match=match):
         ImageBatches(data, seeds=seeds, **kw)
+
+
+@pytest.mark.cuda
+def test_pinned_worker_stream_to_a_gpu_equals_the_cpu_batches():
+    cpu = ImageBatches(_data(True), batch_size=8, seeds=seeds, conditional=True)
+    gpu = ImageBatches(_data(False), batch_size=8, seeds=seeds, conditional=True,
+                       device="cuda", num_workers=2)
+    assert gpu.pin_memory
+    for step, (x, y) in zip(range(4), gpu.stream()):
+        assert x.is_cuda and y.is_cuda
+        xc, yc = cpu.batch(step)
+        assert torch.equal(x.cpu(), xc) and torch.equal(y.cpu(), yc)

@@ -56,12 +56,19 @@ def test_resize_and_grey(tmp_path):
     assert data.shape == (1, 16, 16) and data.tensors("test")[0].shape == (4, 1, 16, 16)
 
 
+def _rows(n, dtype=np.uint8, width=3072):
+    return np.zeros((n, width), dtype)
+
+
 @pytest.mark.parametrize("bad, match", [
-    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, r"expected 'data' uint8 \[n, 3072\], got uint8 \[2, 100\]"),
-    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, r"expected 'data' uint8 \[n, 3072\], got float32"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"\['labels'\]: expected labels in 0..9, got 10"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, r"\['labels'\]: expected one label per image \(2\), got 1"),
-    ({b"data": np.zeros((2, 3072), np.uint8)}, r"expected keys 'data' and 'labels', missing \['labels'\]"),
+    ({b"data": _rows(2, width=100), b"labels": [0, 1]},
+     r"expected 'data' uint8 \[n, 3072\], got uint8 \[2, 100\]"),
+    ({b"data": _rows(2, np.float32), b"labels": [0, 1]},
+     r"expected 'data' uint8 \[n, 3072\], got float32"),
+    ({b"data": _rows(2), b"labels": [0, 10]}, r"\['labels'\]: expected labels in 0..9, got 10"),
+    ({b"data": _rows(2), b"labels": [0]},
+     r"\['labels'\]: expected one label per image \(2\), got 1"),
+    ({b"data": _rows(2)}, r"expected keys 'data' and 'labels', missing \['labels'\]"),
     ([1, 2], "expected a dict with 'data' and 'labels', got list"),
 ])
 def test_bad_batches_are_errors_naming_the_file(tmp_path, bad, match):

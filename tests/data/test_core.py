@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ntm_engine.data import (DataError, ImageData, ImageSet, check_labels, codes_to_unit,
-                             dequantize, split_indices)
+                             dequantize, pixel_mean_std, split_indices)
 from ntm_engine.data.core import LazyImages
 
 
@@ -87,3 +87,16 @@ def test_image_data_split_names_are_checked():
 def test_image_set_rejects_mismatched_labels():
     with pytest.raises(DataError, match="labels: expected 2 labels, got 3"):
         ImageSet(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), 256)
+
+
+def test_pixel_statistics_are_exact_in_memory_and_agree_lazily():
+    eager, lazy = _tiny_sets()
+    stats = {}
+    for s in (eager, lazy):
+        data = ImageData(name="t", shape=(3, 2, 2), levels=256, num_classes=2, train=s, test=s)
+        stats[s] = pixel_mean_std(data)
+    x = eager.images().double()
+    mean, std = stats[eager]
+    assert mean == pytest.approx(float(x.mean()), rel=1e-12)
+    assert std == pytest.approx(float(x.std(unbiased=False)), rel=1e-12)
+    assert stats[lazy] == pytest.approx(stats[eager], rel=1e-12)

@@ -50,9 +50,11 @@ def test_train_and_test_subfolders_are_the_splits(tmp_path):
         write_constants(tmp_path / split / "a", [base + 1, base + 2])
         write_constants(tmp_path / split / "b", [base + 101])
     data = open_folder(tmp_path)
-    assert sorted(_values(data)[0]) == [1, 2, 101] and sorted(_values(data, "test")[0]) == [51, 52, 151]
+    assert sorted(_values(data)[0]) == [1, 2, 101]
+    assert sorted(_values(data, "test")[0]) == [51, 52, 151]
     (tmp_path / "test" / "b").rename(tmp_path / "test" / "c")
-    with pytest.raises(DataError, match=r"same class folders in train/ and test/, got \['a', 'b'\] and \['a', 'c'\]"):
+    with pytest.raises(DataError, match=r"same class folders in train/ and test/, "
+                                        r"got \['a', 'b'\] and \['a', 'c'\]"):
         open_folder(tmp_path)
 
 
@@ -82,7 +84,8 @@ def test_mixed_sizes_are_an_error_naming_files_unless_resized(tmp_path):
     with pytest.raises(DataError, match=r"a.png is 6x4, .*b.png is 16x8; pass image_size"):
         open_folder(tmp_path)
     data = open_folder(tmp_path, image_size=4, test_fraction=0.5)
-    assert data.shape == (3, 4, 4) and sorted(_values(data)[0] + _values(data, "test")[0]) == [10, 20]
+    assert data.shape == (3, 4, 4)
+    assert sorted(_values(data)[0] + _values(data, "test")[0]) == [10, 20]
 
 
 def test_resize_centre_crops_the_longer_side(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from datafiles import write_constants
-from ntm_engine.data import DIGITS_LEVELS, DataError, ImageData, load_digits, open_dataset
+from ntm_engine.data import DIGITS_LEVELS, DataError, load_digits, open_dataset
 from test_cifar import fake_cifar
 from test_torch_source import Items
 
@@ -35,7 +35,8 @@ def test_each_kind_of_source_resolves(tmp_path):
 
 @pytest.mark.parametrize("source, match", [
     ("two_moons", "'two_moons' is a 2-D toy set"),
-    ("no/such/place", r"expected one of \['digits', 'colour-patches'\], a folder or a .npy/.npz file, got 'no/such/place'"),
+    ("no/such/place", r"expected one of \['digits', 'colour-patches'\], a folder or a "
+                      r".npy/.npz file, got 'no/such/place'"),
     (3, "expected a name, a path or a torch Dataset, got int"),
 ])
 def test_unknown_sources_are_errors(source, match):

@@ -84,7 +84,8 @@ def test_labels_without_class_count_need_num_classes():
                                         r".classes or .targets; pass num_classes"):
         open_torch_dataset(ds)
     assert open_torch_dataset(ds, num_classes=0).num_classes == 0
-    assert open_torch_dataset(ds, num_classes=2, test_fraction=0.0).tensors("train")[1].tolist() == [1, 1, 1]
+    data = open_torch_dataset(ds, num_classes=2, test_fraction=0.0)
+    assert data.tensors("train")[1].tolist() == [1, 1, 1]
 
 
 def test_bad_items_are_errors_naming_the_index_when_read():

@@ -29,12 +29,15 @@ def test_float_images_in_unit_range_are_quantised_to_256_levels():
 
 
 @pytest.mark.parametrize("array, match", [
-    (np.zeros((2, 3, 4, 4, 1), np.uint8), r"expected images \[N, H, W\], .* got shape \(2, 3, 4, 4, 1\)"),
+    (np.zeros((2, 3, 4, 4, 1), np.uint8),
+     r"expected images \[N, H, W\], .* got shape \(2, 3, 4, 4, 1\)"),
     (np.zeros((2, 4, 4, 5), np.uint8), r"expected 1 or 3 channels .* got shape \(2, 4, 4, 5\)"),
     (np.zeros((2, 3, 4, 3), np.uint8), r"ambiguous layout for shape \(2, 3, 4, 3\)"),
-    (np.full((1, 4, 4), 1.5, np.float32), r"expected float images in \[0, 1\], got values in \[1.5, 1.5\]"),
+    (np.full((1, 4, 4), 1.5, np.float32),
+     r"expected float images in \[0, 1\], got values in \[1.5, 1.5\]"),
     (np.full((1, 4, 4), np.nan, np.float32), r"expected float images in \[0, 1\]"),
-    (np.full((1, 4, 4), 300, np.int32), r"expected integer images in 0..255, got values in \[300, 300\]"),
+    (np.full((1, 4, 4), 300, np.int32),
+     r"expected integer images in 0..255, got values in \[300, 300\]"),
     (np.zeros((1, 4, 4), bool), "expected uint8, integer or float images, got dtype torch.bool"),
 ])
 def test_bad_arrays_are_errors_naming_the_argument(array, match):
