@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from ntm_engine.data import DataError, ImageBatches, ImageData, ImageSet, open_dataset
+from ntm_engine.data import (DataError, ImageBatches, ImageData, ImageSet, dequantize,
+                             open_dataset)
 
 
 def seeds(i, stream):
@@ -38,6 +39,17 @@ def test_epochs_visit_every_image_once_in_a_seeded_order():
     assert torch.equal(torch.cat([b.indices(s) for s in range(5)])[23:], b.permutation(1)[:2])
     again = ImageBatches(data, batch_size=5, seeds=seeds)
     assert torch.equal(again.indices(3), b.indices(3))
+
+
+def test_batches_follow_the_documented_recipe():
+    data = _data(True)
+    b = ImageBatches(data, batch_size=5, seeds=seeds)
+    g = torch.Generator().manual_seed(seeds(1, "epoch"))
+    assert torch.equal(b.permutation(1), torch.randperm(23, generator=g))
+    idx = b.permutation(0)[10:15]  # step 2
+    g = torch.Generator().manual_seed(seeds(2, "data"))
+    expected = dequantize(data.tensors("train")[0][idx], 256, generator=g)
+    assert torch.equal(b.batch(2)[0], expected)
 
 
 def test_batches_are_dequantised_rows_with_their_labels():

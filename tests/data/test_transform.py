@@ -26,6 +26,8 @@ def test_float_images_in_unit_range_are_quantised_to_256_levels():
     a = _nhwc()
     assert torch.equal(to_codes(a.astype(np.float32) / 255), to_codes(a))
     assert torch.equal(to_codes(a.astype(np.int64)), to_codes(a))
+    between = np.array([[[0.4, 0.6], [254.4, 254.6]]]) / 255  # rounded to the nearest level
+    assert to_codes(between).flatten().tolist() == [0, 1, 254, 255]
 
 
 @pytest.mark.parametrize("array, match", [
