@@ -8,7 +8,7 @@ Conventions: images ``[N, C, H, W]`` float32 in [-1, 1], each value at the centr
 """
 from .batches import ImageBatches
 from .core import (DataError, ImageData, ImageSet, LazyImages, check_labels, codes_to_unit,
-                   dequantize, pixel_mean_std, split_indices)
+                   dequantize, fingerprint, pixel_mean_std, split_indices)
 from .digits import DIGITS_LEVELS, DIGITS_SHAPE, digits_data, load_digits
 from .open import BUILT_IN, open_dataset
 from .patches import colour_patches
@@ -18,5 +18,6 @@ __all__ = [
     "BUILT_IN", "DIGITS_LEVELS", "DIGITS_SHAPE", "TOYS", "DataError", "ImageBatches",
     "ImageData", "ImageSet", "LazyImages", "check_labels", "checkerboard", "codes_to_unit",
     "colour_patches", "dequantize", "digits_data", "eight_gaussian_modes", "eight_gaussians",
-    "load_digits", "open_dataset", "pixel_mean_std", "sample_toy", "split_indices", "two_moons",
+    "fingerprint", "load_digits", "open_dataset", "pixel_mean_std", "sample_toy",
+    "split_indices", "two_moons",
 ]

@@ -13,6 +13,7 @@ read through a ``DataLoader`` (:mod:`ntm_engine.data.batches`).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 
@@ -188,6 +189,21 @@ def pixel_mean_std(data: ImageData, *, max_items: int = 10_000) -> Tuple[float, 
     p = counts / counts.sum()
     mean = float((p * values).sum())
     return mean, float((p * (values - mean) ** 2).sum().sqrt())
+
+
+def fingerprint(data: ImageData) -> str:
+    """A short hex digest of the data: every code and label of in-memory splits, or the
+    sizes and shape for a lazy split (whose items are not read).  Store it with a run to
+    notice when a resumed run's folder or file has changed."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr((data.shape, data.levels, data.num_classes, data.classes)).encode())
+    for ds in (data.train, data.test):
+        h.update(repr(len(ds)).encode())
+        if isinstance(ds, ImageSet):
+            h.update(ds.codes.contiguous().numpy().tobytes())
+            if ds.labels is not None:
+                h.update(ds.labels.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def in_memory_data(name: str, codes: Tensor, labels: Optional[Tensor], *, levels: int = 256,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from datafiles import constant_image, truncate, write_constants, write_image
-from ntm_engine.data import DataError, codes_to_unit
+from ntm_engine.data import DataError, codes_to_unit, fingerprint
 from ntm_engine.data.folder import open_folder
 
 
@@ -157,3 +157,13 @@ def test_worker_processes_decode_the_same_images(tmp_path):
         xs, ys = serial.tensors(split)
         xp, yp = parallel.tensors(split)
         assert torch.equal(xs, xp) and torch.equal(ys, yp)
+
+
+def test_fingerprint_changes_when_one_pixel_of_the_folder_changes(tmp_path):
+    paths = write_constants(tmp_path, [5, 6, 7])
+    before = fingerprint(open_folder(tmp_path))
+    assert fingerprint(open_folder(tmp_path)) == before
+    img = constant_image(6)
+    img[0, 0, 0] = 200
+    write_image(paths[1], img)
+    assert fingerprint(open_folder(tmp_path)) != before
