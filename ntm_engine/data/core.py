@@ -149,6 +149,13 @@ class ImageData:
         c, h, w = self.shape
         return c * h * w
 
+    def summary(self) -> str:
+        """One line for logs, e.g. ``"cifar: 3x32x32, 256 levels, 10 classes, 50000 train /
+        10000 test"``."""
+        labels = f"{self.num_classes} classes" if self.num_classes else "unlabelled"
+        return (f"{self.name}: {'x'.join(map(str, self.shape))}, {self.levels} levels, {labels}, "
+                f"{len(self.train)} train / {len(self.test)} test")
+
     def split(self, name: str) -> Dataset:
         """The split ``"train"`` or ``"test"``."""
         if name not in ("train", "test"):

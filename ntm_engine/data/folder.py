@@ -8,8 +8,8 @@ folders, they are the splits (the same class folders in both); otherwise a fixed
 ``test_fraction`` is held out.  Files with other extensions and hidden files are ignored.
 
 Every image is decoded once, when the folder is opened, into uint8 codes in memory, in
-parallel over ``num_workers`` processes.  Bad files: an unreadable or truncated image is an
-**error** (:class:`~ntm_engine.data.core.DataError`) that lists every bad file and why, so
+parallel over ``num_workers`` processes.  Bad files: an unreadable, truncated or 16-bit image
+is an **error** (:class:`~ntm_engine.data.core.DataError`) that lists every bad file and why, so
 nothing is dropped silently; ``on_error="skip"`` instead skips them with one warning that
 lists them.  Mixed sizes are resized when ``image_size`` is given and an error (naming two
 files and their sizes) when it is not.

@@ -21,6 +21,7 @@ from .core import DataError
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 CHANNELS = (1, 3)
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # more than 8 bits per value
 
 
 def check_options(image_size: Optional[int], channels: Optional[int]) -> None:
@@ -125,8 +126,11 @@ def pil_to_codes(img: Image.Image, *, image_size: Optional[int],
                  channels: Optional[int]) -> Tensor:
     """A PIL image -> uint8 ``[C, H, W]``: ``channels`` 1 (``"L"``), 3 (``"RGB"``) or None
     (greyscale modes stay grey, others become RGB); resized and centre-cropped when
-    ``image_size`` is given."""
-    grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+    ``image_size`` is given.  16-bit and float images are an error (not clipped)."""
+    if img.mode in WIDE_MODES:
+        raise DataError(f"image: expected 8 bits per value, got PIL mode {img.mode!r} (16-bit "
+                        f"or float); convert it to 8-bit first, nothing is clipped silently")
+    grey = img.mode in ("1", "L", "LA")
     mode = "L" if channels == 1 or (channels is None and grey) else "RGB"
     img = img.convert(mode)
     if image_size is not None and img.size != (image_size, image_size):

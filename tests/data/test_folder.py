@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from datafiles import constant_image, truncate, write_constants, write_image
 from ntm_engine.data import DataError, codes_to_unit, fingerprint
@@ -167,3 +168,11 @@ def test_fingerprint_changes_when_one_pixel_of_the_folder_changes(tmp_path):
     img[0, 0, 0] = 200
     write_image(paths[1], img)
     assert fingerprint(open_folder(tmp_path)) != before
+
+
+def test_sixteen_bit_images_are_listed_as_unreadable_not_clipped(tmp_path):
+    write_constants(tmp_path, [1])
+    Image.fromarray(np.full((4, 6), 4000, np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(DataError, match=r"deep.png \(DataError: image: expected 8 bits per "
+                                        r"value, got PIL mode 'I;16'"):
+        open_folder(tmp_path)

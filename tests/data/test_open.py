@@ -16,6 +16,7 @@ def test_digits_match_load_digits():
         xd, yd = data.tensors(split)
         assert torch.equal(x, xd) and torch.equal(y, yd)
     assert open_dataset("digits", image_size=8, channels=1).shape == (1, 8, 8)
+    assert data.summary() == "digits: 1x8x8, 17 levels, 10 classes, 1438 train / 359 test"
     with pytest.raises(DataError, match="the digits are fixed at 1x8x8, got image_size=16"):
         open_dataset("digits", image_size=16)
 
