@@ -2,8 +2,8 @@ import hashlib
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
+from datafiles import Items
 from ntm_engine.data import (DataError, ImageBatches, ImageData, ImageSet, dequantize,
                              open_dataset)
 
@@ -11,17 +11,6 @@ from ntm_engine.data import (DataError, ImageBatches, ImageData, ImageSet, dequa
 def seeds(i, stream):
     """Any fixed function of ``(index, stream)``."""
     return int(hashlib.sha256(f"{i}/{stream}".encode()).hexdigest()[:15], 16)
-
-
-class Items(Dataset):
-    def __init__(self, items, classes):
-        self.items, self.classes = items, classes
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
 def _data(in_memory, n=23):

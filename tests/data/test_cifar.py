@@ -1,34 +1,10 @@
-import pickle
-
 import numpy as np
 import pytest
 import torch
 
+from datafiles import fake_cifar, write_pickle
 from ntm_engine.data import DataError
 from ntm_engine.data.cifar import open_cifar
-
-
-def _write(path, obj):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f)
-
-
-def _batch(n, seed):
-    rng = np.random.default_rng(seed)
-    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"labels": [int(v) for v in rng.integers(0, 10, n)]}
-
-
-def fake_cifar(root, sizes=(3, 2), n_test=4):
-    """A CIFAR-10 python folder with ``len(sizes)`` train batches and one test batch."""
-    root.mkdir(parents=True, exist_ok=True)
-    batches = [_batch(n, i) for i, n in enumerate(sizes)]
-    for i, b in enumerate(batches):
-        _write(root / f"data_batch_{i + 1}", b)
-    test = _batch(n_test, 99)
-    _write(root / "test_batch", test)
-    _write(root / "batches.meta", {b"label_names": [f"c{k}".encode() for k in range(10)]})
-    return batches, test
 
 
 def _codes(x):
@@ -73,7 +49,7 @@ def _rows(n, dtype=np.uint8, width=3072):
 ])
 def test_bad_batches_are_errors_naming_the_file(tmp_path, bad, match):
     fake_cifar(tmp_path)
-    _write(tmp_path / "data_batch_2", bad)
+    write_pickle(tmp_path / "data_batch_2", bad)
     with pytest.raises(DataError, match=match) as e:
         open_cifar(tmp_path)
     assert "data_batch_2" in str(e.value)

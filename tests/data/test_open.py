@@ -2,10 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from datafiles import write_constants
+from datafiles import Items, fake_cifar, write_constants
 from ntm_engine.data import DIGITS_LEVELS, DataError, load_digits, open_dataset
-from test_cifar import fake_cifar
-from test_torch_source import Items
 
 
 def test_digits_match_load_digits():

@@ -2,25 +2,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from datafiles import Items
 from ntm_engine.data import DataError, LazyImages
 from ntm_engine.data.torch_source import open_torch_dataset
-
-
-class Items(Dataset):
-    """A list of items as a Dataset, with optional torchvision-style ``classes``."""
-
-    def __init__(self, items, classes=None):
-        self.items = items
-        if classes is not None:
-            self.classes = classes
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
 def _hwc(n=6, h=4, w=4):
