@@ -52,6 +52,33 @@ class JacobiReport:
     converged: bool
 
 
+class _KVCache:
+    """Keys and values ``[B, heads, n, head_dim]`` of the ``n`` tokens decoded so far: written
+    into buffers of ``capacity`` tokens without autograd, concatenated with it (an in-place
+    write would invalidate tensors autograd saved at earlier tokens)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.n = capacity, 0
+        self.k: Optional[Tensor] = None
+        self.v: Optional[Tensor] = None
+
+    def extend(self, k: Tensor, v: Tensor) -> KV:
+        """Append the new tokens' ``k, v`` ``[B, heads, S, head_dim]``; return all so far."""
+        S = k.shape[2]
+        if torch.is_grad_enabled():
+            if self.k is not None:
+                k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+            self.k, self.v = k, v
+        else:
+            if self.k is None:
+                shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+                self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+            self.k[:, :, self.n:self.n + S] = k
+            self.v[:, :, self.n:self.n + S] = v
+        self.n += S
+        return self.k[:, :, :self.n], self.v[:, :, :self.n]
+
+
 class _CausalLayer(nn.Module):
     """Pre-norm Transformer layer on ``[B, S, W]`` with adaLN (shift, scale) of both norms from
     a context vector ``[B, context_dim]`` (zero-initialised; none when ``context_dim = 0``)."""
@@ -77,25 +104,23 @@ class _CausalLayer(nn.Module):
             return None
         return tuple(self.mod(context).unsqueeze(1).chunk(4, dim=-1))
 
-    def forward(self, h: Tensor, mod: Modulation, past: Optional[KV] = None
-                ) -> Tuple[Tensor, KV]:
-        """``h [B, S, W]``; without ``past`` the ``S`` tokens attend causally to each other;
-        with ``past`` (keys/values ``[B, heads, M, W/heads]`` of the ``M`` tokens before)
-        ``S`` must be 1 and the token attends to all of them and itself.  Returns ``(h, kv)``
-        with ``kv`` the keys/values of every token seen (``past`` included)."""
+    def forward(self, h: Tensor, mod: Modulation, cache: Optional[_KVCache] = None) -> Tensor:
+        """``h [B, S, W] -> [B, S, W]``; without ``cache`` the ``S`` tokens attend causally to
+        each other; with ``cache`` (the tokens before) ``S`` must be 1: the token is appended
+        to the cache and attends to all of it."""
         B, S, W = h.shape
         a = self.norm1(h)
         if mod is not None:
             a = a * (1 + mod[1]) + mod[0]
         q, k, v = self.qkv(a).view(B, S, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None)
         h = h + self.proj(o.transpose(1, 2).reshape(B, S, W))
         a = self.norm2(h)
         if mod is not None:
             a = a * (1 + mod[3]) + mod[2]
-        return h + self.mlp(a), (k, v)
+        return h + self.mlp(a)
 
 
 class AutoregressiveFlowBlock(InvertibleModule):
@@ -169,7 +194,7 @@ class AutoregressiveFlowBlock(InvertibleModule):
         first = self.start.expand(B, 1, -1)
         h = torch.cat([first, self.embed(xs[:, :-1].to(self.embed.weight.dtype))], 1) + self.pos
         for layer, mod in zip(self.layers, self._modulations(context)):
-            h, _ = layer(h, mod)
+            h = layer(h, mod)
         return self.out(self.norm(h))
 
     def conditioner(self, xs: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -194,14 +219,14 @@ class AutoregressiveFlowBlock(InvertibleModule):
         ys = self._scan(y)
         B, L, _ = ys.shape
         mods = self._modulations(context)
-        caches: List[Optional[KV]] = [None] * len(self.layers)
+        caches = [_KVCache(L) for _ in self.layers]
         tokens: List[Tensor] = []
         logdet = torch.zeros(B, dtype=accumulation_dtype(y.dtype), device=y.device)
         inp = self.start.expand(B, 1, -1)
         for i in range(L):
             h = inp + self.pos[i]
-            for j, (layer, mod) in enumerate(zip(self.layers, mods)):
-                h, caches[j] = layer(h, mod, caches[j] if i else None)
+            for layer, mod, cache in zip(self.layers, mods, caches):
+                h = layer(h, mod, cache)
             shift, logits = self._head(h, y.dtype)
             x_i, ld = ops.affine_coupling_inverse(ys[:, i:i + 1], shift, logits, self.clamp)
             tokens.append(x_i)

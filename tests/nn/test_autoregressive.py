@@ -87,6 +87,13 @@ def test_kv_cache_inverse_equals_naive_inverse(reverse):
         naive = _naive_inverse(block, y, c)
     assert (kv - naive).abs().max() <= 1e-12
     assert (kv - x).abs().max() <= 1e-10
+    # with autograd the cache concatenates instead of writing in place: same values, and the
+    # inverse is differentiable
+    y_in = y.clone().requires_grad_()
+    kv_grad, logdet_inv = block.inverse(y_in, c)
+    assert torch.equal(kv_grad, kv)
+    (kv_grad.sum() + logdet_inv.sum()).backward()
+    assert y_in.grad is not None and torch.isfinite(y_in.grad).all()
 
 
 def test_jacobi_converges_to_the_exact_inverse_and_reports():
