@@ -1,7 +1,9 @@
 """NTM models: time grid and forward process, transporter, predictor, the NTM.
 
 * :mod:`.schedule` -- shifted time grid, Markov forward process, entropy, Gaussian reverse step
-* :mod:`.transporter` -- ``f_T``: conditional affine couplings over flat ``[B*T, D]`` rows
+* :mod:`.transporter` -- ``f_T`` over flat ``[B*T, D]`` rows: autoregressive blocks, couplings
+  or the identity (:func:`build_transporter`)
+* :mod:`.tarflow` -- :class:`TarFlow`: a standalone normalizing flow from the autoregressive blocks
 * :mod:`.predictor` -- ``f_P``: block-causal Transformer over all levels, with a KV cache
 * :mod:`.guidance` -- classifier-free guidance of Gaussian steps
 * :mod:`.ntm` -- :class:`NTM`: likelihood, bits/dim bound, sampling, trajectory scores
@@ -14,7 +16,9 @@ from .flow_matching import FlowMatchingModel
 from .guidance import guide
 from .ntm import NTM
 from .predictor import TrajectoryPredictor, block_causal_mask
-from .transporter import Transporter
+from .tarflow import TarFlow
+from .transporter import Transporter, build_transporter
 
-__all__ = ["NTM", "Denoiser", "FlowMatchingModel", "Transporter", "TrajectoryPredictor",
+__all__ = ["NTM", "Denoiser", "FlowMatchingModel", "Transporter", "build_transporter",
+           "TarFlow", "TrajectoryPredictor",
            "block_causal_mask", "guide"]

@@ -21,7 +21,7 @@ from . import schedule
 from .embedding import drop_labels, resolve_labels
 from .guidance import guide
 from .predictor import TrajectoryPredictor
-from .transporter import Transporter
+from .transporter import build_transporter
 
 __all__ = ["NTM"]
 
@@ -52,7 +52,8 @@ class NTM(nn.Module):
                  label_dropout: float = 0.1, clamp: Optional[float] = 2.0,
                  mlp_ratio: float = 4.0, context_dim: int = 64, data_mean: float = 0.0,
                  data_std: float = 1.0, sigma_clamp: float = 6.0, reversible: bool = True,
-                 parameterization: str = "gaussian"):
+                 parameterization: str = "gaussian", transporter: str = "coupling",
+                 transporter_label_conditioned: bool = False):
         super().__init__()
         data_shape = schedule.check_shape_and_steps(data_shape, steps)
         t1 = schedule.first_interior_time(steps, shift)
@@ -67,12 +68,15 @@ class NTM(nn.Module):
             shift=shift, t_min_max=t_min_max, label_dropout=label_dropout, clamp=clamp,
             mlp_ratio=mlp_ratio, context_dim=context_dim, data_mean=data_mean,
             data_std=data_std, sigma_clamp=sigma_clamp, reversible=reversible,
-            parameterization=parameterization)
+            parameterization=parameterization, transporter=transporter,
+            transporter_label_conditioned=transporter_label_conditioned)
         self.data_shape, self.steps, self.num_classes = data_shape, steps, num_classes
         self.dim = math.prod(data_shape)
         self.shift, self.t_min_max, self.label_dropout = shift, t_min_max, label_dropout
-        self.transporter = Transporter(data_shape, transporter_layers, transporter_hidden,
-                                       num_classes, clamp, context_dim, reversible)
+        self.transporter = build_transporter(
+            transporter, data_shape, layers=transporter_layers, hidden=transporter_hidden,
+            num_classes=num_classes, clamp=clamp, context_dim=context_dim, reversible=reversible,
+            label_conditioned=transporter_label_conditioned, patch_size=patch_size)
         self.predictor = TrajectoryPredictor(data_shape, width, depth, heads, patch_size,
                                              num_classes, mlp_ratio, data_mean, data_std,
                                              sigma_clamp, parameterization)

@@ -63,55 +63,84 @@ def _parameters_swapped(layer: nn.Module, replacements: Dict[int, Tensor]) -> It
             owner._parameters[leaf] = old
 
 
-def _walk_backward(layers: Sequence[nn.Module], y: Tensor, grad_y: Tensor,
-                   grad_logdet: Optional[Tensor], context: Optional[Tensor],
-                   rng: Optional[Sequence[Optional[_RngSnapshot]]] = None,
-                   param_slots: Optional[Sequence[Sequence[Optional[int]]]] = None,
-                   saved_params: Sequence[Tensor] = (),
-                   true_inputs: Optional[Sequence[Tensor]] = None):
-    """Walk ``layers`` last to first from the output ``y``.
+@contextlib.contextmanager
+def _replaying(snapshot: Optional[_RngSnapshot]) -> Iterator[None]:
+    """Run the body from the RNG state ``snapshot`` (a layer's forward-time state), then put
+    the current state back; a no-op for None."""
+    if snapshot is None:
+        yield
+        return
+    with snapshot.fork():
+        snapshot.restore()
+        yield
 
-    Returns ``(x, grad_x, grad_context, grads, errors)``: the rebuilt stack input, its
-    gradient, the context gradient summed over layers (or None), ``grads``: per layer the tuple
-    of parameter gradients aligned with ``layer.parameters()``, accumulated into ``param_slots``
-    positions when given (then ``grads`` is a flat list aligned with ``saved_params``), and
-    ``errors``: per layer max |rebuilt input - true input| when ``true_inputs`` is given.
-    """
-    flat: List[Optional[Tensor]] = [None] * len(saved_params)
-    per_layer: List[Tuple[Optional[Tensor], ...]] = [()] * len(layers)
-    errors: List[float] = [0.0] * len(layers)
-    grad_ctx: Optional[Tensor] = None
+
+def _saved_param_swaps(layer: nn.Module, slots: Sequence[Optional[int]],
+                       saved_params: Sequence[Tensor]) -> Dict[int, Tensor]:
+    """``{k: saved tensor}`` for each of ``layer.parameters()`` whose tensor saved at forward
+    time (``saved_params[slots[k]]``) is not the module's current parameter."""
+    return {k: saved_params[slot] for k, (slot, p) in enumerate(zip(slots, layer.parameters()))
+            if slot is not None and saved_params[slot] is not p}
+
+
+def _reverse_walk(layers: Sequence[nn.Module], y: Tensor, grad_y: Tensor,
+                  grad_logdet: Optional[Tensor], context: Optional[Tensor], *,
+                  rng: Optional[Sequence[Optional[_RngSnapshot]]] = None,
+                  swaps: Optional[Sequence[Dict[int, Tensor]]] = None
+                  ) -> Iterator[Tuple[int, Tensor, Tensor, Optional[Tensor],
+                                      Tuple[Optional[Tensor], ...]]]:
+    """Walk ``layers`` last to first from the output ``y``, yielding per layer
+    ``(i, x_i, grad_x_i, grad_context_i, param_grads_i)`` (its rebuilt input and the
+    gradients of :meth:`InvertibleModule.reverse_step`).  ``rng[i]``: replay that RNG state
+    for layer ``i``; ``swaps[i]``: parameters to swap in for layer ``i``."""
     h, g = y, grad_y
     for i in range(len(layers) - 1, -1, -1):
-        layer = layers[i]
-        swap: Dict[int, Tensor] = {}
-        if param_slots is not None:
-            for k, (slot, p) in enumerate(zip(param_slots[i], layer.parameters())):
-                if slot is not None and saved_params[slot] is not p:
-                    swap[k] = saved_params[slot]
-        snapshot = rng[i] if rng is not None else None
-        with _parameters_swapped(layer, swap):
-            if snapshot is None:
-                x, gx, gc, pg = _reverse_step(layer, h, g, grad_logdet, context)
-            else:
-                with snapshot.fork():
-                    snapshot.restore()
-                    x, gx, gc, pg = _reverse_step(layer, h, g, grad_logdet, context)
-        if gc is not None:
-            grad_ctx = gc if grad_ctx is None else grad_ctx + gc
-        if param_slots is not None:
-            for slot, gp in zip(param_slots[i], pg):
-                if slot is not None and gp is not None:
-                    flat[slot] = gp if flat[slot] is None else flat[slot] + gp
-        else:
-            per_layer[i] = tuple(pg)
-        if true_inputs is not None:
-            acc = accumulation_dtype(x.dtype)
-            diff = (x.to(acc) - true_inputs[i].to(acc)).abs()
-            errors[i] = float(diff.max()) if diff.numel() else 0.0
+        with _parameters_swapped(layers[i], swaps[i] if swaps else {}), \
+                _replaying(rng[i] if rng else None):
+            x, gx, gc, pg = _reverse_step(layers[i], h, g, grad_logdet, context)
+        yield i, x, gx, gc, tuple(pg)
         h, g = x, gx
-    grads = flat if param_slots is not None else per_layer
-    return h, g, grad_ctx, grads, errors
+
+
+def _accumulate(total: List[Optional[Tensor]], slots: Sequence[Optional[int]],
+                grads: Sequence[Optional[Tensor]]) -> None:
+    """``total[slots[k]] += grads[k]`` (None = nothing, in either place)."""
+    for slot, gp in zip(slots, grads):
+        if slot is not None and gp is not None:
+            total[slot] = gp if total[slot] is None else total[slot] + gp
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return a if b is None else b if a is None else a + b
+
+
+def _max_abs_diff(a: Tensor, b: Tensor) -> float:
+    acc = accumulation_dtype(a.dtype)
+    diff = (a.to(acc) - b.to(acc)).abs()
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def _walk_backward(layers: Sequence[nn.Module], y: Tensor, grad_y: Tensor,
+                   grad_logdet: Optional[Tensor], context: Optional[Tensor], *,
+                   param_slots: Sequence[Sequence[Optional[int]]], n_params: int,
+                   rng: Optional[Sequence[Optional[_RngSnapshot]]] = None,
+                   swaps: Optional[Sequence[Dict[int, Tensor]]] = None,
+                   true_inputs: Optional[Sequence[Tensor]] = None):
+    """The whole reverse walk: ``(x, grad_x, grad_context, grads, errors)`` with ``grads`` a
+    list of ``n_params`` gradients (layer ``i``'s parameter ``k`` summed into
+    ``grads[param_slots[i][k]]``), ``grad_context`` summed over layers (or None) and
+    ``errors[i]`` = max |rebuilt input - true input| of layer ``i`` when ``true_inputs`` is
+    given (zeros otherwise)."""
+    grads: List[Optional[Tensor]] = [None] * n_params
+    errors: List[float] = [0.0] * len(layers)
+    x, gx, grad_ctx = y, grad_y, None
+    for i, x, gx, gc, pg in _reverse_walk(layers, y, grad_y, grad_logdet, context, rng=rng,
+                                          swaps=swaps):
+        grad_ctx = _add(grad_ctx, gc)
+        _accumulate(grads, param_slots[i], pg)
+        if true_inputs is not None:
+            errors[i] = _max_abs_diff(x, true_inputs[i])
+    return x, gx, grad_ctx, grads, errors
 
 
 def _autocast_state(device_type: str) -> Optional[Tuple[str, torch.dtype]]:
@@ -166,10 +195,13 @@ class _ReversibleStack(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 ctx_in.requires_grad_()
         stack = ctx.stack
+        layers = list(stack.layers)
+        swaps = [_saved_param_swaps(layer, slots, params)
+                 for layer, slots in zip(layers, ctx.param_slots)]
         with _autocast_like(ctx.autocast):
             x, grad_x, grad_ctx, grads, errors = _walk_backward(
-                list(stack.layers), y.detach(), grad_y, grad_logdet, ctx_in, ctx.rng,
-                ctx.param_slots, params, ctx.true_inputs)
+                layers, y.detach(), grad_y, grad_logdet, ctx_in, param_slots=ctx.param_slots,
+                n_params=len(params), rng=ctx.rng, swaps=swaps, true_inputs=ctx.true_inputs)
         if ctx.true_inputs is not None:
             stack.reconstruction_error = errors
         if grad_ctx is not None and not ctx.needs_input_grad[1]:
@@ -249,12 +281,8 @@ class InvertibleSequential(InvertibleModule):
             raise RuntimeError("InvertibleSequential.reverse_step: a nested stack with dropout "
                                "cannot replay its RNG; put its layers in the outer stack")
         layers = list(self.layers)
-        x, gx, gc, per_layer, _ = _walk_backward(layers, y, grad_y, grad_logdet, context)
         index = {id(p): k for k, p in enumerate(self.parameters())}
-        grads: List[Optional[Tensor]] = [None] * len(index)
-        for layer, pg in zip(layers, per_layer):
-            for p, gp in zip(layer.parameters(), pg):
-                k = index[id(p)]
-                if gp is not None:
-                    grads[k] = gp if grads[k] is None else grads[k] + gp
+        slots = [[index[id(p)] for p in layer.parameters()] for layer in layers]
+        x, gx, gc, grads, _ = _walk_backward(layers, y, grad_y, grad_logdet, context,
+                                             param_slots=slots, n_params=len(index))
         return x, gx, gc, tuple(grads)

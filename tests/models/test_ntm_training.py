@@ -10,7 +10,8 @@ from _ntm_testutils import perturb
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     model = NTM((1, 4, 4), steps=3, num_classes=4, width=32, depth=2, heads=2, patch_size=2,
-                transporter_layers=2, transporter_hidden=16, context_dim=16, label_dropout=0.5)
+                transporter_layers=2, transporter_hidden=16, context_dim=16, label_dropout=0.5,
+                transporter_label_conditioned=True)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
