@@ -1,5 +1,5 @@
 """Flow-matching pretraining of the NTM predictor, and the NTM initialised from it
-(DESIGN.md section 1, "Initialising from a flow-matching model").
+(docs/design.md section 1, "Initialising from a flow-matching model").
 
 The flow-matching (FM) model is the NTM's own predictor backbone,
 :class:`~.predictor.TrajectoryPredictor` with ``parameterization="flow_matching"``, trained
