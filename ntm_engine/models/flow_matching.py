@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from . import schedule
 from .embedding import drop_labels, resolve_labels
 from .predictor import TrajectoryPredictor, default_patch_size
+from .trajectory_loss import gather_groups
 
 __all__ = ["FlowMatchingModel", "TRAJECTORY_FRACTION", "EULER_STEPS", "ARCHITECTURE_KEYS",
            "random_grid", "velocity_targets", "architecture_differences",
@@ -244,7 +245,12 @@ def load_predictor_weights(ntm: nn.Module, fm_state: Mapping[str, Tensor]) -> No
                          "parameterization='flow_matching', got "
                          f"{ntm.predictor.parameterization!r}")
     sd = {k[len("predictor."):]: v for k, v in fm_state.items() if k.startswith("predictor.")}
-    ntm.predictor.load_state_dict(sd, strict=True)
+    missing, unexpected = ntm.predictor.load_state_dict(sd, strict=False)
+    # an NTM of several step counts adds its (zero-initialised) step-count embedding
+    missing = [k for k in missing if not k.startswith("steps_embed.")]
+    if missing or unexpected:
+        raise ValueError(f"the flow-matching weights do not fit the NTM's predictor: missing "
+                         f"{missing}, unexpected {unexpected}")
 
 
 def ntm_from_flow_matching(fm: FlowMatchingModel, **ntm_kwargs) -> nn.Module:
@@ -267,18 +273,23 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 
 def anchored_trajectory_nll(ntm: nn.Module, reference: TrajectoryPredictor, x: Tensor,
-                            y: Labels = None, generator: Optional[torch.Generator] = None
-                            ) -> Tuple[Tensor, Tensor]:
+                            y: Labels = None, generator: Optional[torch.Generator] = None, *,
+                            trajectory_loss: str = "end_to_end") -> Tuple[Tensor, Tensor]:
     """``(nll [B], sq [B])``: the NTM's training loss :meth:`~.ntm.NTM.trajectory_nll` (same
-    draws from ``generator``, same value) and ``|mu - mu_FM|^2`` summed over slots and
-    dimensions, ``mu_FM`` from the frozen ``reference`` predictor on the same slot inputs,
-    times and (dropped) labels, without gradient.  Fine-tuning minimises
-    ``nll + lambda * sq``."""
-    X, t, y = ntm.training_trajectory(x, y, generator)
-    U, logdet, mu, log_sigma = ntm.predict_levels(X, t, y)
-    nll = ntm.nll_from_levels(X, U, logdet, mu, log_sigma)
-    T = U.shape[1]
-    tt = t.to(U.dtype)
-    with torch.no_grad():
-        mu_ref, _ = reference(ntm.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y)
-    return nll, (mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2))
+    draws from ``generator``, same ``trajectory_loss``, same value) and ``|mu - mu_FM|^2``
+    summed over slots and dimensions, ``mu_FM`` from the frozen ``reference`` predictor on
+    the same slot inputs, times and (dropped) labels, without gradient.  Fine-tuning
+    minimises ``nll + lambda * sq``."""
+    nll, sq = [], []
+    for idx, X, t, y_g in ntm.training_groups(x, y, generator):
+        levels = ntm.predict_levels(X, t, y_g)
+        nll.append((idx, ntm.loss_from_levels(X, levels, trajectory_loss=trajectory_loss,
+                                               generator=generator)))
+        U, _, mu, _ = levels
+        T = U.shape[1]
+        tt = t.to(U.dtype)
+        with torch.no_grad():
+            mu_ref, _ = reference(ntm.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y_g)
+        sq.append((idx, (mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2))))
+    B = x.shape[0]
+    return gather_groups(nll, B), gather_groups(sq, B)

@@ -24,32 +24,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .. import ops
 from . import schedule
 from .embedding import drop_labels, resolve_labels
+from .likelihood import log_likelihood_bound
 from .predictor import TrajectoryPredictor
 from .sampler import sample as _sample
+from .trajectory_loss import end_to_end_nll, gather_groups, trajectory_loss as _loss
 from .transporter import Transporter
 
 __all__ = ["NTM"]
 
 Labels = Union[None, int, Tensor]
 Group = Tuple[Optional[Tensor], Tensor, Tensor, Optional[Tensor]]
-TRAJECTORY_LOSSES = ("end_to_end", "pairwise")
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def gather_groups(parts: Sequence[Tuple[Optional[Tensor], Tensor]], batch: int) -> Tensor:
-    """Per-sample values ``[batch]`` from ``(idx [b] or None = all, values [b])`` groups
-    (the groups of :meth:`NTM.training_groups`), in the batch's order."""
-    if len(parts) == 1 and parts[0][0] is None:
-        return parts[0][1]
-    out = parts[0][1].new_empty(batch)
-    for idx, v in parts:
-        out = out.index_put((idx,), v) if idx is not None else v
-    return out
-
-
 class NTM(nn.Module):
     """Normalizing Trajectory Model for data of shape ``data_shape`` (``[D]`` or ``[C,H,W]``).
 
@@ -112,8 +98,6 @@ class NTM(nn.Module):
         if not 0 <= t_min_max < t1:
             raise ValueError(f"t_min_max must lie in [0, t_1 = {t1:.4g}) (T = {counts[-1]}, "
                              f"shift {self.shift:.4g}), got {t_min_max}")
-        params = inspect.signature(self.transporter.forward).parameters
-        self._transporter_takes_steps = "steps" in params
 
     # ------------------------------------------------------------------ configs
     @staticmethod
@@ -185,7 +169,10 @@ class NTM(nn.Module):
         return self.transporter.inverse(u, t, y, **self._rows_steps(t, steps))
 
     def _rows_steps(self, t: Tensor, steps: Optional[int]) -> Dict[str, Tensor]:
-        if not (self.multi_steps and self._transporter_takes_steps):
+        """``{"steps": [R]}`` for a transporter whose ``forward`` takes ``steps`` (several
+        trained step counts only), else ``{}``."""
+        if not (self.multi_steps
+                and "steps" in inspect.signature(self.transporter.forward).parameters):
             return {}
         T = self.steps if steps is None else steps
         return {"steps": torch.full(t.shape, T, dtype=torch.long, device=t.device)}
@@ -285,41 +272,18 @@ class NTM(nn.Module):
     def nll_from_levels(self, X: Tensor, U: Tensor, logdet: Tensor, mu: Tensor,
                         log_sigma: Tensor) -> Tensor:
         """``L [B]`` of trajectory ``X`` from the outputs of :meth:`predict_levels` on it."""
-        B, T, D = U.shape
-        nll = ops.gaussian_nll(U.reshape(B, T * D), mu.reshape(B, T * D),
-                               log_sigma.reshape(B, T * D))
-        return nll - logdet.sum(dim=1) + T * D * _HALF_LOG_2PI + self._prior_nll(X, T)
+        return end_to_end_nll(self._last_level(X), U, logdet, mu, log_sigma)
 
-    def _prior_nll(self, X: Tensor, T: int) -> Tensor:
-        """``-log N(x_1; 0, I) [B]`` of the last level of ``X [B, T+1, ...]``."""
-        x1 = X.reshape(X.shape[0], T + 1, self.dim)[:, T]
-        return 0.5 * x1.pow(2).sum(dim=1) + self.dim * _HALF_LOG_2PI
-
-    def pairwise_nll_from_levels(self, X: Tensor, U: Tensor, logdet: Tensor, mu: Tensor,
-                                 log_sigma: Tensor, generator: Optional[torch.Generator] = None
-                                 ) -> Tensor:
-        """The pair-wise loss ``[B]``: per sample one factor ``k ~ U{0..T-1}`` (from
-        ``generator``) of ``L``, ``-log p(u_{t_k} | u_{t_{k+1}}, ...) - logdet_k``, times
-        ``T``, plus the prior term; its expectation over ``k`` is :meth:`nll_from_levels`."""
-        B, T, D = U.shape
-        k = torch.randint(T, (B, 1), generator=generator, device=U.device)
-        pick = lambda v: v.gather(1, k.view(B, 1, 1).expand(B, 1, D)).view(B, D)  # noqa: E731
-        factor = ops.gaussian_nll(pick(U), pick(mu), pick(log_sigma)) \
-            - logdet.gather(1, k).view(B) + D * _HALF_LOG_2PI
-        return T * factor + self._prior_nll(X, T)
+    def _last_level(self, X: Tensor) -> Tensor:
+        return X.reshape(X.shape[0], X.shape[1], self.dim)[:, -1]
 
     def loss_from_levels(self, X: Tensor, levels: Tuple[Tensor, Tensor, Tensor, Tensor], *,
                          trajectory_loss: str = "end_to_end",
                          generator: Optional[torch.Generator] = None) -> Tensor:
         """The training loss ``[B]`` from the outputs of :meth:`predict_levels` on ``X``:
-        ``"end_to_end"`` (:meth:`nll_from_levels`) or ``"pairwise"``
-        (:meth:`pairwise_nll_from_levels`, one draw per sample from ``generator``)."""
-        if trajectory_loss == "end_to_end":
-            return self.nll_from_levels(X, *levels)
-        if trajectory_loss == "pairwise":
-            return self.pairwise_nll_from_levels(X, *levels, generator=generator)
-        raise ValueError(f"trajectory_loss must be one of {TRAJECTORY_LOSSES}, "
-                         f"got {trajectory_loss!r}")
+        ``trajectory_loss`` ``"end_to_end"`` (``L``) or ``"pairwise"`` (one factor per sample,
+        drawn from ``generator``, times ``T``; same expectation), :mod:`.trajectory_loss`."""
+        return _loss(trajectory_loss, self._last_level(X), levels, generator)
 
     def trajectory_log_prob(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:
         """Exact ``log p(X) [B]`` (nats) of a trajectory ``X [B, T+1, *data_shape]`` on the grid
@@ -390,33 +354,18 @@ class NTM(nn.Module):
                      steps: Optional[int] = None) -> Tensor:
         """Per-sample bound ``[B]`` on bits/dim of discrete data with ``levels`` bins on [-1, 1]
         (digits: 17; 8-bit: 256), with ``t_0 = 0`` on the grid of ``steps`` (None:
-        :attr:`steps`).  ``samples = K``: the importance-weighted bound over ``K`` forward
-        trajectories ``X_i``, ``log p(x) >= logsumexp_i [log p(X_i) - log q(X_i | x)] - log K``
-        (tighter as ``K`` grows); ``K = 1`` uses the analytic entropy ``H_q`` for ``-log q``,
-        ``(L - H_q) / (D ln 2)`` (same expectation, less noise).  Both are converted to
-        bits/dim and shifted by ``log2(levels / 2)``; the mean over data bounds the bits/dim
-        of the dequantised model.  ``x`` must already be uniformly dequantised
+        :attr:`steps`): :func:`~.likelihood.log_likelihood_bound` over ``samples = K``
+        forward trajectories (``K = 1``: ``(L - H_q) / (D ln 2)``; ``K > 1``: importance-
+        weighted, tighter), in bits/dim, plus ``log2(levels / 2)``.  The mean over data
+        bounds the bits/dim of the dequantised model.  ``x`` must already be uniformly dequantised
         (:func:`ntm_engine.data.dequantize`), unless ``dequantize=True``, which adds the
         noise here (drawn from ``generator`` before the trajectories).  No label dropout."""
         self._check_data(x)
-        if samples < 1:
-            raise ValueError(f"samples (the number K of forward trajectories) must be >= 1, "
-                             f"got {samples}")
         if dequantize:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + (noise - 0.5) * (2.0 / levels)
-        y = self._labels(y, x.shape[0], x.device)
-        if samples == 1:
-            X, t = self.forward_trajectory(x, generator, t_min=0.0, steps=steps)
-            L = self._nll(X, t, y)
-            log_px = self.forward_entropy(t).to(L.dtype) - L
-        else:
-            log_w = []
-            for _ in range(samples):
-                X, t = self.forward_trajectory(x, generator, t_min=0.0, steps=steps)
-                log_q = schedule.forward_log_prob(X.reshape(*X.shape[:2], self.dim), t)
-                log_w.append(-self._nll(X, t, y) - log_q.to(X.dtype))
-            log_px = torch.logsumexp(torch.stack(log_w, dim=1), dim=1) - math.log(samples)
+        log_px = log_likelihood_bound(self, x, self._labels(y, x.shape[0], x.device),
+                                      samples=samples, generator=generator, steps=steps)
         return -log_px / (self.dim * math.log(2)) + math.log2(levels / 2)
 
     # ------------------------------------------------------------------ sampling
