@@ -91,32 +91,36 @@ class FlowMatchingModel(nn.Module):
     """A velocity model ``v(x_t, t)`` whose network is the NTM predictor (module docstring).
 
     Arguments as :class:`~.ntm.NTM` (the predictor's and the grid's; ``steps`` = slots per
-    presented trajectory; ``label_dropout`` for classifier-free guidance; ``data_std`` only
+    presented trajectory, the largest count of a sequence such as ``(4, 8, 16)``; ``label_dropout`` for classifier-free guidance; ``data_std`` only
     shapes the NTM started from it).  :meth:`from_ntm_config` takes an NTM config dict.
     """
 
     def __init__(self, data_shape: Sequence[int], steps: int = 4, num_classes: int = 0, *,
                  width: int = 128, depth: int = 4, heads: int = 4,
                  patch_size: Optional[int] = None, mlp_ratio: float = 4.0,
-                 shift: float = 1.0, t_min_max: float = 0.05, label_dropout: float = 0.1,
+                 shift: Union[None, str, float] = 1.0, t_min_max: float = 0.05,
+                 label_dropout: float = 0.1,
                  data_mean: float = 0.0, data_std: float = 1.0, sigma_clamp: float = 6.0):
         super().__init__()
-        data_shape = schedule.check_shape_and_steps(data_shape, steps)
+        counts = schedule.step_counts(steps)
+        data_shape = schedule.check_shape_and_steps(data_shape, counts[-1])
         if not 0 <= t_min_max < 1:
             raise ValueError(f"t_min_max must lie in [0, 1), got {t_min_max}")
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
         self.config: Dict[str, Any] = dict(
-            data_shape=data_shape, steps=steps, num_classes=num_classes, width=width,
+            data_shape=data_shape, steps=list(counts) if isinstance(steps, (list, tuple))
+            else steps, num_classes=num_classes, width=width,
             depth=depth, heads=heads, patch_size=patch_size, mlp_ratio=mlp_ratio, shift=shift,
             t_min_max=t_min_max, label_dropout=label_dropout, data_mean=data_mean,
             data_std=data_std, sigma_clamp=sigma_clamp)
-        self.data_shape, self.steps, self.num_classes = data_shape, steps, num_classes
+        self.data_shape, self.steps, self.num_classes = data_shape, counts[-1], num_classes
         self.dim = math.prod(data_shape)
-        self.shift, self.t_min_max, self.label_dropout = shift, t_min_max, label_dropout
+        self.t_min_max, self.label_dropout = t_min_max, label_dropout
         self.predictor = TrajectoryPredictor(data_shape, width, depth, heads, patch_size,
                                              num_classes, mlp_ratio, data_mean, data_std,
                                              sigma_clamp, parameterization="flow_matching")
+        self.shift = schedule.resolve_shift(shift, self.predictor.tokens)
 
     @classmethod
     def from_ntm_config(cls, cfg: Mapping[str, Any]) -> "FlowMatchingModel":

@@ -36,6 +36,8 @@ __all__ = ["NTM"]
 
 Labels = Union[None, int, Tensor]
 Group = Tuple[Optional[Tensor], Tensor, Tensor, Optional[Tensor]]
+
+
 class NTM(nn.Module):
     """Normalizing Trajectory Model for data of shape ``data_shape`` (``[D]`` or ``[C,H,W]``).
 
@@ -73,10 +75,8 @@ class NTM(nn.Module):
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
         self.config: Dict[str, Any] = dict(
-            data_shape=data_shape, steps=steps if len(counts) == 1 and not
-            isinstance(steps, (list, tuple)) else list(counts), num_classes=num_classes,
-            width=width,
-            depth=depth, heads=heads, patch_size=patch_size,
+            data_shape=data_shape, steps=list(counts) if isinstance(steps, (list, tuple))
+            else steps, num_classes=num_classes, width=width, depth=depth, heads=heads, patch_size=patch_size,
             transporter_layers=transporter_layers, transporter_hidden=transporter_hidden,
             shift=shift, t_min_max=t_min_max, label_dropout=label_dropout, clamp=clamp,
             mlp_ratio=mlp_ratio, context_dim=context_dim, data_mean=data_mean,

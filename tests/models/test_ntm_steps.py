@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from ntm_engine.models import NTM, schedule
+from ntm_engine.models import NTM, FlowMatchingModel, schedule
+from ntm_engine.models.flow_matching import ntm_from_flow_matching
 
 from _ntm_testutils import perturb, small_ntm
 
@@ -121,3 +122,20 @@ def test_auto_shift_is_the_papers_rule():
     for bad in ("fast", 0.0, -1):
         with pytest.raises(ValueError, match="shift"):
             NTM((2,), shift=bad, width=16, depth=1, heads=2)
+
+
+def test_flow_matching_weights_start_a_multi_step_ntm():
+    torch.manual_seed(0)
+    fm = FlowMatchingModel((1, 4, 4), steps=(2, 4), width=32, depth=1, heads=2, patch_size=2,
+                           shift="auto").double()
+    perturb(fm, std=0.1)
+    assert fm.steps == 4 and fm.shift == schedule.auto_shift(4)
+    multi, single = ntm_from_flow_matching(fm), ntm_from_flow_matching(fm, steps=4)
+    assert multi.trained_steps == (2, 4) and multi.shift == fm.shift
+    g = torch.Generator().manual_seed(0)
+    X, t = single.forward_trajectory(torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64),
+                                     generator=g)
+    with torch.no_grad():   # the step-count embedding starts at zero: same predictions
+        a, b = multi.predict_levels(X, t), single.predict_levels(X, t)
+    assert all(torch.allclose(u, v, rtol=1e-12, atol=1e-12) for u, v in zip(a, b))
+    assert a[2].abs().max() > 0
