@@ -17,7 +17,6 @@ no step-count embedding (its state dict is unchanged) and may be evaluated on ot
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -157,6 +156,13 @@ class NTM(nn.Module):
         return bool(getattr(self.transporter, "label", None) is not None if flag is None
                     else flag)
 
+    def transporter_sees_steps(self) -> bool:
+        """Whether the transporter takes the step count (``steps=`` rows): its
+        ``step_conditioned`` flag, else whether it has a ``step_count`` embedding."""
+        flag = getattr(self.transporter, "step_conditioned", None)
+        return bool(getattr(self.transporter, "step_count", None) is not None if flag is None
+                    else flag)
+
     def transport(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, *,
                   steps: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         """``f_T``: rows ``x [R, D]`` at times ``t [R]`` (labels ``y [R]``) -> ``(u, logdet
@@ -169,10 +175,9 @@ class NTM(nn.Module):
         return self.transporter.inverse(u, t, y, **self._rows_steps(t, steps))
 
     def _rows_steps(self, t: Tensor, steps: Optional[int]) -> Dict[str, Tensor]:
-        """``{"steps": [R]}`` for a transporter whose ``forward`` takes ``steps`` (several
-        trained step counts only), else ``{}``."""
-        if not (self.multi_steps
-                and "steps" in inspect.signature(self.transporter.forward).parameters):
+        """``{"steps": [R]}`` for a step-conditioned transporter (several trained step counts
+        only), else ``{}``."""
+        if not (self.multi_steps and self.transporter_sees_steps()):
             return {}
         T = self.steps if steps is None else steps
         return {"steps": torch.full(t.shape, T, dtype=torch.long, device=t.device)}

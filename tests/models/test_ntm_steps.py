@@ -69,6 +69,7 @@ def test_the_predictor_sees_the_step_count():
 
 class _RecordingIdentity(torch.nn.Module):
     """An identity transporter that takes ``steps`` and records what it got."""
+    step_conditioned = True
 
     def __init__(self):
         super().__init__()
