@@ -52,6 +52,13 @@ def _to_space(model, u: Tensor, t: Tensor, y_from: Optional[Tensor], y_to: Optio
     return model.transport(x, t, y_to)[0]
 
 
+def _slots(levels: List[Optional[Tensor]]) -> Tensor:
+    """The predictor's input ``[n, T, D]`` from levels ``[u_{t_0}, ..., u_{t_T}]`` (slot ``j``
+    reads level ``j+1``; levels not sampled yet are zero, which causality ignores)."""
+    last = levels[-1]
+    return torch.stack([torch.zeros_like(last) if v is None else v for v in levels[1:]], dim=1)
+
+
 def reverse_levels(model, t: Tensor, y: Optional[Tensor], *, temperature: float = 1.0,
                    guidance: float = 0.0, generator: Optional[torch.Generator] = None,
                    use_cache: bool = True) -> List[Tensor]:
@@ -81,10 +88,7 @@ def reverse_levels(model, t: Tensor, y: Optional[Tensor], *, temperature: float 
             mu, log_sigma, cache = model.predictor.step(u_in, t_run[:, k], t_run[:, k + 1],
                                                         y_run, cache, **steps_kw)
         else:
-            def slots(levels):
-                return torch.stack([torch.zeros_like(u) if levels[j + 1] is None
-                                    else levels[j + 1] for j in range(T)], dim=1)
-            u_in = torch.cat([slots(U), slots(U_null)]) if guided else slots(U)
+            u_in = torch.cat([_slots(U), _slots(U_null)]) if guided else _slots(U)
             mu, log_sigma = model.predictor(u_in, t_run[:, :T], t_run[:, 1:], y_run,
                                             **steps_kw)
             mu, log_sigma = mu[:, k], log_sigma[:, k]
