@@ -45,11 +45,12 @@ def sampling_grid(model, n: int, steps: Optional[int], t_min: float, *, device, 
     return T, model.time_grid(n, T, t_min, device=device, dtype=dtype)
 
 
-def _to_space(model, u: Tensor, t: Tensor, y_from: Optional[Tensor], y_to: Optional[Tensor]
-              ) -> Tensor:
-    """``f_T(f_T^{-1}(u; t, y_from); t, y_to)`` for flat rows ``u [R, D]``, ``t [R]``."""
-    x, _ = model.transport_inverse(u, t, y_from)
-    return model.transport(x, t, y_to)[0]
+def _to_space(model, u: Tensor, t: Tensor, y_from: Optional[Tensor], y_to: Optional[Tensor],
+              steps: int) -> Tensor:
+    """``f_T(f_T^{-1}(u; t, y_from); t, y_to)`` for flat rows ``u [R, D]``, ``t [R]`` of
+    trajectories of ``steps`` steps."""
+    x, _ = model.transport_inverse(u, t, y_from, steps=steps)
+    return model.transport(x, t, y_to, steps=steps)[0]
 
 
 def _slots(levels: List[Optional[Tensor]]) -> Tensor:
@@ -95,21 +96,23 @@ def reverse_levels(model, t: Tensor, y: Optional[Tensor], *, temperature: float 
         if guided:
             mu_u = mu[n:]
             if own_spaces:
-                mu_u = _to_space(model, mu_u, t[:, k], y_null, y)
+                mu_u = _to_space(model, mu_u, t[:, k], y_null, y, T)
             mu, log_sigma = guide(mu[:n], log_sigma[:n], mu_u, log_sigma[n:], guidance)
         z = torch.randn(n, model.dim, generator=generator, device=p.device, dtype=p.dtype)
         U[k] = mu + temperature * torch.exp(log_sigma) * z
-        U_null[k] = _to_space(model, U[k], t[:, k], y, y_null) if own_spaces else U[k]
+        U_null[k] = _to_space(model, U[k], t[:, k], y, y_null, T) if own_spaces else U[k]
     return U
 
 
 def decode(model, u0: Tensor, t0: Tensor, y: Optional[Tensor],
-           denoiser: Optional[nn.Module] = None) -> Tensor:
-    """``x [n, *data_shape]`` from the cleanest level ``u0 [n, D]`` at ``t0 [n]``: the
-    transporter inverse, or ``denoiser(u0 [n, *data_shape], t0, y)``."""
+           denoiser: Optional[nn.Module] = None, *, steps: Optional[int] = None) -> Tensor:
+    """``x [n, *data_shape]`` from the cleanest level ``u0 [n, D]`` at ``t0 [n]`` of a
+    trajectory of ``steps`` steps: the transporter inverse, or ``denoiser(u0 [n,
+    *data_shape], t0, y)``."""
     n = u0.shape[0]
     if denoiser is None:
-        return model.transport_inverse(u0, t0, y)[0].view(n, *model.data_shape)
+        x, _ = model.transport_inverse(u0, t0, y, steps=steps)
+        return x.view(n, *model.data_shape)
     x = denoiser(u0.view(n, *model.data_shape), t0, y)
     if tuple(x.shape) != (n, *model.data_shape):
         raise ValueError(f"sample: the denoiser returned shape {list(x.shape)}, expected "
@@ -123,7 +126,7 @@ def x_levels(model, U: List[Tensor], t: Tensor, y: Optional[Tensor]) -> Tensor:
     n, T, D = t.shape[0], t.shape[1] - 1, model.dim
     rows_y = None if y is None else y.repeat_interleave(T)
     Xs, _ = model.transport_inverse(torch.stack(U[:T], dim=1).reshape(n * T, D),
-                                    t[:, :T].reshape(n * T), rows_y)
+                                    t[:, :T].reshape(n * T), rows_y, steps=T)
     return torch.cat([Xs.view(n, T, D), U[T].unsqueeze(1)], dim=1)
 
 
@@ -151,7 +154,7 @@ def sample(model, n: int, y=None, steps: Optional[int] = None, *, temperature: f
         X_shaped = X.view(n, T + 1, *model.data_shape)
         x = model.posterior_mean(X_shaped, t, y).detach()
     else:
-        x = decode(model, U[0], t[:, 0], y, denoiser)
+        x = decode(model, U[0], t[:, 0], y, denoiser, steps=T)
     if not return_trajectory:
         return x
     if X is None:

@@ -109,6 +109,17 @@ def test_training_draws_the_step_count_per_example():
     assert model.predictor.steps_embed.weight.grad.abs().min() > 0
 
 
+def test_sampling_gives_the_transporter_the_sampled_step_count():
+    model = multi_ntm().eval()
+    model.transporter = _RecordingIdentity()
+    for T in (2, 3):
+        model.transporter.seen.clear()
+        model.sample(2, y=1, steps=T, guidance=1.0, return_trajectory=True)
+        model.sample(2, y=1, steps=T, t_min=0.05, sampler="trajectory-denoise")
+        assert model.transporter.seen and all(
+            s is not None and (s == T).all() for s in model.transporter.seen)
+
+
 def test_auto_shift_is_the_papers_rule():
     assert schedule.auto_shift(256) == pytest.approx(math.exp(0.5), rel=1e-15)
     assert schedule.auto_shift(4096) == pytest.approx(math.exp(1.15), rel=1e-15)
