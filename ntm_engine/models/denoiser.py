@@ -1,4 +1,4 @@
-"""The light denoiser ``g(u_{t_0}, t_0, y)`` distilled from an NTM (DESIGN.md section 1,
+"""The light denoiser ``g(u_{t_0}, t_0, y)`` distilled from an NTM (docs/design.md section 1,
 "Trajectory denoising and self-distillation").
 
 It reads the transporter's output at the cleanest level, ``u_{t_0} = f_T(x_{t_0}; t_0, y)``,

@@ -1,5 +1,5 @@
 """Flow-matching pretraining of the NTM predictor, and the NTM initialised from it
-(DESIGN.md section 1, "Initialising from a flow-matching model").
+(docs/design.md section 1, "Initialising from a flow-matching model").
 
 The flow-matching (FM) model is the NTM's own predictor backbone,
 :class:`~.predictor.TrajectoryPredictor` with ``parameterization="flow_matching"``, trained
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from . import schedule
 from .embedding import drop_labels, resolve_labels
 from .predictor import TrajectoryPredictor, default_patch_size
+from .trajectory_loss import gather_groups
 
 __all__ = ["FlowMatchingModel", "TRAJECTORY_FRACTION", "EULER_STEPS", "ARCHITECTURE_KEYS",
            "random_grid", "velocity_targets", "architecture_differences",
@@ -90,32 +91,36 @@ class FlowMatchingModel(nn.Module):
     """A velocity model ``v(x_t, t)`` whose network is the NTM predictor (module docstring).
 
     Arguments as :class:`~.ntm.NTM` (the predictor's and the grid's; ``steps`` = slots per
-    presented trajectory; ``label_dropout`` for classifier-free guidance; ``data_std`` only
+    presented trajectory, the largest count of a sequence such as ``(4, 8, 16)``; ``label_dropout`` for classifier-free guidance; ``data_std`` only
     shapes the NTM started from it).  :meth:`from_ntm_config` takes an NTM config dict.
     """
 
     def __init__(self, data_shape: Sequence[int], steps: int = 4, num_classes: int = 0, *,
                  width: int = 128, depth: int = 4, heads: int = 4,
                  patch_size: Optional[int] = None, mlp_ratio: float = 4.0,
-                 shift: float = 1.0, t_min_max: float = 0.05, label_dropout: float = 0.1,
+                 shift: Union[None, str, float] = 1.0, t_min_max: float = 0.05,
+                 label_dropout: float = 0.1,
                  data_mean: float = 0.0, data_std: float = 1.0, sigma_clamp: float = 6.0):
         super().__init__()
-        data_shape = schedule.check_shape_and_steps(data_shape, steps)
+        counts = schedule.step_counts(steps)
+        data_shape = schedule.check_shape_and_steps(data_shape, counts[-1])
         if not 0 <= t_min_max < 1:
             raise ValueError(f"t_min_max must lie in [0, 1), got {t_min_max}")
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
         self.config: Dict[str, Any] = dict(
-            data_shape=data_shape, steps=steps, num_classes=num_classes, width=width,
+            data_shape=data_shape, steps=list(counts) if isinstance(steps, (list, tuple))
+            else steps, num_classes=num_classes, width=width,
             depth=depth, heads=heads, patch_size=patch_size, mlp_ratio=mlp_ratio, shift=shift,
             t_min_max=t_min_max, label_dropout=label_dropout, data_mean=data_mean,
             data_std=data_std, sigma_clamp=sigma_clamp)
-        self.data_shape, self.steps, self.num_classes = data_shape, steps, num_classes
+        self.data_shape, self.steps, self.num_classes = data_shape, counts[-1], num_classes
         self.dim = math.prod(data_shape)
-        self.shift, self.t_min_max, self.label_dropout = shift, t_min_max, label_dropout
+        self.t_min_max, self.label_dropout = t_min_max, label_dropout
         self.predictor = TrajectoryPredictor(data_shape, width, depth, heads, patch_size,
                                              num_classes, mlp_ratio, data_mean, data_std,
                                              sigma_clamp, parameterization="flow_matching")
+        self.shift = schedule.resolve_shift(shift, self.predictor.tokens)
 
     @classmethod
     def from_ntm_config(cls, cfg: Mapping[str, Any]) -> "FlowMatchingModel":
@@ -244,7 +249,12 @@ def load_predictor_weights(ntm: nn.Module, fm_state: Mapping[str, Tensor]) -> No
                          "parameterization='flow_matching', got "
                          f"{ntm.predictor.parameterization!r}")
     sd = {k[len("predictor."):]: v for k, v in fm_state.items() if k.startswith("predictor.")}
-    ntm.predictor.load_state_dict(sd, strict=True)
+    missing, unexpected = ntm.predictor.load_state_dict(sd, strict=False)
+    # an NTM of several step counts adds its (zero-initialised) step-count embedding
+    missing = [k for k in missing if not k.startswith("steps_embed.")]
+    if missing or unexpected:
+        raise ValueError(f"the flow-matching weights do not fit the NTM's predictor: missing "
+                         f"{missing}, unexpected {unexpected}")
 
 
 def ntm_from_flow_matching(fm: FlowMatchingModel, **ntm_kwargs) -> nn.Module:
@@ -267,18 +277,23 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 
 def anchored_trajectory_nll(ntm: nn.Module, reference: TrajectoryPredictor, x: Tensor,
-                            y: Labels = None, generator: Optional[torch.Generator] = None
-                            ) -> Tuple[Tensor, Tensor]:
+                            y: Labels = None, generator: Optional[torch.Generator] = None, *,
+                            trajectory_loss: str = "end_to_end") -> Tuple[Tensor, Tensor]:
     """``(nll [B], sq [B])``: the NTM's training loss :meth:`~.ntm.NTM.trajectory_nll` (same
-    draws from ``generator``, same value) and ``|mu - mu_FM|^2`` summed over slots and
-    dimensions, ``mu_FM`` from the frozen ``reference`` predictor on the same slot inputs,
-    times and (dropped) labels, without gradient.  Fine-tuning minimises
-    ``nll + lambda * sq``."""
-    X, t, y = ntm.training_trajectory(x, y, generator)
-    U, logdet, mu, log_sigma = ntm.predict_levels(X, t, y)
-    nll = ntm.nll_from_levels(X, U, logdet, mu, log_sigma)
-    T = U.shape[1]
-    tt = t.to(U.dtype)
-    with torch.no_grad():
-        mu_ref, _ = reference(ntm.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y)
-    return nll, (mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2))
+    draws from ``generator``, same ``trajectory_loss``, same value) and ``|mu - mu_FM|^2``
+    summed over slots and dimensions, ``mu_FM`` from the frozen ``reference`` predictor on
+    the same slot inputs, times and (dropped) labels, without gradient.  Fine-tuning
+    minimises ``nll + lambda * sq``."""
+    nll, sq = [], []
+    for idx, X, t, y_g in ntm.training_groups(x, y, generator):
+        levels = ntm.predict_levels(X, t, y_g)
+        nll.append((idx, ntm.loss_from_levels(X, levels, trajectory_loss=trajectory_loss,
+                                               generator=generator)))
+        U, _, mu, _ = levels
+        T = U.shape[1]
+        tt = t.to(U.dtype)
+        with torch.no_grad():
+            mu_ref, _ = reference(ntm.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y_g)
+        sq.append((idx, (mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2))))
+    B = x.shape[0]
+    return gather_groups(nll, B), gather_groups(sq, B)

@@ -1,4 +1,4 @@
-"""Classifier-free guidance of Gaussian reverse steps (DESIGN.md section 1, "Guidance")."""
+"""Classifier-free guidance of Gaussian reverse steps (docs/design.md section 1, "Guidance")."""
 from __future__ import annotations
 
 from typing import Tuple

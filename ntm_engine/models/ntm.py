@@ -1,4 +1,4 @@
-"""The Normalizing Trajectory Model (DESIGN.md section 1).
+"""The Normalizing Trajectory Model (docs/design.md section 1).
 
 Shapes: data ``x [B, *data_shape]`` (``[D]`` or ``[C, H, W]``, ``D`` = number of elements);
 a trajectory ``X [B, T+1, *data_shape]`` with levels ``x_{t_0}, ..., x_{t_T}`` on a grid
@@ -7,37 +7,50 @@ a trajectory ``X [B, T+1, *data_shape]`` with levels ``x_{t_0}, ..., x_{t_T}`` o
 ``u_{t_k} = f_T(x_{t_k}; t_k, y)`` for ``k < T`` (the transporter), ``u_{t_T} = x_1``.  The
 predictor gives ``N(mu_k, sig_k^2)`` for ``u_{t_k}`` from ``u_{t_{k+1}}, ..., u_{t_T}``.
 All log-densities are per sample, in nats.
+
+Several step counts: ``NTM(..., steps=(4, 8, 16))`` trains with ``T`` drawn per example
+(uniformly from the trained counts; the batch is grouped by ``T``, one transporter and one
+predictor pass per group, so no compute is spent on padding and each group's pass is exactly
+the single-``T`` one); the predictor (and a transporter that accepts ``steps=``) then sees
+``T`` and the model is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
+no step-count embedding (its state dict is unchanged) and may be evaluated on other grids.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .. import ops
 from . import schedule
 from .embedding import drop_labels, resolve_labels
-from .guidance import guide
+from .likelihood import log_likelihood_bound
 from .predictor import TrajectoryPredictor
+from .sampler import sample as _sample
+from .trajectory_loss import end_to_end_nll, gather_groups, trajectory_loss as _loss
 from .transporter import build_transporter
 
 __all__ = ["NTM"]
 
 Labels = Union[None, int, Tensor]
+Group = Tuple[Optional[Tensor], Tensor, Tensor, Optional[Tensor]]
 
 
 class NTM(nn.Module):
     """Normalizing Trajectory Model for data of shape ``data_shape`` (``[D]`` or ``[C,H,W]``).
 
-    ``steps`` (T) levels below ``t = 1``; ``num_classes > 0`` makes it class-conditional
+    ``steps`` (T) levels below ``t = 1``, an int or several (e.g. ``(4, 8, 16)``: ``T`` drawn per
+    example in training, :attr:`trained_steps`; :attr:`steps` is the smallest, the default
+    of sampling and of the likelihood); ``num_classes > 0`` makes it class-conditional
     (labels dropped to a null class with probability ``label_dropout`` in training, for
     guidance).  Predictor: ``width``, ``depth``, ``heads``, ``patch_size`` (None: 4/2/1 for
     images, one token of up to 64 features for vectors), ``mlp_ratio``.  Transporter:
     ``transporter_layers`` couplings (0: identity) with ``transporter_hidden`` units,
     soft clamp ``clamp``, time/class context of ``context_dim``, ``reversible`` backward.
-    Grid: shifted schedule ``shift``; in training ``t_0 ~ U[0, t_min_max]`` per sample.
+    Grid: shifted schedule ``shift`` (a number, None = 1, or ``"auto"``: the paper's rule from
+    the predictor's token count per level, :func:`~.schedule.auto_shift`); in training
+    ``t_0 ~ U[0, t_min_max]`` per sample.
     ``data_mean``/``data_std``: the new predictor is the exact reverse process of data
     ``N(data_mean, data_std^2 I)`` (a sensible start; the head learns a correction).
     ``sigma_clamp`` bounds the learned log-scale correction.  ``parameterization``:
@@ -45,41 +58,50 @@ class NTM(nn.Module):
     an NTM initialised from a flow-matching model, :mod:`.flow_matching`).
     """
 
-    def __init__(self, data_shape: Sequence[int], steps: int = 4, num_classes: int = 0, *,
+    def __init__(self, data_shape: Sequence[int], steps: Union[int, Sequence[int]] = 4,
+                 num_classes: int = 0, *,
                  width: int = 128, depth: int = 4, heads: int = 4,
                  patch_size: Optional[int] = None, transporter_layers: int = 4,
-                 transporter_hidden: int = 128, shift: float = 1.0, t_min_max: float = 0.05,
+                 transporter_hidden: int = 128, shift: Union[None, str, float] = 1.0,
+                 t_min_max: float = 0.05,
                  label_dropout: float = 0.1, clamp: Optional[float] = 2.0,
                  mlp_ratio: float = 4.0, context_dim: int = 64, data_mean: float = 0.0,
                  data_std: float = 1.0, sigma_clamp: float = 6.0, reversible: bool = True,
                  parameterization: str = "gaussian", transporter: str = "coupling",
                  transporter_label_conditioned: bool = False):
         super().__init__()
-        data_shape = schedule.check_shape_and_steps(data_shape, steps)
-        t1 = schedule.first_interior_time(steps, shift)
-        if not 0 <= t_min_max < t1:
-            raise ValueError(f"t_min_max must lie in [0, t_1 = {t1:.4g}), got {t_min_max}")
+        counts = schedule.step_counts(steps)
+        data_shape = schedule.check_shape_and_steps(data_shape, counts[0])
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
         self.config: Dict[str, Any] = dict(
-            data_shape=data_shape, steps=steps, num_classes=num_classes, width=width,
-            depth=depth, heads=heads, patch_size=patch_size,
+            data_shape=data_shape, steps=list(counts) if isinstance(steps, (list, tuple))
+            else steps, num_classes=num_classes, width=width, depth=depth, heads=heads, patch_size=patch_size,
             transporter_layers=transporter_layers, transporter_hidden=transporter_hidden,
             shift=shift, t_min_max=t_min_max, label_dropout=label_dropout, clamp=clamp,
             mlp_ratio=mlp_ratio, context_dim=context_dim, data_mean=data_mean,
             data_std=data_std, sigma_clamp=sigma_clamp, reversible=reversible,
             parameterization=parameterization, transporter=transporter,
             transporter_label_conditioned=transporter_label_conditioned)
-        self.data_shape, self.steps, self.num_classes = data_shape, steps, num_classes
+        self.data_shape, self.num_classes = data_shape, num_classes
+        self.trained_steps: Tuple[int, ...] = counts
+        self.steps = counts[0]
         self.dim = math.prod(data_shape)
-        self.shift, self.t_min_max, self.label_dropout = shift, t_min_max, label_dropout
+        self.t_min_max, self.label_dropout = t_min_max, label_dropout
         self.transporter = build_transporter(
             transporter, data_shape, layers=transporter_layers, hidden=transporter_hidden,
             num_classes=num_classes, clamp=clamp, context_dim=context_dim, reversible=reversible,
-            label_conditioned=transporter_label_conditioned, patch_size=patch_size)
-        self.predictor = TrajectoryPredictor(data_shape, width, depth, heads, patch_size,
-                                             num_classes, mlp_ratio, data_mean, data_std,
-                                             sigma_clamp, parameterization)
+            label_conditioned=transporter_label_conditioned, patch_size=patch_size,
+            step_conditioned=self.multi_steps)
+        self.predictor = TrajectoryPredictor(
+            data_shape, width, depth, heads, patch_size, num_classes, mlp_ratio, data_mean,
+            data_std, sigma_clamp, parameterization,
+            step_counts=counts if self.multi_steps else None)
+        self.shift = schedule.resolve_shift(shift, self.predictor.tokens)
+        t1 = schedule.first_interior_time(counts[-1], self.shift)
+        if not 0 <= t_min_max < t1:
+            raise ValueError(f"t_min_max must lie in [0, t_1 = {t1:.4g}) (T = {counts[-1]}, "
+                             f"shift {self.shift:.4g}), got {t_min_max}")
 
     # ------------------------------------------------------------------ configs
     @staticmethod
@@ -109,17 +131,76 @@ class NTM(nn.Module):
         return cls(**{**cls.toy_config(), **overrides})
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def multi_steps(self) -> bool:
+        """True when trained on several step counts (the predictor then sees ``T``)."""
+        return len(self.trained_steps) > 1
+
+    def check_steps(self, steps: Optional[int]) -> int:
+        """``steps`` (None: :attr:`steps`) after checking that a model trained on several step
+        counts was trained on it (ValueError naming ``steps`` otherwise)."""
+        T = self.steps if steps is None else int(steps)
+        if T < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if self.multi_steps and T not in self.trained_steps:
+            raise ValueError(f"steps: T = {T} was not trained; this model was trained on step "
+                             f"counts {self.trained_steps}")
+        return T
+
+    def predictor_steps(self, T: int, rows: int, device) -> Dict[str, Tensor]:
+        """The predictor's ``steps=`` keyword for ``rows`` trajectories of ``T`` steps (empty
+        for a model with one step count)."""
+        if not self.multi_steps:
+            return {}
+        return {"steps": torch.full((rows,), T, dtype=torch.long, device=device)}
+
+    def transporter_sees_labels(self) -> bool:
+        """Whether the transporter is label-conditioned (legacy; guidance then runs each branch
+        in its own space, :mod:`.sampler`)."""
+        flag = getattr(self.transporter, "label_conditioned", None)
+        return bool(getattr(self.transporter, "label", None) is not None if flag is None
+                    else flag)
+
+    def transporter_sees_steps(self) -> bool:
+        """Whether the transporter takes the step count (``steps=`` rows): its
+        ``step_conditioned`` flag, else whether it has a ``step_count`` embedding."""
+        flag = getattr(self.transporter, "step_conditioned", None)
+        return bool(getattr(self.transporter, "step_count", None) is not None if flag is None
+                    else flag)
+
+    def transport(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, *,
+                  steps: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """``f_T``: rows ``x [R, D]`` at times ``t [R]`` (labels ``y [R]``) -> ``(u, logdet
+        [R])``; ``steps`` (the trajectories' ``T``) reaches a transporter that takes it."""
+        return self.transporter(x, t, y, **self._rows_steps(t, steps))
+
+    def transport_inverse(self, u: Tensor, t: Tensor, y: Optional[Tensor] = None, *,
+                          steps: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """``f_T^{-1}`` of rows ``u [R, D]`` (arguments as :meth:`transport`)."""
+        return self.transporter.inverse(u, t, y, **self._rows_steps(t, steps))
+
+    def _rows_steps(self, t: Tensor, steps: Optional[int]) -> Dict[str, Tensor]:
+        """``{"steps": [R]}`` for a step-conditioned transporter (several trained step counts
+        only), else ``{}``."""
+        if not (self.multi_steps and self.transporter_sees_steps()):
+            return {}
+        T = self.steps if steps is None else steps
+        return {"steps": torch.full(t.shape, T, dtype=torch.long, device=t.device)}
+
     def time_grid(self, batch: int, steps: Optional[int] = None,
                   t_min: Union[None, float, Tensor] = 0.0, *, device=None,
                   dtype=torch.float32) -> Tensor:
-        """``t [batch, steps+1]`` on this model's schedule (``steps`` None: the trained T)."""
+        """``t [batch, steps+1]`` on this model's schedule (``steps`` None: :attr:`steps`)."""
         return schedule.time_grid(batch, steps or self.steps, self.shift, t_min,
                                   device=device, dtype=dtype)
 
-    def _labels(self, y: Labels, batch: int, device) -> Optional[Tensor]:
+    def resolve_labels(self, y: Labels, batch: int, device) -> Optional[Tensor]:
+        """Labels ``y`` (None, an int, or ``[batch]``) as a long tensor ``[batch]`` or None."""
         return resolve_labels(y, batch, self.num_classes, device)
 
-    def _check_denoiser(self, denoiser: Optional[nn.Module]) -> None:
+    _labels = resolve_labels
+
+    def check_denoiser(self, denoiser: Optional[nn.Module]) -> None:
         """A denoiser that declares ``data_shape``/``num_classes`` must declare this model's."""
         if denoiser is None:
             return
@@ -139,8 +220,10 @@ class NTM(nn.Module):
 
     # ------------------------------------------------------------------ forward process
     def forward_trajectory(self, x: Tensor, generator: Optional[torch.Generator] = None,
-                           t_min: Union[None, float, Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """Draw a Markov forward trajectory of data ``x [B, *data_shape]``.
+                           t_min: Union[None, float, Tensor] = None, *,
+                           steps: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """Draw a Markov forward trajectory of data ``x [B, *data_shape]`` with ``steps`` (None:
+        :attr:`steps`) steps.
 
         Returns ``(X [B, T+1, *data_shape], t [B, T+1])`` with ``X[:, 0] = x_{t_0}`` and
         ``X[:, T] = x_1 ~ N(0, I)``.  ``t_min`` (``t_0``): a number or ``[B]``; None draws
@@ -148,16 +231,16 @@ class NTM(nn.Module):
         draws (``t_0`` first, then the noise) come from ``generator``.
         """
         self._check_data(x)
-        B = x.shape[0]
+        B, T = x.shape[0], self.check_steps(steps)
         if t_min is None:
             if self.training and self.t_min_max > 0:
                 t_min = torch.rand(B, generator=generator, device=x.device,
                                    dtype=x.dtype) * self.t_min_max
             else:
                 t_min = 0.0
-        t = self.time_grid(B, self.steps, t_min, device=x.device, dtype=x.dtype)
+        t = self.time_grid(B, T, t_min, device=x.device, dtype=x.dtype)
         X = schedule.forward_trajectory(x.reshape(B, self.dim), t, generator)
-        return X.view(B, self.steps + 1, *self.data_shape), t
+        return X.view(B, T + 1, *self.data_shape), t
 
     # ------------------------------------------------------------------ likelihood
     def predict_levels(self, X: Tensor, t: Tensor, y: Labels = None
@@ -174,13 +257,15 @@ class NTM(nn.Module):
         if T < 1 or tuple(X.shape[2:]) != self.data_shape or t.shape != (B, T + 1):
             raise ValueError(f"X must be [B, T+1, {', '.join(map(str, self.data_shape))}] with "
                              f"T >= 1 and t [B, T+1]; got X {list(X.shape)}, t {list(t.shape)}")
+        T = self.check_steps(T)
         Xf = X.reshape(B, T + 1, D)
         t = t.to(X.dtype)
         rows_y = None if y is None else y.repeat_interleave(T)
-        u, logdet = self.transporter(Xf[:, :T].reshape(B * T, D), t[:, :T].reshape(B * T),
-                                     rows_y)
+        u, logdet = self.transport(Xf[:, :T].reshape(B * T, D), t[:, :T].reshape(B * T),
+                                   rows_y, steps=T)
         U = u.view(B, T, D)
-        mu, log_sigma = self.predictor(self.slot_inputs(U, X), t[:, :T], t[:, 1:], y)
+        mu, log_sigma = self.predictor(self.slot_inputs(U, X), t[:, :T], t[:, 1:], y,
+                                       **self.predictor_steps(T, B, X.device))
         return U, logdet.view(B, T), mu.to(U.dtype), log_sigma.to(U.dtype)
 
     @staticmethod
@@ -191,18 +276,24 @@ class NTM(nn.Module):
         return torch.cat([U[:, 1:], X.reshape(B, T + 1, D)[:, T:]], dim=1)
 
     def _nll(self, X: Tensor, t: Tensor, y: Optional[Tensor]) -> Tensor:
-        """``L [B]`` (DESIGN.md section 1) of trajectory ``X [B, T+1, ...]`` on ``t [B, T+1]``."""
+        """``L [B]`` (docs/design.md section 1) of trajectory ``X [B, T+1, ...]`` on ``t [B, T+1]``."""
         return self.nll_from_levels(X, *self._predict(X, t, y))
 
     def nll_from_levels(self, X: Tensor, U: Tensor, logdet: Tensor, mu: Tensor,
                         log_sigma: Tensor) -> Tensor:
         """``L [B]`` of trajectory ``X`` from the outputs of :meth:`predict_levels` on it."""
-        B, T, D = U.shape
-        nll = ops.gaussian_nll(U.reshape(B, T * D), mu.reshape(B, T * D),
-                               log_sigma.reshape(B, T * D))
-        prior = 0.5 * X.reshape(B, T + 1, D)[:, T].pow(2).sum(dim=1)
-        const = (T + 1) * D * 0.5 * math.log(2 * math.pi)
-        return nll + prior - logdet.sum(dim=1) + const
+        return end_to_end_nll(self._last_level(X), U, logdet, mu, log_sigma)
+
+    def _last_level(self, X: Tensor) -> Tensor:
+        return X.reshape(X.shape[0], X.shape[1], self.dim)[:, -1]
+
+    def loss_from_levels(self, X: Tensor, levels: Tuple[Tensor, Tensor, Tensor, Tensor], *,
+                         trajectory_loss: str = "end_to_end",
+                         generator: Optional[torch.Generator] = None) -> Tensor:
+        """The training loss ``[B]`` from the outputs of :meth:`predict_levels` on ``X``:
+        ``trajectory_loss`` ``"end_to_end"`` (``L``) or ``"pairwise"`` (one factor per sample,
+        drawn from ``generator``, times ``T``; same expectation), :mod:`.trajectory_loss`."""
+        return _loss(trajectory_loss, self._last_level(X), levels, generator)
 
     def trajectory_log_prob(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:
         """Exact ``log p(X) [B]`` (nats) of a trajectory ``X [B, T+1, *data_shape]`` on the grid
@@ -211,13 +302,48 @@ class NTM(nn.Module):
         return -self._nll(X, t, self._labels(y, X.shape[0], X.device))
 
     def trajectory_nll(self, x: Tensor, y: Labels = None,
-                       generator: Optional[torch.Generator] = None) -> Tensor:
+                       generator: Optional[torch.Generator] = None, *,
+                       trajectory_loss: str = "end_to_end") -> Tensor:
         """The training loss: ``-log p(X) [B]`` (nats) of a forward trajectory ``X`` drawn from
-        data ``x [B, *data_shape]`` (``t_0`` random in training mode, 0 in eval mode).  In
-        training mode labels are replaced by the null class with probability
-        ``label_dropout`` (drawn from ``generator`` after the trajectory).  One transporter
-        pass over ``B*T`` rows and one predictor pass."""
-        return self._nll(*self.training_trajectory(x, y, generator))
+        data ``x [B, *data_shape]`` (``t_0`` random in training mode, 0 in eval mode; ``T``
+        drawn per sample for a model with several step counts).  In training mode labels are
+        replaced by the null class with probability ``label_dropout`` (drawn from
+        ``generator`` after the trajectory).  One transporter pass over ``B*T`` rows and one
+        predictor pass (per step count).  ``trajectory_loss="pairwise"``: one random factor
+        per sample, scaled by ``T`` (same expectation, :meth:`loss_from_levels`)."""
+        parts = []
+        for idx, X, t, yg in self.training_groups(x, y, generator):
+            levels = self._predict(X, t, yg)
+            parts.append((idx, self.loss_from_levels(X, levels, generator=generator,
+                                                     trajectory_loss=trajectory_loss)))
+        return gather_groups(parts, x.shape[0])
+
+    def training_groups(self, x: Tensor, y: Labels = None,
+                        generator: Optional[torch.Generator] = None) -> List[Group]:
+        """The random draws of :meth:`trajectory_nll` as groups of one step count each:
+        ``[(idx [b] or None = all, X [b, T+1, ...], t [b, T+1], y [b] or None), ...]``.
+        One step count: :meth:`training_trajectory`.  Several: first ``T`` per sample
+        (uniform over :attr:`trained_steps`), then one trajectory per group (increasing
+        ``T``), then label dropout."""
+        if not self.multi_steps:
+            return [(None, *self.training_trajectory(x, y, generator))]
+        B = x.shape[0]
+        choice = torch.randint(len(self.trained_steps), (B,), generator=generator,
+                               device=x.device)
+        groups = []
+        for i, T in enumerate(self.trained_steps):
+            idx = (choice == i).nonzero().view(-1)
+            if len(idx):
+                groups.append((idx, *self.forward_trajectory(x[idx], generator, steps=T)))
+        y = self._dropped_labels(y, B, x.device, generator)
+        return [(idx, X, t, None if y is None else y[idx]) for idx, X, t in groups]
+
+    def _dropped_labels(self, y: Labels, batch: int, device,
+                        generator: Optional[torch.Generator]) -> Optional[Tensor]:
+        y = self._labels(y, batch, device)
+        if self.training:
+            y = drop_labels(y, self.label_dropout, self.num_classes, generator)
+        return y
 
     def training_trajectory(self, x: Tensor, y: Labels = None,
                             generator: Optional[torch.Generator] = None
@@ -226,10 +352,7 @@ class NTM(nn.Module):
         t [B, T+1], y [B] or None)``, a forward trajectory of ``x`` and the labels after
         label dropout (training mode only)."""
         X, t = self.forward_trajectory(x, generator)
-        y = self._labels(y, x.shape[0], x.device)
-        if self.training:
-            y = drop_labels(y, self.label_dropout, self.num_classes, generator)
-        return X, t, y
+        return X, t, self._dropped_labels(y, x.shape[0], x.device, generator)
 
     def forward_entropy(self, t: Tensor) -> Tensor:
         """``H_q [B]`` (nats) of the forward process on grid ``t [B, T+1]``."""
@@ -237,100 +360,53 @@ class NTM(nn.Module):
 
     def bits_per_dim(self, x: Tensor, y: Labels = None, levels: int = 256,
                      generator: Optional[torch.Generator] = None, *,
-                     dequantize: bool = False) -> Tensor:
+                     dequantize: bool = False, samples: int = 1,
+                     steps: Optional[int] = None) -> Tensor:
         """Per-sample bound ``[B]`` on bits/dim of discrete data with ``levels`` bins on [-1, 1]
-        (digits: 17; 8-bit: 256): ``(L - H_q) / (D ln 2) + log2(levels / 2)`` with ``t_0 = 0``
-        and one forward trajectory per sample.  Its mean over data is an upper bound on the
-        bits/dim of the dequantised model.  ``x`` must already be uniformly dequantised
+        (digits: 17; 8-bit: 256), with ``t_0 = 0`` on the grid of ``steps`` (None:
+        :attr:`steps`): :func:`~.likelihood.log_likelihood_bound` over ``samples = K``
+        forward trajectories (``K = 1``: ``(L - H_q) / (D ln 2)``; ``K > 1``: importance-
+        weighted, tighter), in bits/dim, plus ``log2(levels / 2)``.  The mean over data
+        bounds the bits/dim of the dequantised model.  ``x`` must already be uniformly dequantised
         (:func:`ntm_engine.data.dequantize`), unless ``dequantize=True``, which adds the
-        noise here (drawn from ``generator`` before the trajectory).  No label dropout."""
+        noise here (drawn from ``generator`` before the trajectories).  No label dropout."""
         self._check_data(x)
         if dequantize:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + (noise - 0.5) * (2.0 / levels)
-        X, t = self.forward_trajectory(x, generator, t_min=0.0)
-        L = self._nll(X, t, self._labels(y, x.shape[0], x.device))
-        bound = (L - self.forward_entropy(t).to(L.dtype)) / (self.dim * math.log(2))
-        return bound + math.log2(levels / 2)
+        log_px = log_likelihood_bound(self, x, self._labels(y, x.shape[0], x.device),
+                                      samples=samples, generator=generator, steps=steps)
+        return -log_px / (self.dim * math.log(2)) + math.log2(levels / 2)
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample(self, n: int, y: Labels = None, steps: Optional[int] = None,
+    def sample(self, n: int, y: Labels = None, steps: Optional[int] = None, *,
                temperature: float = 1.0, guidance: float = 0.0,
                generator: Optional[torch.Generator] = None, return_trajectory: bool = False,
-               use_cache: bool = True, t_min: float = 0.0,
-               denoiser: Optional[nn.Module] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        """Draw ``n`` samples ``[n, *data_shape]`` (no gradients).
+               use_cache: bool = True, t_min: float = 0.0, denoiser: Optional[nn.Module] = None,
+               sampler: str = "transporter") -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Draw ``n`` samples ``[n, *data_shape]`` (no gradients; steps in :mod:`.sampler`).
 
         ``u_1 ~ N(0, I)``; for ``k = T-1..0``: ``u_{t_k} = mu_k + temperature * sig_k * z``;
-        ``x = f_T^{-1}(u_{t_0}; t_0)``.  ``steps`` (None: the trained T) evaluates the
-        predictor on another grid of the same schedule; ``t_min`` is that grid's ``t_0``
-        (``0 <= t_min < t_1``).  ``denoiser`` (e.g. a :class:`~.denoiser.Denoiser` distilled
-        from this model at ``t_0 = t_min``): ``x = denoiser(u_{t_0} [n, *data_shape], t_0 [n],
-        y)`` replaces the transporter inverse (DESIGN.md, "Trajectory denoising").  ``y``: int or ``[n]`` labels
-        (None: unconditional, the null class).  ``guidance`` ``w != 0`` (needs labels) runs
-        the unconditional branch alongside (one batch of ``2n``) and combines the two
-        Gaussians with :func:`~.guidance.guide`; the transporter inverse uses the labels.
-        ``use_cache`` keeps the keys/values of finished slots (each step embeds one level);
-        without it every step reruns all slots (unfinished inputs zero, which causality
-        ignores).  Noise is drawn from ``generator``: ``u_1`` then one ``z`` per step.
-        With ``return_trajectory``: returns ``(x, X)``, ``X [n, steps+1, *data_shape]`` the
-        x-space levels ``x_{t_0} = x, ..., x_{t_T} = u_1`` (level 0 is the output ``x``, the
-        denoised one when a ``denoiser`` is given).
+        ``x = f_T^{-1}(u_{t_0}; t_0)``.  ``steps`` (None: :attr:`steps`) is the grid's ``T``;
+        a model trained on several step counts refuses an untrained one, a model trained on
+        one evaluates its predictor on any grid of the same schedule.  ``t_min`` is the
+        grid's ``t_0`` (``0 <= t_min < t_1``).  ``y``: int or ``[n]`` labels (None: the null
+        class).  ``guidance`` ``w != 0`` (needs labels) runs the unconditional branch
+        alongside (one batch of ``2n``) and combines the two Gaussians with
+        :func:`~.guidance.guide` (in one space; see :mod:`.sampler` for a label-conditioned
+        transporter).  ``use_cache`` keeps the keys/values of finished slots.  Decoders:
+        ``denoiser`` (e.g. a :class:`~.denoiser.Denoiser` distilled at ``t_0 = t_min``):
+        ``x = denoiser(u_{t_0} [n, *data_shape], t_0 [n], y)`` replaces the transporter
+        inverse; ``sampler="trajectory-denoise"`` (the slow exact path; use ``t_min > 0``):
+        the whole trajectory through ``f_T^{-1}``, then ``x`` = :meth:`posterior_mean` of it
+        (Tweedie with the matrix ``S``, docs/design.md section 1, "Trajectory denoising").
+        Noise from ``generator``: ``u_1`` then one ``z`` per step.  ``return_trajectory``:
+        ``(x, X)``, ``X [n, T+1, *data_shape]`` the x-space levels ``x_{t_0}, ..., x_{t_T} =
+        u_1`` with level 0 replaced by the output ``x``.
         """
-        p = next(self.parameters())
-        device, dtype, D = p.device, p.dtype, self.dim
-        T = steps or self.steps
-        t1 = schedule.first_interior_time(T, self.shift)
-        if not 0 <= t_min < t1:
-            raise ValueError(f"sample: t_min (the t_0 of the sampling grid) must lie in "
-                             f"[0, t_1 = {t1:.4g}) for {T} steps with shift {self.shift}, "
-                             f"got {t_min}")
-        self._check_denoiser(denoiser)
-        t = self.time_grid(n, T, t_min, device=device, dtype=dtype)
-        y = self._labels(y, n, device)
-        guided = guidance != 0
-        if guided and y is None:
-            raise ValueError("guidance needs labels y (and a class-conditional NTM)")
-        if guided:   # conditional rows first, then the same rows with the null label
-            y_run = torch.cat([y, torch.full_like(y, self.num_classes)])
-            t_run = torch.cat([t, t])
-        else:
-            y_run, t_run = y, t
-        reps = 2 if guided else 1
-
-        u = torch.randn(n, D, generator=generator, device=device, dtype=dtype)
-        U = [None] * T + [u]
-        cache = None
-        for k in range(T - 1, -1, -1):
-            if use_cache:
-                mu, log_sigma, cache = self.predictor.step(
-                    U[k + 1].repeat(reps, 1), t_run[:, k], t_run[:, k + 1], y_run, cache)
-            else:
-                u_in = torch.stack([torch.zeros_like(u) if U[j + 1] is None else U[j + 1]
-                                    for j in range(T)], dim=1).repeat(reps, 1, 1)
-                mu, log_sigma = self.predictor(u_in, t_run[:, :T], t_run[:, 1:], y_run)
-                mu, log_sigma = mu[:, k], log_sigma[:, k]
-            if guided:
-                mu, log_sigma = guide(mu[:n], log_sigma[:n], mu[n:], log_sigma[n:], guidance)
-            z = torch.randn(n, D, generator=generator, device=device, dtype=dtype)
-            U[k] = mu + temperature * torch.exp(log_sigma) * z
-        if denoiser is None:
-            x, _ = self.transporter.inverse(U[0], t[:, 0], y)
-            x = x.view(n, *self.data_shape)
-        else:
-            x = denoiser(U[0].view(n, *self.data_shape), t[:, 0], y)
-            if tuple(x.shape) != (n, *self.data_shape):
-                raise ValueError(f"sample: the denoiser returned shape {list(x.shape)}, expected "
-                                 f"{[n, *self.data_shape]}")
-        if not return_trajectory:
-            return x
-        rows_y = None if y is None else y.repeat_interleave(T)
-        Xs, _ = self.transporter.inverse(torch.stack(U[:T], dim=1).reshape(n * T, D),
-                                         t[:, :T].reshape(n * T), rows_y)
-        X = torch.cat([Xs.view(n, T, D), U[T].unsqueeze(1)], dim=1)
-        X[:, 0] = x.reshape(n, D)
-        return x, X.view(n, T + 1, *self.data_shape)
+        return _sample(self, n, y, steps, temperature=temperature, guidance=guidance,
+                       generator=generator, return_trajectory=return_trajectory,
+                       use_cache=use_cache, t_min=t_min, denoiser=denoiser, sampler=sampler)
 
     # ------------------------------------------------------------------ trajectory scores
     def trajectory_score(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:

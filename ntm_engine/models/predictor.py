@@ -7,6 +7,9 @@ cleaner one.  Tokens of slot ``k`` = linear embedding of the patches of ``u_{t_{
 ``c_k = MLP(sinusoidal(t_k), sinusoidal(t_{k+1}))`` (+ a class embedding) is the level/time
 embedding: it is continuous in the times, so the predictor runs on grids it was not trained
 on (other step counts).  ``c_k`` also modulates every LayerNorm (adaLN shift/scale).
+A predictor of a model trained on several step counts (``step_counts``) adds a learned
+embedding of the trajectory's ``T`` to ``c_k`` (zero at the start) and is then evaluated
+only at those ``T``.
 
 Output parameterisations (``parameterization``; the head has two zero-initialised chunks
 ``(h1, h2)`` per slot, ``h2`` soft-clamped to ``(-sigma_clamp, sigma_clamp)``; ``u = u_in``,
@@ -97,7 +100,7 @@ class _Block(nn.Module):
 
 
 class TrajectoryPredictor(nn.Module):
-    """``f_P``: ``(u_in [B, T, D], t_lo [B, T], t_hi [B, T], y [B]) -> (mu, log_sigma)``, both
+    """``f_P``: ``(u_in [B, T, D], t_lo [B, T], t_hi [B, T], y [B], steps=[B]) -> (mu, log_sigma)``, both
     ``[B, T, D]``; slot ``k`` reads ``u_in[:, k] = u_{t_{k+1}}`` and predicts the level at
     ``t_k = t_lo[:, k]`` (``t_hi[:, k] = t_{k+1}``).  See the module docstring for tokens and
     the two parameterizations."""
@@ -105,7 +108,8 @@ class TrajectoryPredictor(nn.Module):
     def __init__(self, data_shape: Sequence[int], width: int = 128, depth: int = 4,
                  heads: int = 4, patch_size: Optional[int] = None, num_classes: int = 0,
                  mlp_ratio: float = 4.0, data_mean: float = 0.0, data_std: float = 1.0,
-                 sigma_clamp: float = 6.0, parameterization: str = "gaussian"):
+                 sigma_clamp: float = 6.0, parameterization: str = "gaussian", *,
+                 step_counts: Optional[Sequence[int]] = None):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
@@ -132,6 +136,11 @@ class TrajectoryPredictor(nn.Module):
         self.pos = nn.Parameter(torch.randn(self.tokens, width) * 0.02)
         self.time = TimeEmbedding(width, n_times=2)
         self.label = ClassEmbedding(num_classes, width) if num_classes > 0 else None
+        self.step_counts = None if step_counts is None else tuple(int(c) for c in step_counts)
+        if self.step_counts is not None:   # one vector per trained T, zero at the start
+            self.steps_embed = nn.Embedding(len(self.step_counts), width)
+            nn.init.zeros_(self.steps_embed.weight)
+            self.register_buffer("_counts", torch.tensor(self.step_counts), persistent=False)
         self.blocks = nn.ModuleList(_Block(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
         self.final_mod = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
@@ -159,12 +168,31 @@ class TrajectoryPredictor(nn.Module):
         return v.reshape(R, self.dim)
 
     # ---------------------------------------------------------------- pieces
-    def condition(self, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor]) -> Tensor:
-        """Slot conditioning ``c [B, S, W]`` from ``t_lo, t_hi [B, S]`` and labels ``y [B]``."""
+    def condition(self, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor],
+                  steps: Optional[Tensor] = None) -> Tensor:
+        """Slot conditioning ``c [B, S, W]`` from ``t_lo, t_hi [B, S]``, labels ``y [B]`` and
+        (a predictor with ``step_counts``) the step counts ``steps [B]`` of the trajectories."""
         c = self.time(torch.stack([t_lo, t_hi], dim=-1))
         if self.label is not None:
             c = c + self.label(y, t_lo.shape[0]).unsqueeze(1)
+        if self.step_counts is not None:
+            c = c + self.steps_embed(self.step_index(steps, t_lo.shape[0])).unsqueeze(1)
         return c
+
+    def step_index(self, steps: Optional[Tensor], batch: int) -> Tensor:
+        """Indices ``[batch]`` into :attr:`step_counts` of the step counts ``steps [batch]``
+        (long); ValueError if ``steps`` is missing or holds an untrained count."""
+        if steps is None:
+            raise ValueError(f"steps: this predictor was trained on step counts "
+                             f"{self.step_counts} and needs the step count of each trajectory "
+                             f"(a [{batch}] tensor), got None")
+        steps = torch.as_tensor(steps, device=self._counts.device).long().expand(batch)
+        hit = steps.unsqueeze(-1) == self._counts
+        if steps.device.type == "cpu" and not bool(hit.any(-1).all()):
+            bad = sorted(set(steps[~hit.any(-1)].tolist()))
+            raise ValueError(f"steps: step count(s) {bad} not trained; this model was trained "
+                             f"on {self.step_counts}")
+        return hit.long().argmax(-1)
 
     def _tokens(self, u_in: Tensor, c: Tensor) -> Tensor:
         B, S, D = u_in.shape
@@ -208,12 +236,13 @@ class TrajectoryPredictor(nn.Module):
 
     # ---------------------------------------------------------------- passes
     def head_outputs(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor,
-                     y: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                     y: Optional[Tensor] = None, *, steps: Optional[Tensor] = None
+                     ) -> Tuple[Tensor, Tensor]:
         """The raw head chunks ``(h1, h2)`` ``[B, T, D]`` of all slots at once (teacher
         forcing); arguments as :meth:`forward`.  In the ``"flow_matching"`` parameterization
         ``h1`` is the velocity ``v(u_in, t_hi)``."""
         B, T, _ = u_in.shape
-        c = self.condition(t_lo, t_hi, y)
+        c = self.condition(t_lo, t_hi, y, steps)
         h = self._tokens(u_in, c)
         L = T * self.tokens
         mask = self._mask(L, L, T, h.device)
@@ -221,20 +250,22 @@ class TrajectoryPredictor(nn.Module):
             h, _ = blk(h, c, mask)
         return self._head(h, c)
 
-    def forward(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor] = None
-                ) -> Tuple[Tensor, Tensor]:
+    def forward(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor] = None,
+                *, steps: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """All slots at once (teacher forcing): ``u_in [B, T, D]``, ``t_lo, t_hi [B, T]``,
-        ``y [B]`` or None -> ``(mu [B, T, D], log_sigma [B, T, D])``."""
-        h1, h2 = self.head_outputs(u_in, t_lo, t_hi, y)
+        ``y [B]`` or None, ``steps [B]`` (needed with ``step_counts``) -> ``(mu [B, T, D],
+        log_sigma [B, T, D])``."""
+        h1, h2 = self.head_outputs(u_in, t_lo, t_hi, y, steps=steps)
         return self._output(h1, h2, u_in, t_lo, t_hi)
 
     def step(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor] = None,
-             cache: Optional[List[KV]] = None) -> Tuple[Tensor, Tensor, List[KV]]:
+             cache: Optional[List[KV]] = None, *, steps: Optional[Tensor] = None
+             ) -> Tuple[Tensor, Tensor, List[KV]]:
         """One slot with a KV cache of the noisier slots already run: ``u_in [B, D]``,
         ``t_lo, t_hi [B]`` -> ``(mu [B, D], log_sigma [B, D], cache)``.  Start with
         ``cache=None`` at the noisiest slot and go towards ``t_0``."""
         u_in, t_lo, t_hi = u_in.unsqueeze(1), t_lo.unsqueeze(1), t_hi.unsqueeze(1)
-        c = self.condition(t_lo, t_hi, y)
+        c = self.condition(t_lo, t_hi, y, steps)
         h = self._tokens(u_in, c)
         past_len = 0 if cache is None else cache[0][0].shape[2]
         mask = self._mask(self.tokens, self.tokens + past_len, 1, h.device)

@@ -1,4 +1,4 @@
-"""Time grid and the Markov forward process of an NTM (DESIGN.md section 1).
+"""Time grid and the Markov forward process of an NTM (docs/design.md section 1).
 
 All functions work per sample: a grid is ``t [B, T+1]`` with ``0 <= t_0 < ... < t_T = 1``.
 Data here is flat, ``[B, D]``; the model reshapes.
@@ -13,12 +13,16 @@ from torch import Tensor
 
 __all__ = [
     "check_shape_and_steps",
+    "step_counts",
+    "auto_shift",
+    "resolve_shift",
     "shifted",
     "time_grid",
     "first_interior_time",
     "forward_coefficients",
     "forward_trajectory",
     "forward_entropy",
+    "forward_log_prob",
     "marginal_variance",
     "gaussian_reverse",
     "posterior_coefficients",
@@ -36,6 +40,48 @@ def check_shape_and_steps(data_shape: Sequence[int], steps: int) -> Tuple[int, .
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return data_shape
+
+
+def step_counts(steps: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+    """The trained step counts as a sorted tuple of distinct ints ``>= 1`` from an int or a
+    sequence of ints (ValueError naming ``steps`` otherwise)."""
+    if isinstance(steps, (int, float)) and not isinstance(steps, bool):
+        if int(steps) != steps:
+            raise ValueError(f"steps must be an int or a sequence of ints, got {steps!r}")
+        counts = (int(steps),)
+    else:
+        try:
+            counts = tuple(int(s) for s in steps)
+        except (TypeError, ValueError):
+            raise ValueError(f"steps must be an int or a sequence of ints, got {steps!r}")
+        if not counts or any(c != s for c, s in zip(counts, steps)):
+            raise ValueError(f"steps must be an int or a non-empty sequence of ints, "
+                             f"got {steps!r}")
+    if min(counts) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps!r}")
+    return tuple(sorted(set(counts)))
+
+
+def auto_shift(tokens: int) -> float:
+    """The paper's time shift from the token count ``L`` of one level (SD3-style):
+    ``log shift = 0.5 + 0.65 (L - 256) / (4096 - 256)``."""
+    if tokens < 1:
+        raise ValueError(f"auto_shift: the token count must be >= 1, got {tokens}")
+    return math.exp(0.5 + 0.65 * (tokens - 256) / (4096 - 256))
+
+
+def resolve_shift(shift: Union[None, str, float], tokens: int) -> float:
+    """The numeric shift: ``"auto"`` -> :func:`auto_shift` of ``tokens``; None -> 1 (no
+    shift); a number ``> 0`` as it is."""
+    if shift is None:
+        return 1.0
+    if isinstance(shift, str):
+        if shift != "auto":
+            raise ValueError(f"shift must be 'auto', a number > 0 or None, got {shift!r}")
+        return auto_shift(tokens)
+    if not float(shift) > 0:
+        raise ValueError(f"shift must be 'auto', a number > 0 or None, got {shift!r}")
+    return float(shift)
 
 
 def shifted(r: Tensor, shift: float) -> Tensor:
@@ -107,6 +153,16 @@ def forward_entropy(t: Tensor, dim: int) -> Tensor:
     return 0.5 * dim * (math.log(2 * math.pi * math.e) + 2 * torch.log(s)).sum(dim=1)
 
 
+def forward_log_prob(X: Tensor, t: Tensor) -> Tensor:
+    """``log q(x_{t_1..t_T} | x_{t_0}) [B]`` of flat levels ``X [B, T+1, D]`` on ``t [B, T+1]``
+    (the Markov kernels ``N(a_k x_{t_{k-1}}, s_k^2 I)``); its mean is ``-H_q``."""
+    a, s = forward_coefficients(t.to(X.dtype))
+    r = (X[:, 1:] - a.unsqueeze(-1) * X[:, :-1]) / s.unsqueeze(-1)
+    D = X.shape[2]
+    return (-0.5 * r.pow(2).sum(dim=2) - D * torch.log(s)).sum(dim=1) \
+        - 0.5 * D * (t.shape[1] - 1) * math.log(2 * math.pi)
+
+
 def marginal_variance(t: Tensor, std: float) -> Tensor:
     """``V_t = (1-t)^2 std^2 + t^2``: the per-dimension variance of ``x_t`` for data of
     std ``std``."""
@@ -159,7 +215,7 @@ def flow_matching_reverse(s: Tensor, t: Tensor, std: float
     ``r_t^2`` is ``Var[x | x_t]`` for data ``N(., std^2 I)``, so by the law of total variance
     the step is exactly ``q(x_s | x_t)`` for Gaussian data whose ``x0_hat = E[x | x_t]`` (it
     then equals :func:`gaussian_reverse`).  ``std -> 0`` gives ``sig = C``, the posterior
-    ``q(x_s | x_t, x0_hat)`` of DESIGN.md; ``std > 0`` keeps the ``s = 0`` slot (``C = 0``,
+    ``q(x_s | x_t, x0_hat)`` of docs/design.md; ``std > 0`` keeps the ``s = 0`` slot (``C = 0``,
     ``B = 1``: ``sig = r_t``) a proper density, so the likelihood with ``t_0 = 0`` is finite.
     """
     if not std > 0:

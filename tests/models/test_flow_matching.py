@@ -22,7 +22,7 @@ F64 = torch.float64
 def gaussian_velocity(m, var):
     """The exact velocity E[e - x | x_t] of data N(m, var I) (x_t = (1-t) x + t e), as a
     stand-in for the predictor's ``head_outputs``: ``(v(u_in, t_hi), 0)``."""
-    def head_outputs(u_in, t_lo, t_hi, y=None):
+    def head_outputs(u_in, t_lo, t_hi, y=None, *, steps=None):
         t = t_hi.unsqueeze(-1).to(u_in.dtype)
         Vt = (1 - t) ** 2 * var + t * t
         r = u_in - (1 - t) * m

@@ -1,0 +1,164 @@
+"""Sampling an NTM, step by step (docs/design.md section 1, "Sampling", "Guidance",
+"Trajectory denoising").
+
+:meth:`NTM.sample <ntm_engine.models.NTM.sample>` is :func:`sample`: a grid
+(:func:`sampling_grid`), the reverse steps in ``u``-space (:func:`reverse_levels`), the
+decoder (:func:`decode`: transporter inverse, a learned denoiser, or the slow
+``"trajectory-denoise"`` path), and optionally the x-space trajectory (:func:`x_levels`).
+
+Guidance combines a conditional and an unconditional Gaussian, which must describe the same
+variable.  With a label-free transporter (the default) both live in one ``u``-space and
+:func:`~.guidance.guide` combines them directly.  With a label-conditioned transporter
+(legacy) each branch runs in its own space: the unconditional branch's predictor reads the
+sampled levels mapped through ``x`` into its space, ``f_T(f_T^{-1}(u; t, y); t, null)``, and
+its mean is mapped back the same way before :func:`~.guidance.guide` combines it with the
+conditional Gaussian in the conditional space (exact when the two spaces differ by a
+translation; otherwise the unconditional Gaussian is carried over to first order, keeping its
+scale).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import schedule
+from .guidance import guide
+
+__all__ = ["SAMPLERS", "sample", "sampling_grid", "reverse_levels", "decode", "x_levels"]
+
+SAMPLERS = ("transporter", "trajectory-denoise")
+
+
+def sampling_grid(model, n: int, steps: Optional[int], t_min: float, *, device, dtype
+                  ) -> Tuple[int, Tensor]:
+    """``(T, t [n, T+1])``: the grid of ``steps`` (None: the model's default T) with
+    ``t_0 = t_min``; ValueError for an untrained T (models trained on several) or a
+    ``t_min`` outside ``[0, t_1)``."""
+    T = model.check_steps(steps)
+    t1 = schedule.first_interior_time(T, model.shift)
+    if not 0 <= t_min < t1:
+        raise ValueError(f"sample: t_min (the t_0 of the sampling grid) must lie in "
+                         f"[0, t_1 = {t1:.4g}) for {T} steps with shift {model.shift:.4g}, "
+                         f"got {t_min}")
+    return T, model.time_grid(n, T, t_min, device=device, dtype=dtype)
+
+
+def _to_space(model, u: Tensor, t: Tensor, y_from: Optional[Tensor], y_to: Optional[Tensor],
+              steps: int) -> Tensor:
+    """``f_T(f_T^{-1}(u; t, y_from); t, y_to)`` for flat rows ``u [R, D]``, ``t [R]`` of
+    trajectories of ``steps`` steps."""
+    x, _ = model.transport_inverse(u, t, y_from, steps=steps)
+    return model.transport(x, t, y_to, steps=steps)[0]
+
+
+def _slots(levels: List[Optional[Tensor]]) -> Tensor:
+    """The predictor's input ``[n, T, D]`` from levels ``[u_{t_0}, ..., u_{t_T}]`` (slot ``j``
+    reads level ``j+1``; levels not sampled yet are zero, which causality ignores)."""
+    last = levels[-1]
+    return torch.stack([torch.zeros_like(last) if v is None else v for v in levels[1:]], dim=1)
+
+
+def reverse_levels(model, t: Tensor, y: Optional[Tensor], *, temperature: float = 1.0,
+                   guidance: float = 0.0, generator: Optional[torch.Generator] = None,
+                   use_cache: bool = True) -> List[Tensor]:
+    """The sampled levels ``[u_{t_0}, ..., u_{t_T}]`` (each ``[n, D]``; ``u_{t_T} = u_1``) on
+    grid ``t [n, T+1]`` with labels ``y [n]`` or None.  Noise from ``generator``: ``u_1``,
+    then one ``z`` per step.  ``use_cache`` keeps the keys/values of finished slots; without
+    it every step reruns all slots (unfinished inputs zero, which causality ignores)."""
+    n, T = t.shape[0], t.shape[1] - 1
+    p = next(model.parameters())
+    guided = guidance != 0
+    if guided and y is None:
+        raise ValueError("guidance needs labels y (and a class-conditional NTM)")
+    y_null = torch.full_like(y, model.num_classes) if guided else None
+    own_spaces = guided and model.transporter_sees_labels()
+    y_run = torch.cat([y, y_null]) if guided else y
+    t_run = torch.cat([t, t]) if guided else t
+    reps = 2 if guided else 1
+    steps_kw = model.predictor_steps(T, reps * n, p.device)
+
+    u = torch.randn(n, model.dim, generator=generator, device=p.device, dtype=p.dtype)
+    U = [None] * T + [u]
+    U_null = [None] * T + [u]        # the unconditional branch's inputs (own space)
+    cache = None
+    for k in range(T - 1, -1, -1):
+        if use_cache:
+            u_in = torch.cat([U[k + 1], U_null[k + 1]]) if guided else U[k + 1]
+            mu, log_sigma, cache = model.predictor.step(u_in, t_run[:, k], t_run[:, k + 1],
+                                                        y_run, cache, **steps_kw)
+        else:
+            u_in = torch.cat([_slots(U), _slots(U_null)]) if guided else _slots(U)
+            mu, log_sigma = model.predictor(u_in, t_run[:, :T], t_run[:, 1:], y_run,
+                                            **steps_kw)
+            mu, log_sigma = mu[:, k], log_sigma[:, k]
+        if guided:
+            mu_u = mu[n:]
+            if own_spaces:
+                mu_u = _to_space(model, mu_u, t[:, k], y_null, y, T)
+            mu, log_sigma = guide(mu[:n], log_sigma[:n], mu_u, log_sigma[n:], guidance)
+        z = torch.randn(n, model.dim, generator=generator, device=p.device, dtype=p.dtype)
+        U[k] = mu + temperature * torch.exp(log_sigma) * z
+        U_null[k] = _to_space(model, U[k], t[:, k], y, y_null, T) if own_spaces else U[k]
+    return U
+
+
+def decode(model, u0: Tensor, t0: Tensor, y: Optional[Tensor],
+           denoiser: Optional[nn.Module] = None, *, steps: Optional[int] = None) -> Tensor:
+    """``x [n, *data_shape]`` from the cleanest level ``u0 [n, D]`` at ``t0 [n]`` of a
+    trajectory of ``steps`` steps: the transporter inverse, or ``denoiser(u0 [n,
+    *data_shape], t0, y)``."""
+    n = u0.shape[0]
+    if denoiser is None:
+        x, _ = model.transport_inverse(u0, t0, y, steps=steps)
+        return x.view(n, *model.data_shape)
+    x = denoiser(u0.view(n, *model.data_shape), t0, y)
+    if tuple(x.shape) != (n, *model.data_shape):
+        raise ValueError(f"sample: the denoiser returned shape {list(x.shape)}, expected "
+                         f"{[n, *model.data_shape]}")
+    return x
+
+
+def x_levels(model, U: List[Tensor], t: Tensor, y: Optional[Tensor]) -> Tensor:
+    """The x-space trajectory ``X [n, T+1, D]``: ``f_T^{-1}`` of levels ``0..T-1`` of ``U``
+    (from :func:`reverse_levels`) and ``u_1``."""
+    n, T, D = t.shape[0], t.shape[1] - 1, model.dim
+    rows_y = None if y is None else y.repeat_interleave(T)
+    Xs, _ = model.transport_inverse(torch.stack(U[:T], dim=1).reshape(n * T, D),
+                                    t[:, :T].reshape(n * T), rows_y, steps=T)
+    return torch.cat([Xs.view(n, T, D), U[T].unsqueeze(1)], dim=1)
+
+
+@torch.no_grad()
+def sample(model, n: int, y=None, steps: Optional[int] = None, *, temperature: float = 1.0,
+           guidance: float = 0.0, generator: Optional[torch.Generator] = None,
+           return_trajectory: bool = False, use_cache: bool = True, t_min: float = 0.0,
+           denoiser: Optional[nn.Module] = None, sampler: str = "transporter"
+           ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """:meth:`NTM.sample <ntm_engine.models.NTM.sample>` (arguments documented there)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler == "trajectory-denoise" and denoiser is not None:
+        raise ValueError("sample: sampler='trajectory-denoise' replaces the denoiser; "
+                         "give one of them, not both")
+    p = next(model.parameters())
+    T, t = sampling_grid(model, n, steps, t_min, device=p.device, dtype=p.dtype)
+    model.check_denoiser(denoiser)
+    y = model.resolve_labels(y, n, p.device)
+    U = reverse_levels(model, t, y, temperature=temperature, guidance=guidance,
+                       generator=generator, use_cache=use_cache)
+    X = None
+    if sampler == "trajectory-denoise":
+        X = x_levels(model, U, t, y)
+        X_shaped = X.view(n, T + 1, *model.data_shape)
+        x = model.posterior_mean(X_shaped, t, y).detach()
+    else:
+        x = decode(model, U[0], t[:, 0], y, denoiser, steps=T)
+    if not return_trajectory:
+        return x
+    if X is None:
+        X = x_levels(model, U, t, y)
+    X = X.clone()
+    X[:, 0] = x.reshape(n, model.dim)
+    return x, X.view(n, T + 1, *model.data_shape)
