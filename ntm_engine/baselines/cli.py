@@ -61,6 +61,7 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every sampler")
     p.add_argument("--out", default=None, help="output folder (default: NTM_RUN/compare)")
     p.add_argument("--classifier", default=None, help="cached digits classifier (as ntm eval)")
+    p.add_argument("--note", default=None, help="a line for the report's header (e.g. budgets)")
     p.add_argument("--no-ema", action="store_true", help="raw weights instead of EMA")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
@@ -130,6 +131,8 @@ def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
         log("ntm compare: the backbones differ: " + ", ".join(
             f"{k} fm={a} ntm={b}" for k, a, b in diffs))
     meta = {"machine": machine(), "weights": "raw" if args.no_ema else "ema"}
+    if args.note:
+        meta["note"] = args.note
     for role, ck in cks.items():
         meta[f"{role}_run"] = {"path": str(ck.path), "step": ck.step,
                                "train_elapsed_s": ck.state.get("elapsed_s")}

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*"
 
 from ntm_engine.baselines.gaussian import gaussian_velocity, moment_errors  # noqa: E402
 from ntm_engine.baselines.schedulers import (SCHEDULERS, fm_velocity,  # noqa: E402
-                                             sample_with_scheduler)
+                                             make_scheduler, sample_with_scheduler)
 
 MEAN, STD = 1.0, 0.5
 SHAPE = (25_000, 4)          # 100k pooled values: standard error of the std 0.0011
@@ -71,6 +71,20 @@ def test_each_sample_converges_to_the_exact_flow_map(name, shift):
         err[steps] = float((x - (MEAN + STD * e)).abs().max()) / STD
     assert err[50] < 0.25
     assert err[200] < err[25] / 3
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_model_times_are_the_schedulers_sigmas(name):
+    """The velocity is evaluated at sigmas[i], which is the scheduler's timesteps[i] / 1000 up
+    to the integer rounding of the multistep schedulers; sigmas run from about 1 to 0 on the
+    shifted schedule."""
+    sched = make_scheduler(name, shift=3.0)
+    sched.set_timesteps(10)
+    ts = sched.timesteps.double() / sched.config.num_train_timesteps
+    sig = sched.sigmas.double()[:len(ts)]
+    assert (ts - sig).abs().max() <= 1e-3
+    assert sig[0] > 0.998 and float(sched.sigmas[-1]) == 0.0
+    assert (sig[1:] <= sig[:-1]).all()
 
 
 @pytest.mark.parametrize("name,steps,nfe", [
