@@ -25,8 +25,8 @@ from diffusers import (DPMSolverMultistepScheduler, FlowMatchEulerDiscreteSchedu
                        FlowMatchHeunDiscreteScheduler, UniPCMultistepScheduler)
 from torch import Tensor
 
-__all__ = ["SCHEDULERS", "make_scheduler", "sample_with_scheduler", "CountingVelocity",
-           "fm_velocity", "VelocityFn"]
+__all__ = ["SCHEDULERS", "make_scheduler", "set_steps", "sample_with_scheduler",
+           "CountingVelocity", "fm_velocity", "VelocityFn"]
 
 # v(x [B, *shape], t [B], t_next [B]) -> [B, *shape]; t_next < t is where the step goes.
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -89,6 +89,19 @@ class CountingVelocity:
         return self.fn(x, t, t_next)
 
 
+def set_steps(sched, steps: int, device=None) -> None:
+    """``sched.set_timesteps`` for ``steps`` steps as diffusers' flow pipelines call it: the
+    Euler scheduler gets ``sigmas = 1, 1 - 1/steps, ..., 1/steps`` (shifted by the scheduler;
+    the pipelines of Flux, AuraFlow, Chroma, ... pass these), else its own default spacing
+    ``linspace(1, 1/1000, steps)`` would make the last of ``steps`` steps a tiny one from
+    ``~1e-3`` to 0.  Heun's ``set_timesteps`` takes no sigmas: it keeps that spacing, i.e.
+    ``steps - 1`` Heun steps and a last Euler step from ``~1e-3`` to 0."""
+    if isinstance(sched, FlowMatchEulerDiscreteScheduler):
+        sched.set_timesteps(sigmas=[1 - k / steps for k in range(steps)], device=device)
+    else:
+        sched.set_timesteps(steps, device=device)
+
+
 def _next_lower(sigmas: Tensor) -> Tensor:
     """For each ``sigmas[i]``, the largest schedule value strictly below it (0 if none): the
     time a step from ``sigmas[i]`` goes to (Heun repeats each interior sigma)."""
@@ -116,7 +129,7 @@ def sample_with_scheduler(velocity_fn: VelocityFn, scheduler_name: str, steps: i
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape must be [B, *data_shape] with positive sizes, got {list(shape)}")
     sched = make_scheduler(scheduler_name, shift=shift)
-    sched.set_timesteps(int(steps), device=device)
+    set_steps(sched, int(steps), device)
     if noise is None:
         noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     elif tuple(noise.shape) != shape:

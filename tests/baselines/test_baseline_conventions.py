@@ -13,7 +13,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*"
 
 from ntm_engine.baselines.gaussian import gaussian_velocity, moment_errors  # noqa: E402
 from ntm_engine.baselines.schedulers import (SCHEDULERS, fm_velocity,  # noqa: E402
-                                             make_scheduler, sample_with_scheduler)
+                                             make_scheduler, sample_with_scheduler,
+                                             set_steps)
 
 MEAN, STD = 1.0, 0.5
 SHAPE = (25_000, 4)          # 100k pooled values: standard error of the std 0.0011
@@ -79,7 +80,7 @@ def test_model_times_are_the_schedulers_sigmas(name):
     to the integer rounding of the multistep schedulers; sigmas run from about 1 to 0 on the
     shifted schedule."""
     sched = make_scheduler(name, shift=3.0)
-    sched.set_timesteps(10)
+    set_steps(sched, 10)
     ts = sched.timesteps.double() / sched.config.num_train_timesteps
     sig = sched.sigmas.double()[:len(ts)]
     assert (ts - sig).abs().max() <= 1e-3
@@ -104,23 +105,26 @@ def test_nfe_counts_velocity_calls(name, steps, nfe):
     assert all(b <= a for a, b in zip(times, times[1:]))
 
 
-def test_one_euler_step_matches_the_flow_matching_model_sampler():
-    """The adapter passes the model's own (t, t_next): one diffusers Euler step from the same
-    noise equals FlowMatchingModel.sample(steps=1), x_0 = x_1 - v(x_1, 1, 0)."""
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_euler_matches_the_flow_matching_model_sampler(shift):
+    """The adapter passes the model's own (t, t_next) and the Euler scheduler steps on the
+    model's own shifted grid: from the same noise, diffusers' Euler equals
+    FlowMatchingModel.sample (x <- x - (t_k+1 - t_k) v(x, t_k+1, t_k)), up to float32 sigmas."""
     from ntm_engine.models import FlowMatchingModel
 
     torch.manual_seed(0)
     fm = FlowMatchingModel((1, 4, 4), steps=2, num_classes=3, width=32, depth=1, heads=2,
-                           patch_size=2).eval()
+                           patch_size=2, shift=shift).eval()
     for p in fm.parameters():   # leave the zero-initialised heads: a non-trivial velocity
         p.data.add_(0.05 * torch.randn_like(p))
     y = torch.tensor([0, 1, 2, 1])
-    ours = fm.sample(4, y=y, steps=1, generator=torch.Generator().manual_seed(3))
-    theirs, nfe = sample_with_scheduler(fm_velocity(fm, y), "flow_euler", 1, (4, 1, 4, 4),
-                                        torch.Generator().manual_seed(3))
-    assert nfe == 1
-    assert ours.abs().max() > 0.1
-    torch.testing.assert_close(theirs, ours, rtol=1e-6, atol=1e-6)
+    ours = fm.sample(4, y=y, steps=4, generator=torch.Generator().manual_seed(3))
+    theirs, nfe = sample_with_scheduler(fm_velocity(fm, y), "flow_euler", 4, (4, 1, 4, 4),
+                                        torch.Generator().manual_seed(3), shift=shift)
+    noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    assert nfe == 4
+    assert (ours - noise).abs().max() > 0.1
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
