@@ -78,9 +78,20 @@ def add_compare_parser(sub) -> None:
     add_compare_arguments(c)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> Dict[str, Any]:
     """What the timings were measured on."""
-    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+    info = {"platform": platform.platform(), "cpu": _cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "diffusers": diffusers.__version__}
     if torch.cuda.is_available():
@@ -89,10 +100,11 @@ def machine() -> Dict[str, Any]:
 
 
 def labels_and_quality(configs: Dict[str, Dict[str, Any]], n: int, *, classifier=None,
-                       log=None) -> Tuple[Optional[torch.Tensor], Callable]:
-    """``(labels [n] or None, quality)`` for runs of these configs (role -> config), which
-    must share the dataset and class conditioning: digits are rated like ``ntm eval`` (the
-    classifier), toys by the Frechet distance of raw values to the test set."""
+                       log=None) -> Tuple[Optional[torch.Tensor], Callable, Optional[float]]:
+    """``(labels [n] or None, quality, reference)`` for runs of these configs (role ->
+    config), which must share the dataset and class conditioning: digits are rated like ``ntm
+    eval`` (the classifier; ``reference``: the training digits' distance), toys by the Frechet
+    distance of raw values to the test set (``reference`` None)."""
     for key in ("dataset", "class_conditional"):
         vals = {role: cfg[key] for role, cfg in configs.items()}
         if len(set(vals.values())) > 1:
@@ -100,11 +112,13 @@ def labels_and_quality(configs: Dict[str, Dict[str, Any]], n: int, *, classifier
     cfg = next(iter(configs.values()))
     labels = torch.arange(n) % 10 if cfg["class_conditional"] else None
     if cfg["dataset"] == "digits":
-        return labels, digits_quality(labels, classifier, log=log)
+        return (labels, *digits_quality(labels, classifier, log=log))
     x_test, _ = test_data(cfg)
-    return labels, lambda s: {"frechet_distance_raw":
-                              metrics.frechet_distance_features(s.flatten(1),
-                                                                x_test.flatten(1))}
+
+    def toy_quality(s: torch.Tensor) -> Dict[str, float]:
+        return {"frechet_distance_raw": metrics.frechet_distance_features(s.flatten(1),
+                                                                          x_test.flatten(1))}
+    return labels, toy_quality, None
 
 
 def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
@@ -122,7 +136,7 @@ def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
         if path is not None:
             models[role], cks[role] = load_model(path, device, use_ema=not args.no_ema)
     try:
-        labels, quality = labels_and_quality({r: ck.config for r, ck in cks.items()}, args.n,
+        labels, quality, reference = labels_and_quality({r: ck.config for r, ck in cks.items()}, args.n,
                                              classifier=args.classifier, log=log)
     except ValueError as e:
         parser.error(str(e))
@@ -133,6 +147,8 @@ def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
     meta = {"machine": machine(), "weights": "raw" if args.no_ema else "ema"}
     if args.note:
         meta["note"] = args.note
+    if reference is not None:
+        meta["reference_frechet_distance"] = reference
     for role, ck in cks.items():
         meta[f"{role}_run"] = {"path": str(ck.path), "step": ck.step,
                                "train_elapsed_s": ck.state.get("elapsed_s")}

@@ -102,13 +102,19 @@ def time_sampler(sampler: Sampler, n: int, y: Optional[Tensor], *, seed: int,
     return x.cpu(), {"nfe": int(nfe), "ms_per_sample": 1e3 * wall / n, "wall_s": wall}
 
 
-def digits_quality(labels: Optional[Tensor], classifier_path=None, log=None) -> Quality:
-    """The digits rating of ``ntm eval`` (:func:`~ntm_engine.metrics.sample_quality`: the
-    cached classifier's accuracy on ``labels`` and the Frechet distance of its features to the
-    test split)."""
+def digits_quality(labels: Optional[Tensor], classifier_path=None,
+                   log=None) -> Tuple[Quality, float]:
+    """``(quality, reference)``: the digits rating of ``ntm eval``
+    (:func:`~ntm_engine.metrics.sample_quality`: the cached classifier's accuracy on
+    ``labels`` and the Frechet distance of its features to the test split), and that distance
+    for the training split (what real digits score)."""
     net, _ = metrics.load_or_train_classifier(classifier_path, log=log)
     x_test, _ = load_digits("test")
-    return lambda s: metrics.sample_quality(net, s, labels, x_test)
+    x_train, _ = load_digits("train")
+    with torch.no_grad():
+        reference = metrics.frechet_distance_features(net.features(x_train),
+                                                      net.features(x_test))
+    return (lambda s: metrics.sample_quality(net, s, labels, x_test)), reference
 
 
 def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,

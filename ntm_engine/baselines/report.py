@@ -41,9 +41,10 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_quality(rows: Sequence[Dict[str, Any]], path, title: str = "") -> Path:
+def plot_quality(rows: Sequence[Dict[str, Any]], path, title: str = "",
+                 reference: Optional[float] = None) -> Path:
     """Two panels, Frechet distance against NFE and against ms per sample (log-log), one
-    line per sampler."""
+    line per sampler; ``reference`` (e.g. real training data's distance) as a dashed line."""
     key = quality_key(rows)
     fig = _figure((11, 4.2))
     axes = fig.subplots(1, 2)
@@ -57,12 +58,15 @@ def plot_quality(rows: Sequence[Dict[str, Any]], path, title: str = "") -> Path:
         for ax, xkey in zip(axes, ("nfe", "ms_per_sample")):
             ax.plot([r[xkey] for r in rs], [max(r[key], 1e-6) for r in rs], **style)
     for ax, xlabel in zip(axes, ("function evaluations (NFE)", "ms per sample")):
+        if reference is not None:
+            ax.axhline(reference, color="grey", linestyle="--", label="real data")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(key.replace("_", " "))
         ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(key.replace("_", " ").replace("frechet", "Frechet") + " (lower: better)")
     axes[0].legend(fontsize=8)
+    fig.subplots_adjust(wspace=0.15)
     if title:
         fig.suptitle(title)
     return _save_fig(fig, path)
@@ -71,7 +75,8 @@ def plot_quality(rows: Sequence[Dict[str, Any]], path, title: str = "") -> Path:
 def write_report(rows: Sequence[Dict[str, Any]], out_dir, *, title: str,
                  meta: Optional[Dict[str, Any]] = None) -> Dict[str, Path]:
     """Write ``quality_vs_steps.{md,png,json}`` into ``out_dir`` (created); ``meta`` (e.g.
-    the machine, the runs compared) heads the Markdown and goes into the JSON."""
+    the machine, the runs compared) heads the Markdown and goes into the JSON; its
+    ``reference_frechet_distance``, if any, is drawn as a line."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
@@ -81,5 +86,5 @@ def write_report(rows: Sequence[Dict[str, Any]], out_dir, *, title: str,
     atomic_write_text(paths["md"], "\n".join(head) + "\n" + markdown_table(rows))
     atomic_write_text(paths["json"], json.dumps({"meta": meta, "rows": list(rows)}, indent=1)
                       + "\n")
-    plot_quality(rows, paths["png"], title)
+    plot_quality(rows, paths["png"], title, meta.get("reference_frechet_distance"))
     return paths

@@ -56,6 +56,7 @@ def test_compare_writes_the_report(tmp_path, capsys):
     assert all("frechet_distance_raw" in r for r in data["rows"])
     assert data["meta"]["machine"]["torch"] == torch.__version__
     assert data["meta"]["ntm_run"]["step"] == 1
+    assert "reference_frechet_distance" not in data["meta"]   # toys: no real-data line
     assert "| unipc | flow_matching | 2 | 2 |" in capsys.readouterr().out
 
 
