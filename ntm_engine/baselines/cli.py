@@ -59,6 +59,9 @@ def add_compare_arguments(p) -> None:
                    help="NTM step counts (default: its trained steps)")
     p.add_argument("--ablation-steps", type=_int_list, default=[4])
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every sampler")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance weight for every sampler (class-conditional "
+                   "runs)")
     p.add_argument("--out", default=None, help="output folder (default: NTM_RUN/compare)")
     p.add_argument("--classifier", default=None, help="cached digits classifier (as ntm eval)")
     p.add_argument("--note", default=None, help="a line for the report's header (e.g. budgets)")
@@ -140,6 +143,8 @@ def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
                                              classifier=args.classifier, log=log)
     except ValueError as e:
         parser.error(str(e))
+    if args.guidance != 0 and labels is None:
+        parser.error(f"--guidance {args.guidance} needs class-conditional runs")
     diffs = architecture_differences(cks["fm"].config["model"], cks["ntm"].config["model"])
     if diffs:
         log("ntm compare: the backbones differ: " + ", ".join(
@@ -157,7 +162,8 @@ def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
         ntm=models["ntm"], fm=models["fm"], ntm_ablation=models.get("ablation"),
         quality=quality, labels=labels, n=args.n, steps=args.steps,
         schedulers=args.schedulers, ntm_steps=args.ntm_steps,
-        ablation_steps=args.ablation_steps, seed=args.seed, device=device, out_dir=out,
+        ablation_steps=args.ablation_steps, guidance=args.guidance, seed=args.seed,
+        device=device, out_dir=out,
         title=f"{cks['ntm'].config['dataset']}: quality against steps and time", meta=meta,
         progress=not args.no_progress)
     print(markdown_table(rows), end="")

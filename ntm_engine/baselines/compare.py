@@ -39,27 +39,28 @@ class Sampler:
     draw: Callable[[int, Optional[Tensor], torch.Generator], Tuple[Tensor, int]]
 
 
-def _ntm_sampler(model, name: str, steps: int) -> Sampler:
+def _ntm_sampler(model, name: str, steps: int, guidance: float) -> Sampler:
     # one predictor pass per step (the transporter inverse, run once, is not counted)
-    return Sampler(name, "ntm", steps,
-                   lambda n, y, g: (model.sample(n, y=y, steps=steps, generator=g), steps))
+    return Sampler(name, "ntm", steps, lambda n, y, g: (
+        model.sample(n, y=y, steps=steps, guidance=guidance, generator=g), steps))
 
 
-def _scheduler_sampler(fm, scheduler: str, steps: int) -> Sampler:
+def _scheduler_sampler(fm, scheduler: str, steps: int, guidance: float) -> Sampler:
     def draw(n, y, g):
         p = next(fm.parameters())
-        return sample_with_scheduler(fm_velocity(fm, y), scheduler, steps, (n, *fm.data_shape),
-                                     g, shift=fm.shift, device=p.device, dtype=p.dtype)
+        return sample_with_scheduler(fm_velocity(fm, y, guidance), scheduler, steps,
+                                     (n, *fm.data_shape), g, shift=fm.shift, device=p.device,
+                                     dtype=p.dtype)
     return Sampler(scheduler, "flow_matching", steps, draw)
 
 
 def samplers_for(*, ntm=None, fm=None, ntm_ablation=None, steps: Sequence[int] = STEPS,
                  schedulers: Sequence[str] = tuple(SCHEDULERS),
                  ntm_steps: Optional[Sequence[int]] = None,
-                 ablation_steps: Sequence[int] = (4,)) -> List[Sampler]:
+                 ablation_steps: Sequence[int] = (4,), guidance: float = 0.0) -> List[Sampler]:
     """The rows to run: each of ``schedulers`` on ``fm`` at each of ``steps``; ``ntm`` at
     ``ntm_steps`` (default: its trained ``steps``); the identity-transporter ``ntm_ablation``
-    at ``ablation_steps``."""
+    at ``ablation_steps``; all with classifier-free ``guidance`` (needs labels)."""
     unknown = [s for s in schedulers if s not in SCHEDULERS]
     if unknown:
         raise ValueError(f"schedulers must be among {sorted(SCHEDULERS)}, got {unknown}")
@@ -69,11 +70,11 @@ def samplers_for(*, ntm=None, fm=None, ntm_ablation=None, steps: Sequence[int] =
         raise ValueError(f"step counts must be positive integers, got {bad}")
     out: List[Sampler] = []
     if fm is not None:
-        out += [_scheduler_sampler(fm, s, k) for s in schedulers for k in steps]
+        out += [_scheduler_sampler(fm, s, k, guidance) for s in schedulers for k in steps]
     if ntm is not None:
-        out += [_ntm_sampler(ntm, "ntm", k) for k in (ntm_steps or (ntm.steps,))]
+        out += [_ntm_sampler(ntm, "ntm", k, guidance) for k in (ntm_steps or (ntm.steps,))]
     if ntm_ablation is not None:
-        out += [_ntm_sampler(ntm_ablation, "ntm_identity_transporter", k)
+        out += [_ntm_sampler(ntm_ablation, "ntm_identity_transporter", k, guidance)
                 for k in ablation_steps]
     if not out:
         raise ValueError("compare_samplers needs at least one of ntm, fm, ntm_ablation")
@@ -122,7 +123,8 @@ def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
                      steps: Sequence[int] = STEPS,
                      schedulers: Sequence[str] = tuple(SCHEDULERS),
                      ntm_steps: Optional[Sequence[int]] = None,
-                     ablation_steps: Sequence[int] = (4,), seed: int = 0, device="cpu",
+                     ablation_steps: Sequence[int] = (4,), guidance: float = 0.0,
+                     seed: int = 0, device="cpu",
                      out_dir=None, title: str = "Quality against steps",
                      meta: Optional[Dict[str, Any]] = None,
                      progress: bool = True) -> List[Dict[str, Any]]:
@@ -131,14 +133,16 @@ def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
     (models in eval mode on ``device``; ``labels [n]`` or None, the same for every sampler).
     Non-finite samples are counted, then replaced (0 / +-1e3) before rating.  With
     ``out_dir``: writes the table, plot and JSON there (:func:`~.report.write_report`, with
-    ``title`` and ``meta``)."""
+    ``title`` and ``meta``, which gains ``n``, ``seed``, ``guidance`` and ``device``)."""
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if labels is not None and tuple(labels.shape) != (n,):
         raise ValueError(f"labels must have shape [{n}], got {list(labels.shape)}")
+    if guidance != 0 and labels is None:
+        raise ValueError(f"guidance {guidance} needs labels, got labels=None")
     samplers = samplers_for(ntm=ntm, fm=fm, ntm_ablation=ntm_ablation, steps=steps,
                             schedulers=schedulers, ntm_steps=ntm_steps,
-                            ablation_steps=ablation_steps)
+                            ablation_steps=ablation_steps, guidance=guidance)
     rows = []
     bar = tqdm(samplers, desc="compare", unit="sampler", disable=not progress)
     for s in bar:
@@ -150,5 +154,6 @@ def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
                      "samples_nonfinite": bad, **quality(x)})
     if out_dir is not None:
         write_report(rows, Path(out_dir), title=title, meta=dict(meta or {}, n=n, seed=seed,
+                                                                  guidance=guidance,
                                                                   device=str(device)))
     return rows

@@ -149,9 +149,19 @@ def sample_with_scheduler(velocity_fn: VelocityFn, scheduler_name: str, steps: i
     return x, model.nfe
 
 
-def fm_velocity(model, y: Optional[Tensor] = None) -> VelocityFn:
+def fm_velocity(model, y: Optional[Tensor] = None, guidance: float = 0.0) -> VelocityFn:
     """The :data:`VelocityFn` of a :class:`~ntm_engine.models.FlowMatchingModel` (labels
-    ``y [B]`` or None; the model's own time convention is ours, see module docstring)."""
-    def v(x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
-        return model.velocity(x, t, t_next, y)
-    return v
+    ``y [B]`` or None; the model's own time convention is ours, see module docstring).
+    ``guidance`` ``w != 0`` (needs labels): ``(1+w) v(.|y) - w v(.|null)`` in one batch of
+    ``2B``, as :meth:`~ntm_engine.models.FlowMatchingModel.sample` (one NFE per call)."""
+    if guidance == 0:
+        return lambda x, t, t_next: model.velocity(x, t, t_next, y)
+    if y is None:
+        raise ValueError("guidance needs labels y (and a class-conditional model), got y=None")
+    y2 = torch.cat([y, torch.full_like(y, model.num_classes)])
+
+    def guided(x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+        B = x.shape[0]
+        v = model.velocity(torch.cat([x, x]), t.repeat(2), t_next.repeat(2), y2)
+        return (1 + guidance) * v[:B] - guidance * v[B:]
+    return guided

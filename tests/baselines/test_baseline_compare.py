@@ -81,6 +81,7 @@ def test_markdown_table_sorts_and_formats():
     (dict(schedulers=("ddim",)), "schedulers must be among"),
     (dict(steps=(0, 2)), "step counts must be positive integers, got [0]"),
     (dict(fm=None), "needs at least one of ntm, fm, ntm_ablation"),
+    (dict(guidance=1.0), "guidance 1.0 needs labels, got labels=None"),
 ])
 def test_bad_arguments_are_named(models, kwargs, needle):
     fm, _, _ = models

@@ -105,11 +105,12 @@ def test_nfe_counts_velocity_calls(name, steps, nfe):
     assert all(b <= a for a, b in zip(times, times[1:]))
 
 
-@pytest.mark.parametrize("shift", [1.0, 3.0])
-def test_euler_matches_the_flow_matching_model_sampler(shift):
+@pytest.mark.parametrize("shift,guidance", [(1.0, 0.0), (3.0, 0.0), (1.0, 1.5)])
+def test_euler_matches_the_flow_matching_model_sampler(shift, guidance):
     """The adapter passes the model's own (t, t_next) and the Euler scheduler steps on the
     model's own shifted grid: from the same noise, diffusers' Euler equals
-    FlowMatchingModel.sample (x <- x - (t_k+1 - t_k) v(x, t_k+1, t_k)), up to float32 sigmas."""
+    FlowMatchingModel.sample (x <- x - (t_k+1 - t_k) v(x, t_k+1, t_k)), up to float32 sigmas,
+    with classifier-free guidance too."""
     from ntm_engine.models import FlowMatchingModel
 
     torch.manual_seed(0)
@@ -118,13 +119,20 @@ def test_euler_matches_the_flow_matching_model_sampler(shift):
     for p in fm.parameters():   # leave the zero-initialised heads: a non-trivial velocity
         p.data.add_(0.05 * torch.randn_like(p))
     y = torch.tensor([0, 1, 2, 1])
-    ours = fm.sample(4, y=y, steps=4, generator=torch.Generator().manual_seed(3))
-    theirs, nfe = sample_with_scheduler(fm_velocity(fm, y), "flow_euler", 4, (4, 1, 4, 4),
-                                        torch.Generator().manual_seed(3), shift=shift)
+    ours = fm.sample(4, y=y, steps=4, guidance=guidance,
+                     generator=torch.Generator().manual_seed(3))
+    theirs, nfe = sample_with_scheduler(fm_velocity(fm, y, guidance), "flow_euler", 4,
+                                        (4, 1, 4, 4), torch.Generator().manual_seed(3),
+                                        shift=shift)
     noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     assert nfe == 4
     assert (ours - noise).abs().max() > 0.1
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    if guidance:
+        plain = fm.sample(4, y=y, steps=4, generator=torch.Generator().manual_seed(3))
+        assert (plain - ours).abs().max() > 1e-3   # the guidance did something
+        with pytest.raises(ValueError, match="guidance needs labels y"):
+            fm_velocity(fm, None, guidance)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
