@@ -138,9 +138,16 @@ def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
     for role, path in runs.items():
         if path is not None:
             models[role], cks[role] = load_model(path, device, use_ema=not args.no_ema)
+    for role, ck in cks.items():
+        objective = ck.config.get("objective", "ntm")
+        if (objective == "flow_matching") != (role == "fm"):
+            parser.error(f"the {role} run {ck.path} must be "
+                         f"{'a flow-matching' if role == 'fm' else 'an NTM'} run, got objective "
+                         f"{objective!r}")
     try:
-        labels, quality, reference = labels_and_quality({r: ck.config for r, ck in cks.items()}, args.n,
-                                             classifier=args.classifier, log=log)
+        labels, quality, reference = labels_and_quality(
+            {r: ck.config for r, ck in cks.items()}, args.n, classifier=args.classifier,
+            log=log)
     except ValueError as e:
         parser.error(str(e))
     if args.guidance != 0 and labels is None:

@@ -120,8 +120,9 @@ def sample_with_scheduler(velocity_fn: VelocityFn, scheduler_name: str, steps: i
 
     ``shape`` is ``[B, *data_shape]``; the start ``x_1`` is ``noise`` if given, else
     ``N(0, I)`` drawn from ``generator`` (times the scheduler's ``init_noise_sigma`` where it
-    has one: 1 for these).  ``velocity_fn(x, t [B], t_next [B])`` is called at the scheduler's sigmas (module
-    docstring); ``nfe`` counts its calls (Heun: ``2*steps - 1``).
+    has one: 1 for these).  ``velocity_fn(x, t [B], t_next [B])`` is called at the
+    scheduler's sigmas (module docstring; steps placed by :func:`set_steps`); ``nfe`` counts
+    its calls (Heun: ``2*steps - 1``).
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -137,7 +138,7 @@ def sample_with_scheduler(velocity_fn: VelocityFn, scheduler_name: str, steps: i
     # the flow-match schedulers define neither (their pipelines start at, and feed, x as is)
     x = noise.to(device=device, dtype=dtype) * getattr(sched, "init_noise_sigma", 1.0)
     scale_input = getattr(sched, "scale_model_input", lambda x_, _: x_)
-    sigmas = sched.sigmas.to(dtype=torch.float64)
+    sigmas = sched.sigmas.detach().cpu().double()
     nexts = _next_lower(sigmas)
     model = CountingVelocity(velocity_fn)
     B = shape[0]

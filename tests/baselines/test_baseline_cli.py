@@ -69,6 +69,15 @@ def test_runs_on_different_datasets_are_refused(tmp_path):
     assert not (tmp_path / "cmp").exists()
 
 
+def test_runs_in_the_wrong_role_are_refused(tmp_path, capsys):
+    parser, args = parse(["runs/fm", "--fm", "runs/ntm", "--n", "4", "--no-progress",
+                          "--device", "cpu", "--out", str(tmp_path / "cmp")])
+    with pytest.raises(SystemExit):
+        cmd_compare(args, parser, load_model=fake_runs(tmp_path), device_of=torch.device,
+                    log=lambda m: None)
+    assert "must be an NTM run, got objective 'flow_matching'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--steps", "4,0"], "expected comma-separated positive integers, got '4,0'"),
     (["--schedulers", "unipc,ddim"], "expected comma-separated names among"),
