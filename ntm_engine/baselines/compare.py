@@ -1,0 +1,159 @@
+"""Quality against steps and time: the NTM against diffusers' schedulers driving a
+flow-matching model (``docs/design.md`` section 6 for how we time).
+
+:func:`compare_samplers` draws ``n`` samples from each sampler (the same labels and seed for
+all), times them (ms per sample after a warm-up, NFE), rates them with a ``quality`` callable
+(for digits :func:`digits_quality`: the classifier accuracy and Frechet distance of ``ntm
+eval``) and writes ``quality_vs_steps.{md,png,json}`` (:mod:`.report`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import metrics
+from ..data import load_digits
+from .report import write_report
+from .schedulers import SCHEDULERS, fm_velocity, sample_with_scheduler
+
+__all__ = ["STEPS", "Sampler", "compare_samplers", "samplers_for", "digits_quality",
+           "time_sampler"]
+
+STEPS = (1, 2, 4, 8, 16, 32, 50)
+WARMUP = 2   # samples drawn once before timing (first-call allocations)
+Quality = Callable[[Tensor], Dict[str, float]]
+
+
+@dataclass
+class Sampler:
+    """One row of the comparison: ``draw(n, y, generator) -> (x [n, ...], nfe)``."""
+    name: str
+    model: str
+    steps: int
+    draw: Callable[[int, Optional[Tensor], torch.Generator], Tuple[Tensor, int]]
+
+
+def _ntm_sampler(model, name: str, steps: int, guidance: float) -> Sampler:
+    # one predictor pass per step (the transporter inverse, run once, is not counted)
+    return Sampler(name, "ntm", steps, lambda n, y, g: (
+        model.sample(n, y=y, steps=steps, guidance=guidance, generator=g), steps))
+
+
+def _scheduler_sampler(fm, scheduler: str, steps: int, guidance: float) -> Sampler:
+    def draw(n, y, g):
+        p = next(fm.parameters())
+        return sample_with_scheduler(fm_velocity(fm, y, guidance), scheduler, steps,
+                                     (n, *fm.data_shape), g, shift=fm.shift, device=p.device,
+                                     dtype=p.dtype)
+    return Sampler(scheduler, "flow_matching", steps, draw)
+
+
+def samplers_for(*, ntm=None, fm=None, ntm_ablation=None, steps: Sequence[int] = STEPS,
+                 schedulers: Sequence[str] = tuple(SCHEDULERS),
+                 ntm_steps: Optional[Sequence[int]] = None,
+                 ablation_steps: Sequence[int] = (4,), guidance: float = 0.0) -> List[Sampler]:
+    """The rows to run: each of ``schedulers`` on ``fm`` at each of ``steps``; ``ntm`` at
+    ``ntm_steps`` (default: its trained ``steps``); the identity-transporter ``ntm_ablation``
+    at ``ablation_steps``; all with classifier-free ``guidance`` (needs labels)."""
+    unknown = [s for s in schedulers if s not in SCHEDULERS]
+    if unknown:
+        raise ValueError(f"schedulers must be among {sorted(SCHEDULERS)}, got {unknown}")
+    bad = [s for s in list(steps) + list(ntm_steps or []) + list(ablation_steps)
+           if int(s) != s or s < 1]
+    if bad:
+        raise ValueError(f"step counts must be positive integers, got {bad}")
+    out: List[Sampler] = []
+    if fm is not None:
+        out += [_scheduler_sampler(fm, s, k, guidance) for s in schedulers for k in steps]
+    if ntm is not None:
+        out += [_ntm_sampler(ntm, "ntm", k, guidance) for k in (ntm_steps or (ntm.steps,))]
+    if ntm_ablation is not None:
+        out += [_ntm_sampler(ntm_ablation, "ntm_identity_transporter", k, guidance)
+                for k in ablation_steps]
+    if not out:
+        raise ValueError("compare_samplers needs at least one of ntm, fm, ntm_ablation")
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_sampler(sampler: Sampler, n: int, y: Optional[Tensor], *, seed: int,
+                 device) -> Tuple[Tensor, Dict[str, float]]:
+    """``(samples [n, ...] on the CPU, {"nfe", "ms_per_sample", "wall_s"})``: a warm-up of
+    :data:`WARMUP` samples, then ``n`` from ``seed`` timed as one batch."""
+    device = torch.device(device)
+    yd = None if y is None else y.to(device)
+    sampler.draw(min(n, WARMUP), None if yd is None else yd[:WARMUP],
+                 torch.Generator(device=device).manual_seed(seed + 1))
+    _sync(device)
+    t0 = time.perf_counter()
+    x, nfe = sampler.draw(n, yd, torch.Generator(device=device).manual_seed(seed))
+    _sync(device)
+    wall = time.perf_counter() - t0
+    return x.cpu(), {"nfe": int(nfe), "ms_per_sample": 1e3 * wall / n, "wall_s": wall}
+
+
+def digits_quality(labels: Optional[Tensor], classifier_path=None,
+                   log=None) -> Tuple[Quality, float]:
+    """``(quality, reference)``: the digits rating of ``ntm eval``
+    (:func:`~ntm_engine.metrics.sample_quality`: the cached classifier's accuracy on
+    ``labels`` and the Frechet distance of its features to the test split), and that distance
+    for the training split (what real digits score)."""
+    net, _ = metrics.load_or_train_classifier(classifier_path, log=log)
+    x_test, _ = load_digits("test")
+    x_train, _ = load_digits("train")
+    with torch.no_grad():
+        reference = metrics.frechet_distance_features(net.features(x_train),
+                                                      net.features(x_test))
+    return (lambda s: metrics.sample_quality(net, s, labels, x_test)), reference
+
+
+def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
+                     labels: Optional[Tensor] = None, n: int = 1000,
+                     steps: Sequence[int] = STEPS,
+                     schedulers: Sequence[str] = tuple(SCHEDULERS),
+                     ntm_steps: Optional[Sequence[int]] = None,
+                     ablation_steps: Sequence[int] = (4,), guidance: float = 0.0,
+                     seed: int = 0, device="cpu",
+                     out_dir=None, title: str = "Quality against steps",
+                     meta: Optional[Dict[str, Any]] = None,
+                     progress: bool = True) -> List[Dict[str, Any]]:
+    """Rows ``{"sampler", "model", "steps", "nfe", "ms_per_sample", "wall_s",
+    "samples_nonfinite", **quality(samples)}``, one per sampler of :func:`samplers_for`
+    (models in eval mode on ``device``; ``labels [n]`` or None, the same for every sampler).
+    Non-finite samples are counted, then replaced (0 / +-1e3) before rating.  With
+    ``out_dir``: writes the table, plot and JSON there (:func:`~.report.write_report`, with
+    ``title`` and ``meta``, which gains ``n``, ``seed``, ``guidance`` and ``device``)."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape [{n}], got {list(labels.shape)}")
+    if guidance != 0 and labels is None:
+        raise ValueError(f"guidance {guidance} needs labels, got labels=None")
+    samplers = samplers_for(ntm=ntm, fm=fm, ntm_ablation=ntm_ablation, steps=steps,
+                            schedulers=schedulers, ntm_steps=ntm_steps,
+                            ablation_steps=ablation_steps, guidance=guidance)
+    rows = []
+    bar = tqdm(samplers, desc="compare", unit="sampler", disable=not progress)
+    for s in bar:
+        bar.set_postfix_str(f"{s.name} {s.steps} steps")
+        x, timing = time_sampler(s, n, labels, seed=seed, device=device)
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        x = torch.nan_to_num(x, nan=0.0, posinf=1e3, neginf=-1e3)
+        rows.append({"sampler": s.name, "model": s.model, "steps": s.steps, **timing,
+                     "samples_nonfinite": bad, **quality(x)})
+    if out_dir is not None:
+        write_report(rows, Path(out_dir), title=title, meta=dict(meta or {}, n=n, seed=seed,
+                                                                  guidance=guidance,
+                                                                  device=str(device)))
+    return rows
