@@ -7,7 +7,7 @@
   :func:`load_run` loads a trained run (``.model``, ``.config``, ``.checkpoint``)
 * :mod:`ntm_engine.cli` -- the ``ntm`` command line
 
-The package map and the path of one training step: ``docs/design.md`` section 7.
+The package map and the path of one training step: ``docs/design.md`` section 4.
 """
 from . import ops, reference
 from ._extension import build_info

@@ -1,4 +1,4 @@
-"""Training, distillation and evaluation runs (``docs/design.md`` section 7), bottom to top:
+"""Training, distillation and evaluation runs (``docs/design.md`` section 4), bottom to top:
 
 * :mod:`.errors`, :mod:`.sections`, :mod:`.config`, :mod:`.distill_config` -- typed configs,
   their flat ``config.json`` form and its upgrades from older versions

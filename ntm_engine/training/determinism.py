@@ -3,7 +3,7 @@
 A run resumed from the checkpoint of step ``s`` repeats, bit for bit on the same machine and
 thread count, what an uninterrupted run does after ``s``, provided each iteration draws
 everything random from seeds derived from ``(seed, step)`` (:func:`derive_seed`) -- unless a
-``minutes`` budget shapes the learning rate (``docs/design.md`` section 7).
+``minutes`` budget shapes the learning rate (``docs/design.md`` section 4).
 """
 from __future__ import annotations
 

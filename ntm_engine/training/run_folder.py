@@ -1,7 +1,7 @@
 """The run folder: one process at a time (an advisory lock the OS drops even on SIGKILL), the
 checks before a run continues in it, and its ``config.json``.
 
-Layout of a run folder (``docs/design.md`` section 7): ``config.json``, ``metrics.jsonl``,
+Layout of a run folder (``docs/design.md`` section 4): ``config.json``, ``metrics.jsonl``,
 ``checkpoints/step_NNNNNNNN/`` (:mod:`ntm_engine.checkpoint`), ``.lock``, and what the run type
 adds (sample grids, ``fm_reference.safetensors``, ``denoiser/``).
 """

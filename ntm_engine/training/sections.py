@@ -1,7 +1,7 @@
 """The config sections every run type shares: data, optimisation and run cadence, as frozen
 dataclasses whose construction checks each field (a :class:`ConfigError` names the option, what
 it must be and what came), and the helpers that map between them and the flat JSON layout of
-``config.json`` (one key per field, sections flattened; see ``docs/design.md`` section 7)."""
+``config.json`` (one key per field, sections flattened; see ``docs/design.md`` section 4)."""
 from __future__ import annotations
 
 import dataclasses
