@@ -41,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args, parser)
+        return args.handler(args, parser)
     except (ConfigError, CheckpointError) as e:
         raise SystemExit(f"ntm {args.command}: error: {e}")
 

@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
                    help="continue from the newest valid checkpoint in --out")
     add_device_options(d)
     d.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    d.set_defaults(run=run)
+    d.set_defaults(handler=run)
 
 
 def distill_config(args, teacher_ck: ckpt.Checkpoint, out: Path) -> DistillConfig:

@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
                    help="also evaluate sampling with t_0 = the denoiser's t_d, with the "
                    "transporter inverse and with the denoiser (made by `ntm distill`)")
     add_device_options(e)
-    e.set_defaults(run=run)
+    e.set_defaults(handler=run)
 
 
 def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:

@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
                    help="a denoiser made by `ntm distill`: sample with t_0 = its t_d and let it "
                    "replace the transporter inverse")
     add_device_options(s)
-    s.set_defaults(run=run)
+    s.set_defaults(handler=run)
 
 
 def labels(spec: Optional[str], cfg: TrainConfig, n: int) -> Optional[torch.Tensor]:

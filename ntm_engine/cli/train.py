@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     # testing hooks (hidden)
     t.add_argument("--fault-nonfinite-at", type=int_list, default=None, help=argparse.SUPPRESS)
     t.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
-    t.set_defaults(run=run)
+    t.set_defaults(handler=run)
 
 
 def _add_model_options(m) -> None:

@@ -26,7 +26,7 @@ from .loop import Loop
 from .objectives import Batch, DistillationTarget, DistillBatch
 from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
 from .run_folder import RunFolder
-from .session import RunSession, RunState
+from .session import RunSession, SessionViews
 from .trainer import default_device, stderr_log
 
 
@@ -40,7 +40,7 @@ def _check_teacher(teacher: nn.Module, cfg: DistillConfig) -> None:
                           f"{m.get('num_classes', 0)})")
 
 
-class Distiller:
+class Distiller(SessionViews):
     """One distillation run of ``cfg`` (a :class:`DistillConfig` or its dict form) in folder
     ``out`` from the frozen ``teacher`` (an NTM; put in eval mode, parameters frozen).
 
@@ -83,30 +83,6 @@ class Distiller:
                              adamw(self.model, cfg.optim), self.data, keep=cfg.run.keep)
         session.begin(resumed)
         return session
-
-    # ------------------------------------------------------------------ state
-    @property
-    def state(self) -> RunState:
-        return self.session.state
-
-    @property
-    def step(self) -> int:
-        return self.session.state.step
-
-    @property
-    def skipped(self) -> int:
-        return self.session.state.skipped
-
-    @property
-    def nonfinite_run(self) -> int:
-        return self.session.state.nonfinite_run
-
-    @property
-    def last_eval(self) -> Dict[str, Any]:
-        return self.session.state.last_eval
-
-    def close(self) -> None:
-        self.folder.release()
 
     def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
         """Distil until the budget is spent (or ``stop_after`` iterations, or a signal)."""

@@ -109,3 +109,38 @@ class RunSession:
 
     def write_metrics(self, rec: Dict[str, Any], *, sync: bool = False) -> None:
         append_metrics(self.out, rec, sync=sync)
+
+
+class SessionViews:
+    """Read access to a run's counters for the objects that own a ``session`` and a
+    ``folder`` (the trainer, the distiller); no behaviour of the loop lives here."""
+    session: RunSession
+    folder: RunFolder
+
+    @property
+    def state(self) -> RunState:
+        return self.session.state
+
+    @property
+    def step(self) -> int:
+        return self.session.state.step
+
+    @property
+    def skipped(self) -> int:
+        return self.session.state.skipped
+
+    @property
+    def nonfinite_run(self) -> int:
+        return self.session.state.nonfinite_run
+
+    @property
+    def last_eval(self) -> Dict[str, Any]:
+        return self.session.state.last_eval
+
+    @property
+    def out(self) -> Path:
+        return self.folder.path
+
+    def close(self) -> None:
+        """Release the run folder (done at the end of ``run``)."""
+        self.folder.release()

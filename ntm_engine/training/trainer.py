@@ -31,7 +31,7 @@ from .metrics_log import read_metrics
 from .objectives import Batch
 from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
 from .run_folder import RunFolder
-from .session import RunSession, RunState
+from .session import RunSession, SessionViews
 
 
 def default_device(device=None) -> torch.device:
@@ -42,7 +42,7 @@ def stderr_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class Trainer:
+class Trainer(SessionViews):
     """One training run of ``cfg`` (a :class:`TrainConfig` or its dict form) in folder ``out``.
 
     ``resume=True`` continues from the newest valid checkpoint (a corrupt newer one is
@@ -102,27 +102,6 @@ class Trainer:
     def _on_fresh_start(self) -> None:
         if self.reference is not None:
             save_reference(self.reference, self.folder.path)
-
-    # ------------------------------------------------------------------ state
-    @property
-    def state(self) -> RunState:
-        return self.session.state
-
-    @property
-    def step(self) -> int:
-        return self.session.state.step
-
-    @property
-    def last_eval(self) -> Dict[str, Any]:
-        return self.session.state.last_eval
-
-    @property
-    def out(self):
-        return self.folder.path
-
-    def close(self) -> None:
-        """Release the run folder (done at the end of :meth:`run`)."""
-        self.folder.release()
 
     # ------------------------------------------------------------------ the run
     def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
