@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from typing import List
 
 import torch
@@ -67,3 +68,19 @@ def setup_device(args) -> torch.device:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def timed_samples(model, n: int, y, device, **kw):
+    """``(samples [n, ...] on the CPU, seconds)`` after a warm-up draw of 2 (first-call
+    allocations), so the time is the steady state.  ``kw``: :meth:`NTM.sample` options and
+    ``seed``."""
+    seed = kw.pop("seed")
+    y = None if y is None else y.to(device)
+    model.sample(min(n, 2), y=None if y is None else y[:2], **kw,
+                 generator=torch.Generator(device=device).manual_seed(0))
+    g = torch.Generator(device=device).manual_seed(seed)
+    t0 = time.perf_counter()
+    x = model.sample(n, y=y, generator=g, **kw)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return x.cpu(), time.perf_counter() - t0

@@ -16,8 +16,8 @@ from ..checkpoint import atomic_write_text
 from ..data import eight_gaussian_modes, load_digits
 from ..training import (Run, default_sample_steps, denoiser_for, evaluate_bpd, evaluate_test,
                         load_run, model_code_fingerprint, test_data)
-from .common import add_device_options, log, nonneg_float, nonneg_int, positive_int, setup_device
-from .sample import timed_samples
+from .common import (add_device_options, log, nonneg_float, nonneg_int, positive_int, setup_device,
+                     timed_samples)
 
 
 def add_parser(sub) -> None:

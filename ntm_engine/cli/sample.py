@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +14,8 @@ import torch
 from .. import plots
 from ..checkpoint import atomic_write_bytes
 from ..training import TrainConfig, default_sample_steps, denoiser_for, load_run, test_data
-from .common import add_device_options, int_list, log, nonneg_float, positive_int, setup_device
+from .common import (add_device_options, int_list, log, nonneg_float, positive_int, setup_device,
+                     timed_samples)
 
 
 def add_parser(sub) -> None:
@@ -57,22 +57,6 @@ def labels(spec: Optional[str], cfg: TrainConfig, n: int) -> Optional[torch.Tens
     if not vals or any(not 0 <= v < 10 for v in vals):
         raise SystemExit(f"ntm sample: error: --labels must be digits 0..9, got {spec!r}")
     return torch.tensor(vals).repeat(math.ceil(n / len(vals)))[:n]
-
-
-def timed_samples(model, n: int, y, device, **kw):
-    """``(samples [n, ...] on the CPU, seconds)`` after a warm-up draw of 2 (first-call
-    allocations), so the time is the steady state.  ``kw``: :meth:`NTM.sample` options and
-    ``seed``."""
-    seed = kw.pop("seed")
-    y = None if y is None else y.to(device)
-    model.sample(min(n, 2), y=None if y is None else y[:2], **kw,
-                 generator=torch.Generator(device=device).manual_seed(0))
-    g = torch.Generator(device=device).manual_seed(seed)
-    t0 = time.perf_counter()
-    x = model.sample(n, y=y, generator=g, **kw)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return x.cpu(), time.perf_counter() - t0
 
 
 def _write(x, y, out: Path, args, cfg: TrainConfig) -> list:

@@ -26,8 +26,7 @@ from .loop import Loop
 from .objectives import Batch, DistillationTarget, DistillBatch
 from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
 from .run_folder import RunFolder
-from .session import RunSession, SessionViews
-from .trainer import default_device, stderr_log
+from .session import RunSession, SessionViews, default_device, stderr_log
 
 
 def _check_teacher(teacher: nn.Module, cfg: DistillConfig) -> None:

@@ -17,7 +17,7 @@ from .distill_config import KIND
 from .errors import ConfigError
 from .factory import build_model
 from .sections import differences
-from .trainer import stderr_log
+from .session import stderr_log
 
 
 @dataclass

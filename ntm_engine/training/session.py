@@ -3,6 +3,7 @@
 source, config), saved and restored as one."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -16,6 +17,15 @@ from .errors import ConfigError
 from .metrics_log import append_metrics, truncate_metrics
 from .optim import EMA
 from .run_folder import RunFolder
+
+
+def default_device(device=None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass

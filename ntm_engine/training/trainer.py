@@ -11,7 +11,6 @@ uninterrupted run does after ``s`` (unless a ``minutes`` budget shapes the learn
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -31,15 +30,7 @@ from .metrics_log import read_metrics
 from .objectives import Batch
 from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
 from .run_folder import RunFolder
-from .session import RunSession, SessionViews
-
-
-def default_device(device=None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from .session import RunSession, SessionViews, default_device, stderr_log
 
 
 class Trainer(SessionViews):
