@@ -10,7 +10,8 @@ from .. import checkpoint as ckpt
 from ..training import (DISTILL_DEFAULTS, KIND, ConfigError, DistillConfig, Distiller,
                         load_run, make_distill_config, run_command)
 from ..training.distill_config import distill_differences
-from .common import add_device_options, log, nonneg_float, positive_float, positive_int, setup_device
+from .common import (add_device_options, log, nonneg_float, positive_float, positive_int,
+                     setup_device)
 
 # budget when neither --iters nor --minutes is given (the cosine schedule follows whichever
 # ends first); sized for the digits teacher on one thread (about 0.4 s per iteration)

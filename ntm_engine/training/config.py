@@ -188,19 +188,24 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
           f"class_conditional={data.class_conditional}")
     for k in ("width", "depth", "heads", "transporter_layers", "transporter_hidden"):
         check(isinstance(m.get(k), int), f"{MODEL_OPTIONS[k]} must be an integer, got {m.get(k)!r}")
-    steps = m.get("steps")   # (a tuple of step counts is the constructor's to check)
+    # values that are not plain numbers (several step counts, shift "auto") are the model
+    # constructor's to check
+    steps = m.get("steps")
     checks = [
         (not isinstance(steps, int) or steps >= 1,
          f"--steps-T (number of trajectory steps T) must be >= 1, got {steps}"),
         (m["width"] >= 1 and m["depth"] >= 1 and m["heads"] >= 1,
-         f"--width, --depth and --heads must be >= 1, got {m['width']}, {m['depth']}, {m['heads']}"),
+         f"--width, --depth and --heads must be >= 1, got {m['width']}, {m['depth']}, "
+         f"{m['heads']}"),
         (m["width"] % m["heads"] == 0,
          f"--width ({m['width']}) must be divisible by --heads ({m['heads']})"),
         (m["transporter_layers"] >= 0 and m["transporter_hidden"] >= 1,
          "--transporter-layers must be >= 0 and --transporter-hidden >= 1, got "
          f"{m['transporter_layers']} and {m['transporter_hidden']}"),
-        (m["shift"] > 0, f"--shift must be > 0, got {m['shift']}"),
-        (m.get("clamp") is None or m["clamp"] > 0, f"--clamp must be > 0, got {m.get('clamp')}"),
+        (not _is_real(m.get("shift")) or m["shift"] > 0,
+         f"--shift must be > 0, got {m.get('shift')}"),
+        (not _is_real(m.get("clamp")) or m["clamp"] > 0,
+         f"--clamp must be > 0, got {m.get('clamp')}"),
         (not obj.needs_velocity_head or m.get("parameterization") == "flow_matching",
          "--init-from and --objective flow_matching need the flow_matching parameterization, "
          f"got --parameterization {m.get('parameterization')}"),
@@ -216,7 +221,7 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
 
 # ----------------------------------------------------------------------------- building
 
-def make_config(dataset: str = "digits", class_conditional: bool = False,
+def make_config(dataset: str = "digits", class_conditional: bool = False, *,
                 model: Optional[Mapping[str, Any]] = None, **train) -> TrainConfig:
     """A full, validated config: the dataset's model defaults with ``model`` entries (None
     values ignored) and flat training entries ``train`` (unknown ones refused)."""

@@ -121,7 +121,7 @@ def _teacher_model(teacher_ck: ckpt.Checkpoint) -> Dict[str, Any]:
     return tcfg["model"]
 
 
-def make_distill_config(teacher_ck: ckpt.Checkpoint, t_min: Optional[float] = None,
+def make_distill_config(teacher_ck: ckpt.Checkpoint, *, t_min: Optional[float] = None,
                         denoiser: Optional[Dict[str, Any]] = None,
                         label_dropout: Optional[float] = None, **train) -> DistillConfig:
     """A full, validated distillation config for the teacher checkpoint ``teacher_ck``.

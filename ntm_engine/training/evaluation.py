@@ -14,7 +14,7 @@ from .config import TrainConfig
 from .determinism import device_generator
 
 
-def _evaluate(metric, model, cfg: TrainConfig, device, seed: int) -> Dict[str, float]:
+def _evaluate(metric, model, cfg: TrainConfig, device, *, seed: int) -> Dict[str, float]:
     x, y = test_data(cfg.data)
     was = model.training
     model.eval()
@@ -25,19 +25,19 @@ def _evaluate(metric, model, cfg: TrainConfig, device, seed: int) -> Dict[str, f
         model.train(was)
 
 
-def evaluate_bpd(model, cfg, device, seed: int = 0) -> Dict[str, float]:
+def evaluate_bpd(model, cfg, device, *, seed: int = 0) -> Dict[str, float]:
     """Test bits/dim of an NTM (``bpd``, ``bpd_sem``, ``n``;
     :func:`~ntm_engine.metrics.dataset_bits_per_dim`)."""
-    return _evaluate(dataset_bits_per_dim, model, TrainConfig.coerce(cfg), device, seed)
+    return _evaluate(dataset_bits_per_dim, model, TrainConfig.coerce(cfg), device, seed=seed)
 
 
-def evaluate_test(model, cfg, device, seed: int = 0) -> Dict[str, float]:
+def evaluate_test(model, cfg, device, *, seed: int = 0) -> Dict[str, float]:
     """The test metrics of the objective: bits/dim (``bpd``, ``bpd_sem``, ``n``) of an NTM,
     the loss (``fm_loss``, ``fm_loss_sem``, ``n``) of a flow-matching model."""
     cfg = TrainConfig.coerce(cfg)
     if cfg.objective.objective == "flow_matching":
-        return _evaluate(dataset_fm_loss, model, cfg, device, seed)
-    return _evaluate(dataset_bits_per_dim, model, cfg, device, seed)
+        return _evaluate(dataset_fm_loss, model, cfg, device, seed=seed)
+    return _evaluate(dataset_bits_per_dim, model, cfg, device, seed=seed)
 
 
 def default_sample_steps(cfg) -> int:

@@ -83,7 +83,7 @@ class DistillBatch:
 
 @torch.no_grad()
 def distillation_batch(teacher: nn.Module, x: Tensor, y: Optional[Tensor], t_min: float,
-                       generator: Optional[torch.Generator] = None,
+                       generator: Optional[torch.Generator] = None, *,
                        label_dropout: float = 0.0) -> DistillBatch:
     """Inputs and targets for data ``x [B, *shape]`` (labels ``y [B]`` or None).
 
@@ -114,7 +114,7 @@ class DistillationTarget:
 
     def targets(self, batch: Batch) -> DistillBatch:
         return distillation_batch(self.teacher, batch.x, batch.y, self.t_min, batch.generator,
-                                  self.label_dropout)
+                                  label_dropout=self.label_dropout)
 
     def loss(self, batch: DistillBatch) -> Tuple[Tensor, Metrics]:
         """The mean squared error (per element; a scalar) and no further metrics."""

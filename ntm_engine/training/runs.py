@@ -58,7 +58,7 @@ def load_run(path: Union[str, Path], device="cpu", ema: bool = True, *,
     return Run(model.to(device).eval(), cfg, ck)
 
 
-def load_denoiser(path, device=None, use_ema: bool = True, log=None
+def load_denoiser(path, device=None, *, use_ema: bool = True, log=None
                   ) -> Tuple[Denoiser, ckpt.Checkpoint]:
     """``(denoiser in eval mode, checkpoint)`` from a distillation folder or checkpoint."""
     ck = ckpt.resolve(path, log=log)
