@@ -9,7 +9,7 @@ import glob
 import os
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -59,13 +59,8 @@ def _extension():
         "ntm_engine._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
 
 
+# Metadata, dependencies, the version and the `ntm` entry point live in pyproject.toml.
 setup(
-    name="ntm_engine",
-    version="0.1.0",
-    description="Normalizing Trajectory Models with fused C++/CUDA normalizing-flow kernels",
-    packages=find_packages(include=["ntm_engine", "ntm_engine.*"]),
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
-    entry_points={"console_scripts": ["ntm=ntm_engine.cli:main"]},
 )

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .checkpoint import atomic_write_bytes
 from .data import DIGITS_LEVELS, dequantize, load_digits
 
 # ----------------------------------------------------------------------------- bits/dim
@@ -192,13 +195,9 @@ def classifier_accuracy(net: DigitsClassifier, x: Tensor, y: Tensor) -> float:
 def load_or_train_classifier(path=None, log=None) -> Tuple[DigitsClassifier, Dict[str, str]]:
     """The cached classifier at ``path`` (default :func:`default_classifier_path`), training and
     caching it (atomically) first if it is missing or unreadable."""
-    from safetensors.torch import load_file, save
-    from .checkpoint import atomic_write_bytes
-
     path = Path(path) if path is not None else default_classifier_path()
     if path.exists():
         try:
-            from safetensors import safe_open
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             if meta.get("version") != CLASSIFIER_VERSION:

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from PIL import Image, ImageDraw
 from torch import Tensor
+
+from .checkpoint import atomic_write_bytes
 
 
 def _save_png(img, path) -> Path:
-    from .checkpoint import atomic_write_bytes
-
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     path = Path(path)
@@ -25,8 +26,6 @@ def digit_grid_image(images: Tensor, nrow: int = 10, scale: int = 8, pad: int = 
                      labels: Optional[Sequence[Any]] = None):
     """A Pillow image of ``images [N, 1, H, W]`` (values in [-1, 1], clamped), ``nrow`` per
     row, each pixel upscaled to ``scale x scale`` (nearest), ``pad`` grey pixels between."""
-    from PIL import Image
-
     x = images.detach().float().cpu()
     if x.dim() == 3:
         x = x.unsqueeze(1)
@@ -51,8 +50,6 @@ def save_digit_grid(images: Tensor, path, nrow: int = 10, scale: int = 8,
     """Write a digit grid PNG (see :func:`digit_grid_image`); returns the path."""
     img = digit_grid_image(images, nrow=nrow, scale=scale)
     if title:
-        from PIL import Image, ImageDraw
-
         framed = Image.new("L", (img.width, img.height + 14), 255)
         framed.paste(img, (0, 14))
         ImageDraw.Draw(framed).text((2, 1), title, fill=0)
@@ -61,7 +58,7 @@ def save_digit_grid(images: Tensor, path, nrow: int = 10, scale: int = 8,
 
 
 def _figure(figsize):
-    import matplotlib
+    import matplotlib   # deferred on purpose: heavy, and only the curves and scatters need it
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
@@ -69,8 +66,6 @@ def _figure(figsize):
 
 
 def _save_fig(fig, path) -> Path:
-    from .checkpoint import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     path = Path(path)

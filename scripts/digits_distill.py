@@ -26,10 +26,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from ntm_engine import cli, plots  # noqa: E402
+from ntm_engine import cli, load_run, plots  # noqa: E402
 from ntm_engine.checkpoint import atomic_write_text  # noqa: E402
-from ntm_engine.distill import load_denoiser  # noqa: E402
-from ntm_engine.train import read_metrics  # noqa: E402
+from ntm_engine.training import load_denoiser, read_metrics  # noqa: E402
 
 SAMPLE_KEYS = ("class_accuracy", "frechet_distance", "sample_ms_per_sample",
                "samples_nonfinite", "mean_max_softmax")
@@ -71,7 +70,8 @@ def main() -> None:
         evs.append(json.loads(ev_path.read_text()))
     ev = evs[0]
 
-    teacher, teacher_ck = cli.load_model(args.teacher, "cpu")
+    loaded = load_run(args.teacher, "cpu")
+    teacher, teacher_ck = loaded.model, loaded.checkpoint
     den, den_ck = load_denoiser(out, "cpu")
     t_d = float(den_ck.config["t_min"])
     n = args.n

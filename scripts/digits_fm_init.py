@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from ntm_engine import cli, plots  # noqa: E402
 from ntm_engine.checkpoint import atomic_write_text  # noqa: E402
-from ntm_engine.train import Trainer, evaluate_bpd, read_metrics  # noqa: E402
+from ntm_engine.training import Trainer, evaluate_bpd, read_metrics  # noqa: E402
 
 COMMON = ["--class-conditional", "--threads", "1", "--no-progress", "--resume"]
 SAMPLE_KEYS = ("class_accuracy", "frechet_distance", "sample_ms_per_sample",

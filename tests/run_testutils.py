@@ -1,6 +1,6 @@
 """Tiny training runs shared by the training-loop tests: a small NTM config on a toy dataset
-and a quiet CPU :class:`~ntm_engine.train.Trainer`."""
-from ntm_engine.train import Trainer, make_config
+and a quiet CPU :class:`~ntm_engine.training.Trainer`."""
+from ntm_engine.training import Trainer, make_config
 
 TINY = dict(width=32, depth=1, heads=2, transporter_layers=2, transporter_hidden=32)
 

@@ -15,7 +15,7 @@ import torch
 
 from ntm_engine import checkpoint as ckpt
 from ntm_engine import cli, metrics
-from ntm_engine.train import read_metrics
+from ntm_engine.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--width", "32", "--depth", "1", "--heads", "2", "--transporter-layers", "2",
@@ -55,7 +55,7 @@ def test_help_and_entry_points(capsys):
     for opt in ("--dataset", "--steps-T", "--class-conditional", "--resume", "--minutes",
                 "--ckpt-every", "--max-nonfinite", "--device"):
         assert opt in out
-    assert "ntm=ntm_engine.cli:main" in (ROOT / "setup.py").read_text()
+    assert 'ntm = "ntm_engine.cli:main"' in (ROOT / "pyproject.toml").read_text()
     r = subprocess.run([sys.executable, "-m", "ntm_engine", "sample", "--help"], cwd=ROOT,
                        env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--guidance" in r.stdout

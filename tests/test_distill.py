@@ -1,4 +1,4 @@
-"""Self-distillation (``ntm_engine.distill``, ``ntm distill``): a short run learns the analytic
+"""Self-distillation (``ntm_engine.training.distiller``, ``ntm distill``): a short run learns the analytic
 posterior mean of an exact Gaussian teacher; killed + resumed runs repeat the uninterrupted
 one; non-finite losses are skipped; the command line, ``--denoiser`` for sample/eval, and its
 error messages.  Teachers are tiny NTMs written straight into run folders."""
@@ -10,9 +10,9 @@ import torch
 
 from ntm_engine import checkpoint as ckpt
 from ntm_engine.data import sample_toy
-from ntm_engine.distill import (Distiller, load_denoiser, make_distill_config)
-from ntm_engine.train import (ConfigError, NonFiniteLossError, build_model, make_config,
-                              model_code_fingerprint, read_metrics)
+from ntm_engine.training import (ConfigError, Distiller, NonFiniteLossError, build_model,
+                                 load_denoiser, make_config, make_distill_config,
+                                 model_code_fingerprint, read_metrics)
 
 from test_cli import fast_classifier, run_cli  # noqa: F401  (an autouse fixture)
 
@@ -30,7 +30,7 @@ def save_teacher(run, dataset="two_moons", conditional=False, perturb=0.0, **mod
         for p in net.parameters():
             p.add_(perturb * torch.randn(p.shape, generator=g))
     ckpt.save_checkpoint(run, 7, net.state_dict(), net.state_dict(),
-                         {"config": cfg, "model_code_sha256": model_code_fingerprint()})
+                         {"config": cfg.to_dict(), "model_code_sha256": model_code_fingerprint()})
     return run
 
 

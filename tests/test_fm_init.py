@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ntm_engine import checkpoint as ckpt
-from ntm_engine.train import (REFERENCE_FILE, ConfigError, build_model,
-                              config_differences, fm_reg_weight, read_metrics,
-                              validate_config)
+from ntm_engine.training import (REFERENCE_FILE, ConfigError, build_model,
+                                 config_differences, fm_reg_weight, read_metrics,
+                                 validate_config)
 
 from run_testutils import trainer
 from run_testutils import tiny_cfg as run_tiny_cfg
@@ -45,9 +45,9 @@ def test_fm_reg_weight_is_a_cosine_from_lambda_to_zero():
     assert w[50] == pytest.approx(1.25, abs=1e-12)
     assert w[25] == pytest.approx(2.5 * 0.5 * (1 + math.cos(math.pi / 4)), abs=1e-12)
     assert all(a > b for a, b in zip(w, w[1:]))
-    timed = dict(cfg, iters=None, minutes=1.0)
+    timed = cfg.replace(iters=None, minutes=1.0)
     assert fm_reg_weight(timed, 10**6, elapsed_s=30.0) == pytest.approx(1.25)
-    assert fm_reg_weight(dict(cfg, fm_reg=0.0), 3) == 0.0
+    assert fm_reg_weight(cfg.replace(fm_reg=0.0), 3) == 0.0
 
 
 # ----------------------------------------------------------------------------- runs
@@ -66,7 +66,7 @@ def test_flow_matching_run_records_its_loss(fm_run):
 
 def test_init_from_starts_at_the_fm_model_and_logs_both_terms(fm_run, tmp_path):
     cfg = tiny_cfg(init_from=str(fm_run), iters=8)
-    assert cfg["model"]["parameterization"] == "flow_matching"
+    assert cfg.model["parameterization"] == "flow_matching"
     t = trainer(cfg, tmp_path / "ntm")
     fm_ema = ckpt.load_latest(fm_run).ema
     for k, v in t.model.predictor.state_dict().items():
@@ -176,7 +176,8 @@ def test_init_from_needs_a_flow_matching_run(fm_run, tmp_path):
 
 def test_configs_stored_by_older_code_stay_valid():
     new = tiny_cfg("digits", True)
-    old = json.loads(json.dumps(new))
+    old = new.to_dict()
+    del old["version"]   # (configs of older code have none)
     for k in ("objective", "init_from", "fm_reg"):
         del old[k]
     del old["model"]["parameterization"]
@@ -184,7 +185,7 @@ def test_configs_stored_by_older_code_stay_valid():
     validate_config(old)
     model = build_model(old)
     assert model.predictor.parameterization == "gaussian"
-    assert new["model"]["parameterization"] == "gaussian" and new["objective"] == "ntm"
+    assert new.model["parameterization"] == "gaussian" and new.objective.objective == "ntm"
 
 
 # ----------------------------------------------------------------------------- command line

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ntm_engine import checkpoint as ckpt
-from ntm_engine.train import (EMA, ConfigError, DataSource, NonFiniteLossError,
-                              config_differences, derive_seed, learning_rate, make_config,
-                              read_metrics)
+from ntm_engine.training import (EMA, ConfigError, DataSource, NonFiniteLossError,
+                                 config_differences, derive_seed, learning_rate, make_config,
+                                 read_metrics)
 
 from run_testutils import TINY, tiny_cfg, trainer
 
@@ -27,7 +27,7 @@ def test_data_is_a_function_of_seed_and_step():
     xb, yb = b.batch(7)
     assert torch.equal(xa, a.batch(7)[0]) and torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(a.batch(8)[0], xa)
-    other = DataSource(dict(cfg, seed=1))
+    other = DataSource(cfg.replace(seed=1))
     assert not torch.equal(other.batch(7)[0], xa)
     toy = DataSource(tiny_cfg("checkerboard"))
     assert torch.equal(toy.batch(5)[0], DataSource(tiny_cfg("checkerboard")).batch(5)[0])
@@ -52,14 +52,14 @@ def test_derive_seed_streams_differ():
 
 def test_learning_rate_warmup_then_cosine():
     cfg = tiny_cfg(lr=1e-3, warmup=10, iters=110, min_lr_ratio=0.1)
-    lrs = [learning_rate(cfg, s) for s in range(110)]
+    lrs = [learning_rate(cfg.optim, s) for s in range(110)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a <= b + 1e-15 for a, b in zip(lrs[:10], lrs[1:10]))
     assert all(a >= b - 1e-15 for a, b in zip(lrs[10:], lrs[11:]))
-    assert learning_rate(cfg, 110) == pytest.approx(1e-4)
-    assert learning_rate(cfg, 60) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
-    timed = dict(cfg, iters=None, minutes=1.0)
-    assert learning_rate(timed, 50, elapsed_s=30.0) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert learning_rate(cfg.optim, 110) == pytest.approx(1e-4)
+    assert learning_rate(cfg.optim, 60) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    timed = cfg.replace(iters=None, minutes=1.0)
+    assert learning_rate(timed.optim, 50, elapsed_s=30.0) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
 
 
 def test_ema_tracks_weights():
@@ -174,7 +174,7 @@ def test_config_errors(kw, match):
 
 def test_model_constructor_errors_become_config_errors(tmp_path):
     cfg = tiny_cfg()
-    cfg["model"]["t_min_max"] = 0.9  # beyond t_1: the NTM refuses it
+    cfg = cfg.replace(model={**cfg.model, "t_min_max": 0.9})  # beyond t_1: the NTM refuses it
     with pytest.raises(ConfigError, match="invalid model configuration"):
         trainer(cfg, tmp_path / "x")
     assert not (tmp_path / "x").exists()  # nothing written before the error
@@ -183,7 +183,7 @@ def test_model_constructor_errors_become_config_errors(tmp_path):
 def test_resume_with_another_model_config_is_refused(tmp_path):
     cfg = tiny_cfg(iters=5, ckpt_every=5)
     trainer(cfg, tmp_path).run()
-    other = json.loads(json.dumps(cfg))
+    other = cfg.to_dict()
     other["model"]["width"] = 64
     assert config_differences(cfg, other) == ["model.width: checkpoint 32 vs requested 64"]
     with pytest.raises(ConfigError, match="another configuration"):
@@ -200,12 +200,13 @@ def test_time_budget_ends_the_run(tmp_path):
     assert summary["elapsed_s"] >= 0.12
     assert ckpt.load_latest(tmp_path).step == summary["step"]
     # schedule: the cosine follows elapsed time when only --minutes is given
-    assert learning_rate(cfg, 10**6, elapsed_s=0.0) == pytest.approx(cfg["lr"])
-    assert learning_rate(cfg, 10, elapsed_s=0.12) == pytest.approx(cfg["lr"] * cfg["min_lr_ratio"])
+    assert learning_rate(cfg.optim, 10**6, elapsed_s=0.0) == pytest.approx(cfg.optim.lr)
+    assert learning_rate(cfg.optim, 10, elapsed_s=0.12) == pytest.approx(
+        cfg.optim.lr * cfg.optim.min_lr_ratio)
 
 
 def test_checkpoints_record_the_model_code():
-    from ntm_engine.train import check_model_code, model_code_fingerprint
+    from ntm_engine.training import check_model_code, model_code_fingerprint
 
     msgs = []
     check_model_code({"model_code_sha256": model_code_fingerprint()}, "ck", msgs.append)
@@ -220,7 +221,7 @@ def test_rng_states_roundtrip_through_a_checkpoint(tmp_path):
 
     import numpy as np
 
-    from ntm_engine.train import rng_states, set_rng_states
+    from ntm_engine.training import rng_states, set_rng_states
 
     torch.manual_seed(1), random.seed(2), np.random.seed(3)
     g = torch.Generator().manual_seed(4)

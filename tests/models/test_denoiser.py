@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ntm_engine.distill import distillation_batch
+from ntm_engine.training.objectives import distillation_batch
 from ntm_engine.models import NTM, Denoiser
 
 from _ntm_testutils import perturb, small_ntm

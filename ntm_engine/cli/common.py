@@ -1,0 +1,86 @@
+"""What the subcommands share: argument types, the device and thread options, the log."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import List
+
+import torch
+
+
+def positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    v = float(s)
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+def nonneg_float(s: str) -> float:
+    v = float(s)
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
+    return v
+
+
+def int_list(s: str) -> List[int]:
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}")
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
+
+
+def setup_device(args) -> torch.device:
+    """Apply ``--threads`` and return the device of ``--device`` (SystemExit if unusable)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError as e:
+        raise SystemExit(f"ntm: error: bad --device {args.device!r}: {e}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"ntm: error: --device {args.device} requested but CUDA is not available")
+    return dev
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def timed_samples(model, n: int, y, device, **kw):
+    """``(samples [n, ...] on the CPU, seconds)`` after a warm-up draw of 2 (first-call
+    allocations), so the time is the steady state.  ``kw``: :meth:`NTM.sample` options and
+    ``seed``."""
+    seed = kw.pop("seed")
+    y = None if y is None else y.to(device)
+    model.sample(min(n, 2), y=None if y is None else y[:2], **kw,
+                 generator=torch.Generator(device=device).manual_seed(0))
+    g = torch.Generator(device=device).manual_seed(seed)
+    t0 = time.perf_counter()
+    x = model.sample(n, y=y, generator=g, **kw)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return x.cpu(), time.perf_counter() - t0

@@ -1,0 +1,147 @@
+"""``ntm eval``: test bits/dim (or the flow-matching test loss) and sample quality of a run,
+with ``--denoiser`` also the ``t_0 = t_d`` sampler without and with the denoiser; writes JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import torch
+
+from .. import metrics
+from ..checkpoint import atomic_write_text
+from ..data import eight_gaussian_modes, load_digits
+from ..training import (Run, default_sample_steps, denoiser_for, evaluate_bpd, evaluate_test,
+                        load_run, model_code_fingerprint, test_data)
+from .common import (add_device_options, log, nonneg_float, nonneg_int, positive_int, setup_device,
+                     timed_samples)
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser("eval", help="test bits/dim and sample quality of a checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("checkpoint", help="run folder, its checkpoints/ folder, or a checkpoint folder")
+    e.add_argument("--n-samples", type=nonneg_int, default=1000,
+                   help="samples for the classifier accuracy and Frechet distance")
+    e.add_argument("--steps", type=positive_int, default=None)
+    e.add_argument("--temperature", type=nonneg_float, default=1.0)
+    e.add_argument("--guidance", type=float, default=0.0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--bpd-repeats", type=positive_int, default=1,
+                   help="passes over the test split with fresh noise for bits/dim")
+    e.add_argument("--classifier", default=None,
+                   help="cached digits classifier (default: $NTM_CACHE_DIR or "
+                   "~/.cache/ntm_engine/digits_classifier_<version>.safetensors; trained once)")
+    e.add_argument("--out", default=None, help="JSON path (default: <run>/eval.json)")
+    e.add_argument("--no-ema", action="store_true")
+    e.add_argument("--denoiser", default=None, metavar="DIR",
+                   help="also evaluate sampling with t_0 = the denoiser's t_d, with the "
+                   "transporter inverse and with the denoiser (made by `ntm distill`)")
+    add_device_options(e)
+    e.set_defaults(handler=run)
+
+
+def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
+    """The rating of a batch of samples (digits: the classifier, loaded once; its description
+    goes into ``res``)."""
+    cfg = r.config
+    if cfg.dataset == "digits":
+        net, meta = metrics.load_or_train_classifier(args.classifier, log=log)
+        xt, _ = load_digits("test")
+        xtr, _ = load_digits("train")
+        res["classifier"] = {"path": meta.get("path"), "version": meta.get("version"),
+                             "test_accuracy": float(meta.get("test_accuracy", "nan"))}
+        res["frechet_distance_train_vs_test"] = metrics.frechet_distance_features(
+            net.features(xtr), net.features(xt))
+        return lambda s: metrics.sample_quality(net, s, y, xt)
+    xt, _ = test_data(cfg.data)
+
+    def toy_quality(s):
+        out = {"frechet_distance_raw": metrics.frechet_distance_features(s, xt)}
+        if cfg.dataset == "eight_gaussians":
+            d = torch.cdist(s, eight_gaussian_modes()).min(1).values
+            out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
+        return out
+    return toy_quality
+
+
+def eval_sampler(model, n: int, y, device, args, quality, **sample_kw) -> Dict[str, Any]:
+    """``n`` samples from noise seeded by ``--seed`` (the same for every sampler), timed after
+    a warm-up of 2, and ``quality`` of them."""
+    s, dt = timed_samples(model, n, y, device, steps=args.steps, temperature=args.temperature,
+                          guidance=args.guidance, seed=args.seed, **sample_kw)
+    out: Dict[str, Any] = {"sample_ms_per_sample": 1e3 * dt / n, "n_samples": n}
+    out["samples_nonfinite"] = int((~torch.isfinite(s)).any(dim=tuple(range(1, s.dim()))).sum())
+    out.update(quality(torch.nan_to_num(s, nan=0.0, posinf=1e3, neginf=-1e3)))
+    return out
+
+
+def likelihood(r: Run, args, device) -> Dict[str, Any]:
+    """Test bits/dim (averaged over ``--bpd-repeats``), or the FM model's test loss."""
+    cfg = r.config
+    if cfg.objective.objective == "flow_matching":   # no likelihood: its test loss
+        return {f"test_{k}": v for k, v in
+                evaluate_test(r.model, cfg, device, seed=args.seed).items()}
+    bpds = [evaluate_bpd(r.model, cfg, device, seed=args.seed + 1000 * k)
+            for k in range(args.bpd_repeats)]
+    return {"test_bpd": sum(b["bpd"] for b in bpds) / len(bpds),
+            "test_bpd_sem": bpds[0]["bpd_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
+            "bpd_note": ("upper bound with t_0 = 0, dequantised, 17 levels" if cfg.dataset ==
+                         "digits" else "continuous bits/dim bound (no discretisation term)")}
+
+
+def samplers(r: Run, args, device, res: Dict[str, Any]) -> None:
+    """Sample quality of the plain sampler and, with ``--denoiser``, of the ``t_0 = t_d``
+    grid with the transporter inverse and with the denoiser (the same noise)."""
+    n = args.n_samples
+    y = torch.arange(n) % 10 if r.config.conditional else None
+    if args.guidance and y is None:
+        raise SystemExit("ntm eval: error: --guidance needs a class-conditional model")
+    denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
+    quality = sample_quality(r, args, y, res)
+    res.update(eval_sampler(r.model, n, y, device, args, quality))
+    if denoiser is not None:
+        res["denoiser"] = {"path": str(den_ck.path), "step": den_ck.step, "t_d": t_d,
+                           "parameters": sum(p.numel() for p in denoiser.parameters())}
+        res["transporter_at_t_d"] = eval_sampler(r.model, n, y, device, args, quality, t_min=t_d)
+        res["denoised"] = eval_sampler(r.model, n, y, device, args, quality, t_min=t_d,
+                                       denoiser=denoiser)
+
+
+def _print(res: Dict[str, Any]) -> None:
+    for k, v in res.items():
+        if not isinstance(v, dict):
+            print(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
+        elif "sample_ms_per_sample" in v:
+            print(f"{k:32s} " + ", ".join(f"{kk} {vv:.4f}" for kk, vv in v.items()
+                                          if isinstance(vv, float)))
+
+
+def run(args, parser) -> int:
+    if args.denoiser is not None and args.n_samples == 0:
+        parser.error("--denoiser evaluates the denoised sampler: it needs --n-samples > 0, "
+                     "got --n-samples 0")
+    device = setup_device(args)
+    t_start = time.perf_counter()
+    r = load_run(args.checkpoint, device, ema=not args.no_ema, log=log)
+    cfg, ck = r.config, r.checkpoint
+    res: Dict[str, Any] = {"checkpoint": str(ck.path), "step": ck.step, "dataset": cfg.dataset,
+                           "class_conditional": cfg.conditional,
+                           "weights": "raw" if args.no_ema else "ema",
+                           "steps": args.steps or default_sample_steps(cfg),
+                           "temperature": args.temperature, "guidance": args.guidance,
+                           "seed": args.seed, "train_elapsed_s": ck.state.get("elapsed_s"),
+                           "model_code_matches": ck.state.get("model_code_sha256") ==
+                           model_code_fingerprint()}
+    res.update(likelihood(r, args, device))
+    if args.n_samples > 0:
+        samplers(r, args, device, res)
+    res["eval_wall_s"] = time.perf_counter() - t_start
+    out = Path(args.out) if args.out else r.run_dir / "eval.json"
+    atomic_write_text(out, json.dumps(res, indent=1) + "\n")
+    _print(res)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,101 @@
+"""``ntm sample``: draw samples from a trained run into a PNG grid (optionally ``.pt``/``.npy``),
+timed; ``--denoiser`` samples on the ``t_0 = t_d`` grid with a distilled denoiser."""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import plots
+from ..checkpoint import atomic_write_bytes
+from ..training import TrainConfig, default_sample_steps, denoiser_for, load_run, test_data
+from .common import (add_device_options, int_list, log, nonneg_float, positive_int, setup_device,
+                     timed_samples)
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("checkpoint", help="run folder, its checkpoints/ folder, or a checkpoint folder")
+    s.add_argument("-n", type=positive_int, default=100, help="number of samples")
+    s.add_argument("--labels", default=None,
+                   help="class-conditional models: comma-separated labels cycled over the "
+                   "samples, 'all' (0..9 cycled; the default) or 'none' (unconditional)")
+    s.add_argument("--steps", type=positive_int, default=None,
+                   help="sampling steps (default: the trained T)")
+    s.add_argument("--temperature", type=nonneg_float, default=1.0)
+    s.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="PNG path (default: <run>/sample.png)")
+    s.add_argument("--nrow", type=positive_int, default=10, help="digits per grid row")
+    s.add_argument("--save-pt", action="store_true", help="also write the samples as .pt")
+    s.add_argument("--save-npy", action="store_true", help="also write the samples as .npy")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    s.add_argument("--denoiser", default=None, metavar="DIR",
+                   help="a denoiser made by `ntm distill`: sample with t_0 = its t_d and let it "
+                   "replace the transporter inverse")
+    add_device_options(s)
+    s.set_defaults(handler=run)
+
+
+def labels(spec: Optional[str], cfg: TrainConfig, n: int) -> Optional[torch.Tensor]:
+    """The labels ``[n]`` of ``--labels spec`` (None: unconditional sampling)."""
+    if not cfg.conditional:
+        if spec not in (None, "none"):
+            raise SystemExit("ntm sample: error: --labels given but the model is unconditional")
+        return None
+    if spec in (None, "all"):
+        return torch.arange(n) % 10
+    if spec == "none":
+        return None
+    vals = int_list(spec)
+    if not vals or any(not 0 <= v < 10 for v in vals):
+        raise SystemExit(f"ntm sample: error: --labels must be digits 0..9, got {spec!r}")
+    return torch.tensor(vals).repeat(math.ceil(n / len(vals)))[:n]
+
+
+def _write(x, y, out: Path, args, cfg: TrainConfig) -> list:
+    if cfg.dataset == "digits":
+        plots.save_digit_grid(x, out, nrow=args.nrow)
+    else:
+        plots.save_toy_scatter(x, out, reference=test_data(cfg.data)[0][:len(x)])
+    written = [str(out)]
+    if args.save_pt:
+        buf = io.BytesIO()
+        torch.save({"samples": x, "labels": y}, buf)
+        atomic_write_bytes(out.with_suffix(".pt"), buf.getvalue())
+        written.append(str(out.with_suffix(".pt")))
+    if args.save_npy:
+        buf = io.BytesIO()
+        np.save(buf, x.numpy())
+        atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())
+        written.append(str(out.with_suffix(".npy")))
+    return written
+
+
+def run(args, parser) -> int:
+    device = setup_device(args)
+    r = load_run(args.checkpoint, device, ema=not args.no_ema, log=log)
+    y = labels(args.labels, r.config, args.n)
+    if args.guidance and y is None:
+        raise SystemExit("ntm sample: error: --guidance needs a class-conditional model and labels")
+    denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
+    den_kw = {} if denoiser is None else {"t_min": t_d, "denoiser": denoiser}
+    x, dt = timed_samples(r.model, args.n, y, device, steps=args.steps,
+                          temperature=args.temperature, guidance=args.guidance, seed=args.seed,
+                          **den_kw)
+    written = _write(x, y, Path(args.out) if args.out else r.run_dir / "sample.png", args,
+                     r.config)
+    steps = args.steps or default_sample_steps(r.config)
+    print(f"{args.n} samples from {r.checkpoint.path} (step {r.step}, "
+          f"{'raw' if args.no_ema else 'EMA'} weights), {steps} steps, temperature "
+          f"{args.temperature}, guidance {args.guidance}"
+          + ("" if denoiser is None else f", t_0 = {t_d} with the denoiser {den_ck.path}")
+          + f": {dt:.3f} s, {1e3 * dt / args.n:.3f} ms per sample on {device}")
+    print("wrote " + ", ".join(written))
+    return 0

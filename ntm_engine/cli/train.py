@@ -1,0 +1,158 @@
+"""``ntm train``: train an NTM, pretrain a flow-matching model, or start an NTM from one;
+checkpoints survive kills and ``--resume`` continues a run."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..training import (DATASETS, MODEL_OPTIONS, TRAIN_DEFAULTS, ConfigError, TrainConfig,
+                        Trainer, config_differences, make_config, run_command)
+from .common import (add_device_options, int_list, log, nonneg_float, nonneg_int,
+                     positive_float, positive_int, setup_device)
+
+# Budget when neither --iters nor --minutes is given: the iterations, capped by a time budget
+# (the cosine schedule follows whichever ends first, so a slow or busy machine still finishes
+# in about that time; on an idle one the iteration count ends the run, reproducibly).
+DEFAULT_ITERS = {"digits": 1500, "checkerboard": 2000, "eight_gaussians": 2000,
+                 "two_moons": 2000}
+DEFAULT_MINUTES = {"digits": 10.0, "checkerboard": 5.0, "eight_gaussians": 5.0,
+                   "two_moons": 5.0}
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a model (checkpoints survive kills; --resume)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train an NTM. Model options default to "
+                       "NTM.digits_config()/NTM.toy_config(); on --resume every option not "
+                       "given is taken from the checkpoint.")
+    t.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="training data (default: digits)")
+    t.add_argument("--class-conditional", action="store_true", default=None,
+                   help="condition on the digit label (digits only; enables guidance)")
+    t.add_argument("--out", default=None, help="run folder (default: runs/<dataset>)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint in --out (start fresh if none)")
+    add_device_options(t)
+    t.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    t.add_argument("--no-plots", action="store_true", help="no sample grids / curves")
+    _add_model_options(t.add_argument_group("model (default: the dataset's NTM config)"))
+    _add_objective_options(t.add_argument_group("flow-matching pretraining and initialisation"))
+    _add_optim_options(t.add_argument_group("optimisation"))
+    _add_cadence_options(t.add_argument_group("logging, evaluation and checkpoints"))
+    # testing hooks (hidden)
+    t.add_argument("--fault-nonfinite-at", type=int_list, default=None, help=argparse.SUPPRESS)
+    t.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
+    t.set_defaults(handler=run)
+
+
+def _add_model_options(m) -> None:
+    m.add_argument("--steps-T", dest="steps", type=int, default=None,
+                   help="number of trajectory steps T (>= 1; default 4)")
+    for name in ("width", "depth", "heads", "patch_size", "transporter_hidden"):
+        m.add_argument(MODEL_OPTIONS[name], type=positive_int, default=None)
+    m.add_argument("--transporter-layers", type=nonneg_int, default=None)
+    m.add_argument("--shift", type=positive_float, default=None)
+    m.add_argument("--t-min-max", type=nonneg_float, default=None)
+    m.add_argument("--label-dropout", type=nonneg_float, default=None)
+    m.add_argument("--clamp", type=positive_float, default=None)
+    m.add_argument("--parameterization", choices=("gaussian", "flow_matching"), default=None,
+                   help="predictor output: gaussian (default) or flow_matching (a velocity "
+                   "head; the default with --objective flow_matching and --init-from)")
+
+
+def _add_objective_options(f) -> None:
+    f.add_argument("--objective", choices=("ntm", "flow_matching"), default=None,
+                   help="ntm: trajectory likelihood (default); flow_matching: pretrain the "
+                   "predictor as a velocity model")
+    f.add_argument("--init-from", default=None, metavar="FM_RUN",
+                   help="start the NTM from this flow-matching run or checkpoint (EMA weights)")
+    f.add_argument("--fm-reg", type=nonneg_float, default=None, metavar="LAMBDA",
+                   help="with --init-from: weight of |mu - mu_FM|^2, cosine-decayed to 0 (2.5)")
+
+
+def _add_optim_options(o) -> None:
+    o.add_argument("--batch-size", type=positive_int, default=None, help="default 128")
+    o.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (3e-3)")
+    o.add_argument("--min-lr-ratio", type=float, default=None,
+                   help="cosine decay ends at this fraction of --lr (0.05)")
+    o.add_argument("--warmup", type=int, default=None, help="linear warm-up iterations (100)")
+    o.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (0.01)")
+    o.add_argument("--ema-decay", type=float, default=None, help="EMA decay of weights (0.998)")
+    o.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (1.0)")
+    o.add_argument("--seed", type=int, default=None, help="seed of everything (0)")
+    o.add_argument("--iters", type=int, default=None,
+                   help="iterations; without --iters and --minutes: %s" %
+                   ", ".join(f"{k} {v} capped at {DEFAULT_MINUTES[k]:g} min"
+                             for k, v in DEFAULT_ITERS.items()))
+    o.add_argument("--minutes", type=float, default=None,
+                   help="time budget in minutes of training (across resumes); the cosine "
+                   "schedule follows whichever of --iters/--minutes ends first (a run ended by "
+                   "time is not bitwise reproducible)")
+    o.add_argument("--max-nonfinite", type=int, default=None,
+                   help="stop after this many consecutive non-finite losses (20)")
+
+
+def _add_cadence_options(c) -> None:
+    c.add_argument("--log-every", type=int, default=None, help="iterations per log record (25)")
+    c.add_argument("--eval-every", type=int, default=None,
+                   help="iterations per test bits/dim + sample grid (250)")
+    c.add_argument("--eval-samples", type=int, default=None,
+                   help="samples in each grid (100; toys draw at least 1000)")
+    c.add_argument("--ckpt-every", type=int, default=None, help="iterations per checkpoint (250)")
+    c.add_argument("--keep", type=int, default=None, help="checkpoints kept (2)")
+
+
+def _resumed_config(base: Dict[str, Any], args, model_over, train_over) -> TrainConfig:
+    """The stored config with the options given; options that define the run must agree."""
+    stored = TrainConfig.from_dict(base)
+    requested = stored.to_dict()
+    if args.dataset is not None:
+        requested["dataset"] = args.dataset
+    if args.class_conditional is not None:
+        requested["class_conditional"] = True
+    requested["model"].update(model_over)
+    requested.update({k: train_over[k] for k in ("batch_size", "seed") if k in train_over})
+    diffs = config_differences(stored, requested)
+    if diffs:
+        raise ConfigError(f"--resume: the checkpoint in {args.out} was made with another "
+                          "configuration:\n  " + "\n  ".join(diffs))
+    return stored.replace(**train_over)
+
+
+def train_config(args) -> TrainConfig:
+    """The run configuration from the arguments (and, on --resume, the checkpoint)."""
+    model_over = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
+    train_over = {k: getattr(args, k) for k in TRAIN_DEFAULTS
+                  if getattr(args, k, None) is not None}
+    latest = ckpt.load_latest(args.out, log=lambda m: None) if args.resume else None
+    if latest is not None:
+        return _resumed_config(latest.config, args, model_over, train_over)
+    dataset = args.dataset or "digits"
+    if train_over.get("iters") is None and train_over.get("minutes") is None:
+        train_over.update(iters=DEFAULT_ITERS[dataset], minutes=DEFAULT_MINUTES[dataset])
+    return make_config(dataset, bool(args.class_conditional), model=model_over, **train_over)
+
+
+def run(args, parser) -> int:
+    if args.out is None:
+        args.out = str(Path("runs") / (args.dataset or "digits"))
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps-T (number of trajectory steps T) must be >= 1, got {args.steps}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+    device = setup_device(args)
+    cfg = train_config(args)
+    trainer = Trainer(cfg, args.out, resume=args.resume, device=device,
+                      progress=not args.no_progress, log=log, plots=not args.no_plots,
+                      fault_nonfinite_steps=args.fault_nonfinite_at or (),
+                      throttle_s=args.throttle)
+    nparams = sum(p.numel() for p in trainer.model.parameters())
+    log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}, "
+        f"T={cfg.model['steps']}, {nparams / 1e6:.2f}M parameters, device {device}, "
+        f"{torch.get_num_threads()} threads, budget iters={cfg.optim.iters} "
+        f"minutes={cfg.optim.minutes}, out {args.out}")
+    return run_command(trainer.run, "ntm train")

@@ -1,0 +1,255 @@
+"""The configuration of a training run: :class:`TrainConfig`, composed of typed sections
+(:mod:`.sections`: data, optimisation, run cadence; :class:`ObjectiveConfig`) and the model's
+keyword arguments (a validated mapping handed to the model factory, so that new model options
+need no change here).
+
+``config.json`` keeps one flat layout (one key per field, ``"model"`` a dict, ``"version"``).
+:meth:`TrainConfig.from_dict` is the one place where a config stored by older code is brought
+up to date (:func:`upgrade`); nothing else fills in missing keys.  Version 1 is every config
+written before versions were recorded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+
+from ..data import DIGITS_SHAPE
+from ..models import NTM
+from .errors import ConfigError
+from .sections import (DataConfig, OptimConfig, RunConfig, check, check_number, differences,
+                       field_names, flatten, plain, reject_unknown, section_from)
+
+CONFIG_VERSION = 2
+OBJECTIVES = ("ntm", "flow_matching")
+
+# keys of the model section that the command line exposes (and their CLI names)
+MODEL_OPTIONS = {
+    "steps": "--steps-T", "width": "--width", "depth": "--depth", "heads": "--heads",
+    "patch_size": "--patch-size", "transporter_layers": "--transporter-layers",
+    "transporter_hidden": "--transporter-hidden", "shift": "--shift",
+    "t_min_max": "--t-min-max", "label_dropout": "--label-dropout", "clamp": "--clamp",
+    "parameterization": "--parameterization",
+}
+# entries that define a run: a resumed run must agree on these
+IDENTITY_KEYS = ("dataset", "class_conditional", "model", "batch_size", "seed", "objective",
+                 "init_from", "fm_reg")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """``objective``: ``"ntm"`` (trajectory likelihood) or ``"flow_matching"`` (pretraining
+    the predictor as a velocity model); ``init_from``: a flow-matching run an NTM starts from,
+    with the regulariser weight ``fm_reg`` cosine-decayed to 0 (``docs/design.md`` section 1)."""
+    objective: str = "ntm"
+    init_from: Optional[str] = None
+    fm_reg: float = 2.5
+
+    def __post_init__(self):
+        check(self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}"
+              f", got {self.objective!r}")
+        check(self.init_from is None or self.objective == "ntm",
+              "--init-from starts an NTM from a flow-matching run; it needs --objective ntm")
+        check(_is_real(self.fm_reg) and 0 <= self.fm_reg < math.inf,
+              f"--fm-reg must be a finite number >= 0, got {self.fm_reg}")
+
+    @property
+    def needs_velocity_head(self) -> bool:
+        return self.objective == "flow_matching" or self.init_from is not None
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# the defaults of the flat training keys (CLI defaults too); digits sized for ~10 min on 2 cores
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    **flatten(OptimConfig(iters=1)), "iters": None, **flatten(RunConfig()),
+    **flatten(ObjectiveConfig()), "eval_samples": 100,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.  ``model``: keyword arguments of :class:`~ntm_engine.models.NTM`
+    (complete: every constructor default is stored, so a run survives new defaults);
+    ``eval_samples``: samples per evaluation grid (toys draw at least 1000)."""
+    data: DataConfig
+    model: Dict[str, Any]
+    optim: OptimConfig
+    run: RunConfig = RunConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    eval_samples: int = 100
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", _check_model(self.model, self.data, self.objective))
+        check_number("eval_samples", self.eval_samples, integer=True)
+        check(self.eval_samples >= 0, f"--eval-samples must be >= 0, got {self.eval_samples}")
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> Dict[str, Any]:
+        """The flat, JSON-able form written to ``config.json`` (and into checkpoints)."""
+        out = flatten(self.data, self.optim, self.run, self.objective)
+        out.update(model=plain(self.model), eval_samples=self.eval_samples,
+                   version=CONFIG_VERSION)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """A validated config from its flat form, of this or an older version (:func:`upgrade`;
+        unknown keys are refused)."""
+        flat = upgrade(d)
+        reject_unknown(flat, KNOWN_KEYS, "training")
+        check(isinstance(flat.get("model"), Mapping),
+              f"model must be a mapping of model options, got {flat.get('model')!r}")
+        return cls(data=section_from(DataConfig, flat), model=dict(flat["model"]),
+                   optim=section_from(OptimConfig, flat), run=section_from(RunConfig, flat),
+                   objective=section_from(ObjectiveConfig, flat),
+                   eval_samples=flat.get("eval_samples", TRAIN_DEFAULTS["eval_samples"]))
+
+    @classmethod
+    def coerce(cls, cfg: Union["TrainConfig", Mapping[str, Any]]) -> "TrainConfig":
+        """``cfg`` itself, or the config of its flat form."""
+        return cfg if isinstance(cfg, TrainConfig) else cls.from_dict(cfg)
+
+    def replace(self, **flat) -> "TrainConfig":
+        """A copy with flat entries replaced (``cfg.replace(seed=1, iters=None)``), validated."""
+        return TrainConfig.from_dict({**self.to_dict(), **flat})
+
+    # ------------------------------------------------------------------ views
+    @property
+    def dataset(self) -> str:
+        return self.data.dataset
+
+    @property
+    def conditional(self) -> bool:
+        return self.data.class_conditional
+
+    @property
+    def kind(self) -> None:
+        """``config["kind"]`` of the run folder: None for training runs."""
+        return None
+
+
+KNOWN_KEYS = set(field_names(DataConfig) + field_names(OptimConfig) + field_names(RunConfig)
+                 + field_names(ObjectiveConfig)) | {"model", "eval_samples", "version"}
+
+
+# ----------------------------------------------------------------------------- versions
+
+def _upgrade_v1(flat: Dict[str, Any]) -> None:
+    """v1 -> v2: training keys added after configs were first stored take the values that
+    reproduce old runs; so does the model's ``parameterization``."""
+    for k, v in TRAIN_DEFAULTS.items():
+        flat.setdefault(k, v)
+    if isinstance(flat.get("model"), dict):
+        flat["model"].setdefault("parameterization", "gaussian")
+
+
+# version -> the step that brings a config of that version to the next one; a new model
+# option whose default changes what old runs computed adds a step here (and bumps the version)
+UPGRADES: Dict[int, Callable[[Dict[str, Any]], None]] = {1: _upgrade_v1}
+
+
+def upgrade(d: Mapping[str, Any]) -> Dict[str, Any]:
+    """A copy of flat config ``d`` brought to :data:`CONFIG_VERSION` (``d`` is not changed)."""
+    flat = plain(dict(d))
+    version = flat.pop("version", 1)
+    check(isinstance(version, int) and 1 <= version <= CONFIG_VERSION,
+          f"config version must be an integer in [1, {CONFIG_VERSION}], got {version!r} "
+          "(written by newer code?)")
+    for v in range(version, CONFIG_VERSION):
+        UPGRADES[v](flat)
+    return flat
+
+
+# ----------------------------------------------------------------------------- model section
+
+def default_model_config(dataset: str, class_conditional: bool = False) -> Dict[str, Any]:
+    """Every :class:`~ntm_engine.models.NTM` constructor default, then the dataset's config."""
+    cfg = {k: p.default for k, p in inspect.signature(NTM.__init__).parameters.items()
+           if p.default is not inspect.Parameter.empty}
+    cfg.update(NTM.digits_config(conditional=class_conditional) if dataset == "digits"
+               else NTM.toy_config())
+    cfg["data_shape"] = list(cfg["data_shape"])
+    return cfg
+
+
+def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -> Dict[str, Any]:
+    """A checked copy of the model options (the constructor checks the rest, at build time)."""
+    m = plain(dict(m))
+    shape = list(DIGITS_SHAPE) if data.dataset == "digits" else [2]
+    check(list(m.get("data_shape", [])) == shape, f"model data_shape {m.get('data_shape')} does "
+          f"not match dataset {data.dataset!r} of shape {shape}")
+    want = 10 if data.class_conditional else 0
+    check(m.get("num_classes", 0) == want, f"model num_classes {m.get('num_classes')} but "
+          f"class_conditional={data.class_conditional}")
+    for k in ("width", "depth", "heads", "transporter_layers", "transporter_hidden"):
+        check(isinstance(m.get(k), int), f"{MODEL_OPTIONS[k]} must be an integer, got {m.get(k)!r}")
+    # values that are not plain numbers (several step counts, shift "auto") are the model
+    # constructor's to check
+    steps = m.get("steps")
+    checks = [
+        (not isinstance(steps, int) or steps >= 1,
+         f"--steps-T (number of trajectory steps T) must be >= 1, got {steps}"),
+        (m["width"] >= 1 and m["depth"] >= 1 and m["heads"] >= 1,
+         f"--width, --depth and --heads must be >= 1, got {m['width']}, {m['depth']}, "
+         f"{m['heads']}"),
+        (m["width"] % m["heads"] == 0,
+         f"--width ({m['width']}) must be divisible by --heads ({m['heads']})"),
+        (m["transporter_layers"] >= 0 and m["transporter_hidden"] >= 1,
+         "--transporter-layers must be >= 0 and --transporter-hidden >= 1, got "
+         f"{m['transporter_layers']} and {m['transporter_hidden']}"),
+        (not _is_real(m.get("shift")) or m["shift"] > 0,
+         f"--shift must be > 0, got {m.get('shift')}"),
+        (not _is_real(m.get("clamp")) or m["clamp"] > 0,
+         f"--clamp must be > 0, got {m.get('clamp')}"),
+        (not obj.needs_velocity_head or m.get("parameterization") == "flow_matching",
+         "--init-from and --objective flow_matching need the flow_matching parameterization, "
+         f"got --parameterization {m.get('parameterization')}"),
+    ]
+    for ok, msg in checks:
+        check(ok, msg)
+    p = m.get("patch_size")
+    if len(shape) == 3 and p is not None:
+        check(p >= 1 and not shape[1] % p and not shape[2] % p,
+              f"--patch-size {p} must divide the image size {shape[1]}x{shape[2]}")
+    return m
+
+
+# ----------------------------------------------------------------------------- building
+
+def make_config(dataset: str = "digits", class_conditional: bool = False, *,
+                model: Optional[Mapping[str, Any]] = None, **train) -> TrainConfig:
+    """A full, validated config: the dataset's model defaults with ``model`` entries (None
+    values ignored) and flat training entries ``train`` (unknown ones refused)."""
+    reject_unknown(train, set(TRAIN_DEFAULTS), "training")
+    data = DataConfig(dataset, bool(class_conditional))
+    m = default_model_config(dataset, class_conditional)
+    m.update({k: v for k, v in (model or {}).items() if v is not None})
+    flat = {**TRAIN_DEFAULTS, **{k: v for k, v in train.items() if v is not None}}
+    if (model or {}).get("parameterization") is None and \
+            section_from(ObjectiveConfig, flat).needs_velocity_head:
+        m["parameterization"] = "flow_matching"
+    flat.update(dataclasses.asdict(data), model=m)
+    return TrainConfig.from_dict(flat)
+
+
+def config_differences(a: Union[TrainConfig, Mapping[str, Any]],
+                       b: Union[TrainConfig, Mapping[str, Any]]) -> List[str]:
+    """Readable differences of the run-defining entries (:data:`IDENTITY_KEYS`) of two
+    configs; dict forms of older versions count as upgraded (:func:`upgrade`)."""
+    a, b = (c.to_dict() if isinstance(c, TrainConfig) else upgrade(c) for c in (a, b))
+    return differences(a, b, IDENTITY_KEYS)
+
+
+def validate_config(cfg: Union[TrainConfig, Mapping[str, Any]]) -> TrainConfig:
+    """The validated :class:`TrainConfig` of ``cfg`` (:class:`ConfigError` otherwise)."""
+    return TrainConfig.coerce(cfg)
+
+
+__all__ = ["TrainConfig", "ObjectiveConfig", "DataConfig", "OptimConfig", "RunConfig",
+           "ConfigError", "make_config", "config_differences", "validate_config", "upgrade",
+           "CONFIG_VERSION", "IDENTITY_KEYS", "MODEL_OPTIONS", "TRAIN_DEFAULTS"]

@@ -1,0 +1,121 @@
+"""Training objectives as objects: each turns a :class:`Batch` into a loss and its metrics.
+
+``loss(batch) -> (loss [B], metrics)``: per-sample losses (the loop minimises their mean) and
+named metrics -- per-sample tensors ``[B]`` are loss terms (averaged into the log), plain
+floats are per-step values (e.g. a regulariser weight).  ``docs/design.md`` section 1 gives the
+maths of each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..models.embedding import drop_labels, resolve_labels
+from ..models.flow_matching import anchored_trajectory_nll
+
+Metrics = Dict[str, Union[Tensor, float]]
+
+
+@dataclass
+class Batch:
+    """Data ``x [B, *shape]``, labels ``y [B]`` or None, the generator of the iteration's
+    model noise, and where the run is (``step``, 0-based, and training seconds)."""
+    x: Tensor
+    y: Optional[Tensor]
+    generator: torch.Generator
+    step: int = 0
+    elapsed_s: float = 0.0
+
+
+class NTMLikelihood:
+    """The trajectory negative log-likelihood of an NTM (nats per sample)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def loss(self, batch: Batch) -> Tuple[Tensor, Metrics]:
+        nll = self.model.trajectory_nll(batch.x, batch.y, generator=batch.generator)
+        return nll, {"nll": nll}
+
+
+class FlowMatching:
+    """The flow-matching loss of a :class:`~ntm_engine.models.FlowMatchingModel`."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def loss(self, batch: Batch) -> Tuple[Tensor, Metrics]:
+        fm = self.model.loss(batch.x, batch.y, generator=batch.generator)
+        return fm, {"fm_loss": fm}
+
+
+class FMInitRegularised:
+    """The NTM likelihood plus ``w |mu - mu_FM|^2`` against the frozen flow-matching
+    predictor ``reference``; ``weight(step, elapsed_s)`` gives ``w``."""
+
+    def __init__(self, model: nn.Module, reference: nn.Module,
+                 weight: Callable[[int, float], float]):
+        self.model, self.reference, self.weight = model, reference, weight
+
+    def loss(self, batch: Batch) -> Tuple[Tensor, Metrics]:
+        w = self.weight(batch.step, batch.elapsed_s)
+        nll, reg = anchored_trajectory_nll(self.model, self.reference, batch.x, batch.y,
+                                           batch.generator)
+        return nll + w * reg, {"nll": nll, "fm_reg": reg, "fm_reg_weight": w}
+
+
+# ----------------------------------------------------------------------------- distillation
+
+@dataclass
+class DistillBatch:
+    """One regression batch: input ``u [B, *shape]`` at ``t0 [B]`` with labels ``y [B]`` (or
+    None), target ``E[x | X] [B, *shape]``, and the trajectory's level 0 ``x_t0 [B, *shape]``
+    (what the transporter inverse of ``u`` gives back)."""
+    u: Tensor
+    t0: Tensor
+    y: Optional[Tensor]
+    target: Tensor
+    x_t0: Tensor
+
+
+@torch.no_grad()
+def distillation_batch(teacher: nn.Module, x: Tensor, y: Optional[Tensor], t_min: float,
+                       generator: Optional[torch.Generator] = None, *,
+                       label_dropout: float = 0.0) -> DistillBatch:
+    """Inputs and targets for data ``x [B, *shape]`` (labels ``y [B]`` or None).
+
+    A forward trajectory ``X`` on the teacher's grid with ``t_0 = t_min`` (noise from
+    ``generator``); then, for a conditional teacher, labels dropped to the null class with
+    probability ``label_dropout`` (drawn from ``generator`` after the trajectory); the target
+    ``teacher.posterior_mean(X, t, y)`` (its own autograd for the score; everything else
+    without gradients) and the input ``u_{t_0} = f_T(x_{t_0}; t_0, y)``.
+    """
+    X, t = teacher.forward_trajectory(x, generator, t_min=t_min)
+    y = resolve_labels(y, x.shape[0], teacher.num_classes, x.device)
+    y = drop_labels(y, label_dropout, teacher.num_classes, generator)
+    target = teacher.posterior_mean(X, t, y)
+    B = x.shape[0]
+    u, _ = teacher.transporter(X[:, 0].reshape(B, teacher.dim), t[:, 0], y)
+    return DistillBatch(u.view_as(x), t[:, 0], y, target, X[:, 0])
+
+
+class DistillationTarget:
+    """Regression of ``denoiser(u, t0, y)`` on the frozen ``teacher``'s Tweedie posterior
+    means at ``t_0 = t_min`` (labels dropped with ``label_dropout``).  :meth:`targets` costs a
+    teacher forward + backward; :meth:`loss` is the cheap part, run several times per batch."""
+
+    def __init__(self, teacher: nn.Module, denoiser: nn.Module, *, t_min: float,
+                 label_dropout: float = 0.0):
+        self.teacher, self.denoiser = teacher, denoiser
+        self.t_min, self.label_dropout = t_min, label_dropout
+
+    def targets(self, batch: Batch) -> DistillBatch:
+        return distillation_batch(self.teacher, batch.x, batch.y, self.t_min, batch.generator,
+                                  label_dropout=self.label_dropout)
+
+    def loss(self, batch: DistillBatch) -> Tuple[Tensor, Metrics]:
+        """The mean squared error (per element; a scalar) and no further metrics."""
+        return (self.denoiser(batch.u, batch.t0, batch.y) - batch.target).pow(2).mean(), {}

@@ -1,0 +1,85 @@
+"""The run folder: one process at a time (an advisory lock the OS drops even on SIGKILL), the
+checks before a run continues in it, and its ``config.json``.
+
+Layout of a run folder (``docs/design.md`` section 4): ``config.json``, ``metrics.jsonl``,
+``checkpoints/step_NNNNNNNN/`` (:mod:`ntm_engine.checkpoint`), ``.lock``, and what the run type
+adds (sample grids, ``fm_reference.safetensors``, ``denoiser/``).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from .. import checkpoint as ckpt
+from .errors import ConfigError
+from .metrics_log import METRICS_FILE
+
+CONFIG_FILE = "config.json"
+
+
+def kind_name(kind: Optional[str]) -> str:
+    return "an NTM training run" if kind is None else f"a {kind} run"
+
+
+class RunFolder:
+    """Folder ``out`` of a run of ``kind`` (``config["kind"]``; None for training runs)."""
+
+    def __init__(self, out, *, kind: Optional[str], log: Callable[[str], None]):
+        self.path = Path(out)
+        self.kind = kind
+        self.log = log
+        self._lock = None
+
+    def acquire(self) -> None:
+        """Own the folder (created if missing); another process holding it is an error."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise ConfigError(f"another training process is using {self.path} right now")
+        self._lock = f
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def open(self, cfg: Dict[str, Any], *, resume: bool,
+             differences: Callable[[Dict[str, Any], Dict[str, Any]], List[str]]
+             ) -> Optional[ckpt.Checkpoint]:
+        """Own the folder and return the checkpoint to continue from (None: a fresh start).
+        Refuses a folder with checkpoints unless ``resume``, one of another kind of run, and
+        one made with another configuration (``differences(stored, cfg)`` not empty)."""
+        existing = ckpt.list_checkpoints(self.path)
+        if existing and not resume:
+            raise ConfigError(f"{self.path} already holds checkpoints (up to step "
+                              f"{existing[-1][0]}); pass --resume to continue that run, or "
+                              "choose another --out folder")
+        self.acquire()
+        if not (resume and existing):
+            return None
+        resumed = ckpt.load_latest(self.path, map_location="cpu", quarantine=True, log=self.log)
+        if resumed is None:
+            self.log(f"no valid checkpoint left in {self.path}; starting from scratch")
+            return None
+        if resumed.config.get("kind") != self.kind:
+            raise ConfigError(f"{self.path} holds checkpoints of "
+                              f"{kind_name(resumed.config.get('kind'))}, not of "
+                              f"{kind_name(self.kind)}; choose another --out folder")
+        diffs = differences(resumed.config, cfg)
+        if diffs:
+            raise ConfigError(f"the checkpoint in {resumed.path} was made with another "
+                              "configuration:\n  " + "\n  ".join(diffs))
+        return resumed
+
+    def clear_metrics(self) -> None:
+        """A fresh start: drop the metrics of an earlier run that left no checkpoint."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / METRICS_FILE).unlink(missing_ok=True)
+
+    def write_config(self, cfg: Dict[str, Any]) -> None:
+        ckpt.atomic_write_text(self.path / CONFIG_FILE, json.dumps(cfg, indent=1))

@@ -1,0 +1,161 @@
+"""The config sections every run type shares: data, optimisation and run cadence, as frozen
+dataclasses whose construction checks each field (a :class:`ConfigError` names the option, what
+it must be and what came), and the helpers that map between them and the flat JSON layout of
+``config.json`` (one key per field, sections flattened; see ``docs/design.md`` section 4)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type
+
+from ..data import TOYS
+from .errors import ConfigError
+
+DATASETS = ("digits",) + tuple(sorted(TOYS))
+
+
+def option(key: str) -> str:
+    """The command-line spelling of config key ``key`` (``ckpt_every`` -> ``--ckpt-every``)."""
+    return "--" + key.replace("_", "-")
+
+
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_number(key: str, value: Any, *, integer: bool = False, optional: bool = False) -> None:
+    """``value`` of ``key`` is an int (``integer``) or a real number, or None if ``optional``."""
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, int) and not isinstance(value, bool) if integer else _is_number(value)
+    check(ok, f"{option(key)} must be {kind}{' or null' if optional else ''}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What is trained on: ``dataset`` (digits or a 2-D toy) and whether labels condition."""
+    dataset: str = "digits"
+    class_conditional: bool = False
+
+    def __post_init__(self):
+        check(self.dataset in DATASETS,
+              f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        check(not self.class_conditional or self.dataset == "digits",
+              f"--class-conditional needs labelled data (digits), not {self.dataset!r}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr`` at the end of the
+    budget (``iters`` and/or ``minutes``), EMA of the weights, gradient clipping, the seed of
+    everything random and the tolerated run of non-finite losses."""
+    batch_size: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    ema_decay: float = 0.998
+    grad_clip: Optional[float] = 1.0
+    seed: int = 0
+    iters: Optional[int] = None
+    minutes: Optional[float] = None
+    max_nonfinite: int = 20
+
+    def __post_init__(self):
+        for k in ("batch_size", "warmup", "seed", "max_nonfinite"):
+            check_number(k, getattr(self, k), integer=True)
+        check_number("iters", self.iters, integer=True, optional=True)
+        for k in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "ema_decay"):
+            check_number(k, getattr(self, k))
+        for k in ("grad_clip", "minutes"):
+            check_number(k, getattr(self, k), optional=True)
+        checks = [
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.min_lr_ratio <= 1,
+             f"--min-lr-ratio must lie in [0, 1], got {self.min_lr_ratio}"),
+            (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.ema_decay < 1, f"--ema-decay must lie in [0, 1), got {self.ema_decay}"),
+            (self.grad_clip is None or self.grad_clip > 0,
+             f"--grad-clip must be > 0, got {self.grad_clip}"),
+            (self.iters is not None or self.minutes is not None,
+             "give a budget: --iters and/or --minutes"),
+            (self.iters is None or self.iters >= 1, f"--iters must be >= 1, got {self.iters}"),
+            (self.minutes is None or self.minutes > 0,
+             f"--minutes must be > 0, got {self.minutes}"),
+            (self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}"),
+        ]
+        for ok, msg in checks:
+            check(ok, msg)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Cadence of the loop, in iterations: log records, evaluations, checkpoints (the newest
+    ``keep`` are kept); ``eval_batch``: the evaluation batch size."""
+    log_every: int = 25
+    eval_every: int = 250
+    ckpt_every: int = 250
+    keep: int = 2
+    eval_batch: int = 512
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            check_number(f.name, v, integer=True)
+            check(v >= 1, f"{option(f.name)} must be >= 1, got {v}")
+
+
+# ----------------------------------------------------------------------------- flat layout
+
+def field_names(cls: Type) -> Tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def section_from(cls: Type, flat: Mapping[str, Any]):
+    """The ``cls`` section of a flat config dict (keys it does not have keep their defaults)."""
+    return cls(**{k: flat[k] for k in field_names(cls) if k in flat})
+
+
+def flatten(*sections) -> Dict[str, Any]:
+    """The flat JSON entries of ``sections`` (dataclass instances)."""
+    out: Dict[str, Any] = {}
+    for s in sections:
+        out.update(dataclasses.asdict(s))
+    return out
+
+
+def reject_unknown(flat: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    unknown = set(flat) - set(known)
+    check(not unknown, f"unknown {what} options: {sorted(unknown)}")
+
+
+def plain(v: Any) -> Any:
+    """``v`` as JSON gives it back (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(v))
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], keys: Iterable[str]) -> List[str]:
+    """Readable differences of entries ``keys`` of two flat config dicts (``model``-like dict
+    entries are compared key by key)."""
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            for mk in sorted(set(va) | set(vb)):
+                if plain(va.get(mk)) != plain(vb.get(mk)):
+                    out.append(f"{k}.{mk}: checkpoint {va.get(mk)!r} vs requested {vb.get(mk)!r}")
+        elif plain(va) != plain(vb):
+            out.append(f"{k}: checkpoint {va!r} vs requested {vb!r}")
+    return out

@@ -1,0 +1,156 @@
+"""What a run carries from step to step and into its checkpoints: the counters
+(:class:`RunState`) and the trained parts (:class:`RunSession`: model, EMA, optimiser, data
+source, config), saved and restored as one."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from .. import checkpoint as ckpt
+from .determinism import check_model_code, model_code_fingerprint, rng_states, set_rng_states
+from .errors import ConfigError
+from .metrics_log import append_metrics, truncate_metrics
+from .optim import EMA
+from .run_folder import RunFolder
+
+
+def default_device(device=None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunState:
+    """Counters of a run: iterations done, training seconds (across resumes), skipped
+    iterations, the current run of non-finite ones, and the last evaluation's numbers."""
+    step: int = 0
+    elapsed_s: float = 0.0
+    skipped: int = 0
+    nonfinite_run: int = 0
+    last_eval: Dict[str, Any] = field(default_factory=dict)
+
+    def count(self, finite: bool) -> None:
+        """Book one iteration as made (``finite``) or skipped."""
+        if finite:
+            self.nonfinite_run = 0
+        else:
+            self.skipped += 1
+            self.nonfinite_run += 1
+
+    def to_state(self) -> Dict[str, Any]:
+        return {"elapsed_s": self.elapsed_s, "skipped_steps": self.skipped,
+                "nonfinite_run": self.nonfinite_run, "last_eval": self.last_eval}
+
+    @classmethod
+    def from_state(cls, st: Dict[str, Any]) -> "RunState":
+        return cls(step=int(st["step"]), elapsed_s=float(st.get("elapsed_s", 0.0)),
+                   skipped=int(st.get("skipped_steps", 0)),
+                   nonfinite_run=int(st.get("nonfinite_run", 0)),
+                   last_eval=dict(st.get("last_eval", {})))
+
+
+@dataclass
+class RunSession:
+    """The parts of one run that checkpoints hold.  ``data`` must have ``generator(step)``
+    (:class:`~.batches.DataSource`); ``config`` is the flat JSON form."""
+    folder: RunFolder
+    config: Dict[str, Any]
+    model: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    data: Any
+    keep: int
+    state: RunState = field(default_factory=RunState)
+    saved_step: Optional[int] = None
+    saved_path: Optional[Path] = None
+    code_sha: str = field(default_factory=model_code_fingerprint)
+
+    @property
+    def out(self) -> Path:
+        return self.folder.path
+
+    def begin(self, resumed: Optional[ckpt.Checkpoint], *,
+              on_fresh_start: Callable[[], None] = lambda: None) -> None:
+        """Restore ``resumed``, or clear the folder for a fresh start (then
+        ``on_fresh_start()``); write the config."""
+        if resumed is not None:
+            self.restore(resumed)
+        else:
+            self.folder.clear_metrics()
+            on_fresh_start()
+        self.folder.write_config(self.config)
+
+    def restore(self, ck: ckpt.Checkpoint) -> None:
+        try:
+            self.model.load_state_dict(ck.model, strict=True)
+            if ck.ema is not None:
+                self.ema.model.load_state_dict(ck.ema, strict=True)
+            self.optimizer.load_state_dict(ck.state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ConfigError(f"checkpoint {ck.path} does not fit this model: {e}") from e
+        check_model_code(ck.state, ck.path, self.folder.log)
+        self.state = RunState.from_state(ck.state)
+        if "rng" in ck.state:
+            set_rng_states(ck.state["rng"])
+        truncate_metrics(self.out, self.state.step)
+        self.saved_step, self.saved_path = self.state.step, ck.path
+        self.folder.log(f"resumed from {ck.path} at step {self.state.step}")
+
+    def save(self) -> Path:
+        """Checkpoint the run at its current step (and record it in the metrics)."""
+        step = self.state.step
+        state = {"config": self.config, "optimizer": self.optimizer.state_dict(),
+                 **self.state.to_state(), "rng": rng_states(self.data.generator(step)),
+                 "torch_version": str(torch.__version__), "model_code_sha256": self.code_sha}
+        path = ckpt.save_checkpoint(self.out, step, self.model.state_dict(),
+                                    self.ema.model.state_dict(), state, keep=self.keep)
+        self.saved_step, self.saved_path = step, path
+        self.write_metrics({"type": "checkpoint", "step": step, "path": str(path)}, sync=True)
+        return path
+
+    def write_metrics(self, rec: Dict[str, Any], *, sync: bool = False) -> None:
+        append_metrics(self.out, rec, sync=sync)
+
+
+class SessionViews:
+    """Read access to a run's counters for the objects that own a ``session`` and a
+    ``folder`` (the trainer, the distiller); no behaviour of the loop lives here."""
+    session: RunSession
+    folder: RunFolder
+
+    @property
+    def state(self) -> RunState:
+        return self.session.state
+
+    @property
+    def step(self) -> int:
+        return self.session.state.step
+
+    @property
+    def skipped(self) -> int:
+        return self.session.state.skipped
+
+    @property
+    def nonfinite_run(self) -> int:
+        return self.session.state.nonfinite_run
+
+    @property
+    def last_eval(self) -> Dict[str, Any]:
+        return self.session.state.last_eval
+
+    @property
+    def out(self) -> Path:
+        return self.folder.path
+
+    def close(self) -> None:
+        """Release the run folder (done at the end of ``run``)."""
+        self.folder.release()

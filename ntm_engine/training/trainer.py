@@ -1,0 +1,176 @@
+"""The training run (NTM likelihood, flow-matching pretraining, an NTM started from a
+flow-matching run): :class:`Trainer` builds the parts -- model, objective, EMA, AdamW, data --
+and hands them to the resumable :class:`~.loop.Loop`.
+
+Determinism: everything random in iteration ``step`` (the batch, its dequantisation noise, the
+trajectory noise, ``t_0``, label dropout) is drawn from generators seeded by ``(seed, step)``,
+and the global torch RNG is reseeded from ``(seed, step)`` too, so a run resumed from the
+checkpoint of step ``s`` repeats, bit for bit on the same machine and thread count, what an
+uninterrupted run does after ``s`` (unless a ``minutes`` budget shapes the learning rate).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .. import checkpoint as ckpt
+from .. import plots
+from .batches import DataSource, eval_levels
+from .config import TrainConfig, config_differences
+from .determinism import derive_seed, device_generator, seed_everything
+from .evaluation import eval_summary, evaluate_test, save_sample_grid
+from .factory import (ModelFactory, build_model, init_reference, load_init_source,
+                      make_objective, preflight, save_reference)
+from .loop import Loop
+from .metrics_log import read_metrics
+from .objectives import Batch
+from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
+from .run_folder import RunFolder
+from .session import RunSession, SessionViews, default_device, stderr_log
+
+
+class Trainer(SessionViews):
+    """One training run of ``cfg`` (a :class:`TrainConfig` or its dict form) in folder ``out``.
+
+    ``resume=True`` continues from the newest valid checkpoint (a corrupt newer one is
+    refused, reported and moved aside); ``model_factory(cfg)`` replaces :func:`build_model`
+    (tests); ``fault_nonfinite_steps``: steps (1-based, as logged) whose loss is forced to NaN
+    (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills).
+    """
+
+    def __init__(self, cfg, out, *, resume: bool = False, device=None, progress: bool = True,
+                 log: Optional[Callable[[str], None]] = None,
+                 model_factory: Optional[ModelFactory] = None, plots: bool = True,
+                 fault_nonfinite_steps=(), throttle_s: float = 0.0):
+        self.cfg = TrainConfig.coerce(cfg)
+        self.log = log or stderr_log
+        self.device = default_device(device)
+        self.plots = plots
+        self.fault_steps = {int(s) for s in fault_nonfinite_steps}
+        self.folder = RunFolder(out, kind=None, log=self.log)
+        try:
+            self.session = self._build(model_factory or build_model, resume)
+        except BaseException:
+            self.folder.release()
+            raise
+        self.loop = Loop(self, self.session, optim=self.cfg.optim, cadence=self.cfg.run,
+                         desc=f"train {self.cfg.dataset}", progress=progress, log=self.log,
+                         throttle_s=throttle_s)
+
+    # ------------------------------------------------------------------ assembly
+    def _build(self, factory: ModelFactory, resume: bool) -> RunSession:
+        cfg = self.cfg
+        init_from = cfg.objective.init_from
+        # configuration errors first, before anything is written
+        fm_state = None
+        if init_from is not None and not (resume and ckpt.list_checkpoints(self.folder.path)):
+            fm_state = load_init_source(cfg, log=self.log)
+        preflight(factory(cfg), cfg, "cpu")
+        resumed = self.folder.open(cfg.to_dict(), resume=resume, differences=config_differences)
+        if resumed is None and init_from is not None and fm_state is None:
+            fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
+        seed_everything(derive_seed(cfg.optim.seed, 0, "init"))   # initial weights from the seed
+        self.model = factory(cfg).to(self.device)
+        if self.device.type != "cpu":
+            preflight(self.model, cfg, self.device)
+        self.model.train()
+        self.reference: Optional[nn.Module] = None   # the frozen FM predictor (init_from)
+        if init_from is not None:
+            self.reference = init_reference(self.model, cfg, fm_state=fm_state,
+                                            run_dir=self.folder.path, device=self.device)
+        self.objective = make_objective(cfg, self.model, self.reference)
+        self.ema = EMA(self.model, cfg.optim.ema_decay)
+        self.data = DataSource(cfg, device=self.device)
+        session = RunSession(self.folder, cfg.to_dict(), self.model, self.ema,
+                             adamw(self.model, cfg.optim), self.data, keep=cfg.run.keep)
+        session.begin(resumed, on_fresh_start=self._on_fresh_start)
+        return session
+
+    def _on_fresh_start(self) -> None:
+        if self.reference is not None:
+            save_reference(self.reference, self.folder.path)
+
+    # ------------------------------------------------------------------ the run
+    def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
+        """Train until the budget is spent (or ``stop_after`` iterations, or SIGTERM/SIGINT);
+        returns the summary record.  Draws ``curves.png`` at the end."""
+        summary = self.loop.run(stop_after)
+        if self.plots:
+            try:
+                plots.plot_metrics(read_metrics(self.out), self.out / "curves.png")
+            except Exception as e:  # a figure must never lose a run
+                self.log(f"could not draw curves.png: {e}")
+        self.close()
+        return summary
+
+    def train_step(self) -> Dict[str, Any]:
+        """One iteration (``step`` -> ``step + 1``); returns its record."""
+        cfg, st = self.cfg, self.state
+        step = st.step
+        torch.manual_seed(derive_seed(cfg.optim.seed, step, "global"))
+        x, y = self.data.batch(step)
+        g = device_generator(self.device, derive_seed(cfg.optim.seed, step, "model"))
+        lr = learning_rate(cfg.optim, step, st.elapsed_s)
+        set_lr(self.session.optimizer, lr)
+        per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
+        loss = per_sample.mean()
+        if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
+            loss = loss * float("nan")
+        finite, gnorm = guarded_update(loss, self.model, self.session.optimizer, self.ema,
+                                       grad_clip=cfg.optim.grad_clip, ema_updates=step)
+        st.count(finite)
+        st.step = step + 1
+        rec = {"step": step + 1, "lr": lr, "loss": float(loss.detach()), "grad_norm": gnorm,
+               "finite": finite}
+        rec.update({k: v for k, v in metrics.items() if not torch.is_tensor(v)})
+        rec["terms"] = {k: float(v.detach().mean()) for k, v in metrics.items()
+                        if torch.is_tensor(v)}
+        return rec
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> Dict[str, Any]:
+        t0 = time.time()
+        rec: Dict[str, Any] = {"type": "eval", "step": self.step}
+        rec.update({f"test_{k}": v for k, v in evaluate_test(self.ema.model, self.cfg,
+                                                             self.device).items()})
+        if self.plots and self.cfg.eval_samples > 0:
+            rec["samples_png"] = str(save_sample_grid(self.ema.model, self.cfg,
+                                                      device=self.device, run_dir=self.out,
+                                                      step=self.step))
+        rec["eval_s"] = round(time.time() - t0, 3)
+        self.state.last_eval = {k: v for k, v in rec.items() if isinstance(v, (int, float))}
+        self.session.write_metrics(rec)
+        return rec
+
+    def eval_summary(self, rec: Dict[str, Any]) -> str:
+        return eval_summary(rec)
+
+    def log_extras(self, rec: Dict[str, Any], mean_loss: float
+                   ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+        extra: Dict[str, Any] = {"loss_per_dim": mean_loss / math.prod(
+            self.cfg.model["data_shape"])}
+        post: Dict[str, str] = {}
+        if "fm_reg_weight" in rec:
+            extra["fm_reg_weight"] = rec["fm_reg_weight"]
+        if self.cfg.objective.objective == "ntm":
+            extra["train_bpd"] = self._train_bpd()
+            post["bpd"] = f"{extra['train_bpd']:.3f}"
+        if "test_bpd" in self.last_eval:
+            post["test_bpd"] = f"{self.last_eval['test_bpd']:.3f}"
+        return extra, post
+
+    @torch.no_grad()
+    def _train_bpd(self) -> float:
+        """bits/dim (t_0 = 0 bound) of the current model on this step's batch (cheap proxy)."""
+        x, y = self.data.batch(self.step)
+        self.model.eval()
+        try:
+            g = device_generator(self.device, derive_seed(self.cfg.optim.seed, self.step, "bpd"))
+            return float(self.model.bits_per_dim(x, y, levels=eval_levels(self.cfg.data),
+                                                 generator=g).mean())
+        finally:
+            self.model.train()
