@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the source checkout
 
 from ntm_engine.baselines.cli import add_compare_arguments, cmd_compare  # noqa: E402
-from ntm_engine.cli import _device, _log, load_model  # noqa: E402
+from ntm_engine.cli.common import device_named, log  # noqa: E402
+from ntm_engine.cli.compare import load_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,7 +24,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_compare_arguments(parser)
     args = parser.parse_args(argv)
-    return cmd_compare(args, parser, load_model=load_model, device_of=_device, log=_log)
+    return cmd_compare(args, parser, load_model=load_model, device_of=device_named, log=log)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def save_digit_grid(images: Tensor, path, nrow: int = 10, scale: int = 8,
     return _save_png(img, path)
 
 
-def _figure(figsize):
+def figure(figsize):
     import matplotlib   # deferred on purpose: heavy, and only the curves and scatters need it
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
@@ -65,7 +65,7 @@ def _figure(figsize):
     return Figure(figsize=figsize, dpi=100)
 
 
-def _save_fig(fig, path) -> Path:
+def save_fig(fig, path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     path = Path(path)
@@ -79,7 +79,7 @@ def save_toy_scatter(samples: Tensor, path, reference: Optional[Tensor] = None,
     s = samples.detach().float().cpu()
     panels = [("samples", s)] + ([("data", reference.detach().float().cpu())]
                                  if reference is not None else [])
-    fig = _figure((4 * len(panels), 4))
+    fig = figure((4 * len(panels), 4))
     for i, (name, pts) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1.5, alpha=0.5,
@@ -88,14 +88,14 @@ def save_toy_scatter(samples: Tensor, path, reference: Optional[Tensor] = None,
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
         ax.set_title(f"{title} - {name}" if title else name, fontsize=9)
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def plot_metrics(records: List[Dict[str, Any]], path) -> Path:
     """Training loss, train bits/dim and test bits/dim against the step."""
     train = [r for r in records if r.get("type") == "train"]
     evals = [r for r in records if r.get("type") == "eval" and "test_bpd" in r]
-    fig = _figure((9, 3.5))
+    fig = figure((9, 3.5))
     ax1 = fig.add_subplot(1, 2, 1)
     if train:
         ax1.plot([r["step"] for r in train], [r["loss_per_dim"] for r in train], lw=1)
@@ -118,7 +118,7 @@ def plot_metrics(records: List[Dict[str, Any]], path) -> Path:
     ax2.set_ylabel("flow-matching loss" if fm else "bits/dim (t0 = 0 bound)")
     ax2.legend(fontsize=8)
     ax2.set_title("test flow-matching loss" if fm else "bits/dim", fontsize=9)
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def compare_runs(runs: Dict[str, List[Dict[str, Any]]], path, title: Optional[str] = None
@@ -141,7 +141,7 @@ def compare_runs(runs: Dict[str, List[Dict[str, Any]]], path, title: Optional[st
                [("train", "fm_reg", "-"), ("train", "weighted_fm_reg", "--")])]
     panels = [p for p in panels if any(series(recs, kind, key)[0] for recs in runs.values()
                                        for kind, key, _ in p[2])]
-    fig = _figure((4.5 * max(len(panels), 1), 3.6))
+    fig = figure((4.5 * max(len(panels), 1), 3.6))
     for i, (ylabel, name, curves) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for j, (label, recs) in enumerate(runs.items()):
@@ -157,4 +157,4 @@ def compare_runs(runs: Dict[str, List[Dict[str, Any]]], path, title: Optional[st
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save_fig(fig, path)
+    return save_fig(fig, path)

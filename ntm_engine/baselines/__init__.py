@@ -4,11 +4,25 @@ comparison of samplers by quality against steps and time.
 * :mod:`.schedulers` -- :func:`sample_with_scheduler` (needs ``diffusers``)
 * :mod:`.gaussian` -- the exact velocity of Gaussian data (the convention check)
 * :mod:`.compare` -- :func:`compare_samplers`; :mod:`.report` -- its table and plot
-"""
-from .compare import STEPS, compare_samplers, digits_quality, samplers_for
-from .gaussian import gaussian_velocity, moment_errors
-from .schedulers import SCHEDULERS, fm_velocity, make_scheduler, sample_with_scheduler
+* :mod:`.cli` -- the ``ntm compare`` options and command (:mod:`.names`: diffusers-free names)
 
-__all__ = ["STEPS", "compare_samplers", "digits_quality", "samplers_for", "gaussian_velocity",
-           "moment_errors", "SCHEDULERS", "fm_velocity", "make_scheduler",
-           "sample_with_scheduler"]
+The names below are imported on first use (PEP 562), so that ``ntm`` builds its parser
+without importing diffusers.
+"""
+import importlib
+
+_HOMES = {
+    "STEPS": "names", "SCHEDULER_NAMES": "names",
+    "compare_samplers": "compare", "digits_quality": "compare", "samplers_for": "compare",
+    "gaussian_velocity": "gaussian", "moment_errors": "gaussian",
+    "SCHEDULERS": "schedulers", "fm_velocity": "schedulers", "make_scheduler": "schedulers",
+    "sample_with_scheduler": "schedulers",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -1,8 +1,9 @@
 """``ntm compare``: an NTM run against diffusers' schedulers on a flow-matching run (and the
 identity-transporter ablation), quality against steps and time (:mod:`.compare`).
 
-:func:`add_compare_parser` registers the sub-command on the ``ntm`` parser; ``bench/
-compare_samplers.py`` runs the same command on its own parser.
+:func:`add_compare_arguments` and :func:`cmd_compare` serve ``ntm compare``
+(:mod:`ntm_engine.cli.compare`) and ``bench/compare_samplers.py`` (its own parser).  Only the
+command itself imports diffusers.
 """
 from __future__ import annotations
 
@@ -12,15 +13,12 @@ import platform
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import diffusers
 import torch
 
-from ..models.flow_matching import architecture_differences
-from ..train import test_data
 from .. import metrics
-from .compare import STEPS, compare_samplers, digits_quality
-from .report import markdown_table
-from .schedulers import SCHEDULERS
+from ..models.flow_matching import architecture_differences
+from ..training import DataConfig, test_data
+from .names import SCHEDULER_NAMES, STEPS
 
 
 def _int_list(s: str) -> List[int]:
@@ -36,10 +34,10 @@ def _int_list(s: str) -> List[int]:
 
 def _name_list(s: str) -> List[str]:
     vals = [v.strip() for v in s.split(",") if v.strip()]
-    bad = [v for v in vals if v not in SCHEDULERS]
+    bad = [v for v in vals if v not in SCHEDULER_NAMES]
     if not vals or bad:
         raise argparse.ArgumentTypeError(f"expected comma-separated names among "
-                                         f"{sorted(SCHEDULERS)}, got {s!r}")
+                                         f"{sorted(SCHEDULER_NAMES)}, got {s!r}")
     return vals
 
 
@@ -49,12 +47,12 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--fm", required=True, help="flow-matching run (--objective flow_matching)"
                    " with the same data and backbone")
     p.add_argument("--ablation", default=None,
-                   help="identity-transporter NTM run (--transporter-layers 0), optional")
+                   help="identity-transporter NTM run (--transporter none), optional")
     p.add_argument("--n", type=int, default=1000, help="samples per sampler")
     p.add_argument("--steps", type=_int_list, default=list(STEPS),
                    help="scheduler step counts, comma-separated")
-    p.add_argument("--schedulers", type=_name_list, default=list(SCHEDULERS),
-                   help=f"comma-separated, among {','.join(SCHEDULERS)}")
+    p.add_argument("--schedulers", type=_name_list, default=list(SCHEDULER_NAMES),
+                   help=f"comma-separated, among {','.join(SCHEDULER_NAMES)}")
     p.add_argument("--ntm-steps", type=_int_list, default=None,
                    help="NTM step counts (default: its trained steps)")
     p.add_argument("--ablation-steps", type=_int_list, default=[4])
@@ -71,16 +69,6 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def add_compare_parser(sub) -> None:
-    """Register ``ntm compare`` on the sub-parsers ``sub`` of the ``ntm`` parser."""
-    c = sub.add_parser(
-        "compare", help="NTM against diffusers' schedulers on a flow-matching run",
-        description="Sample --n images from each sampler (diffusers' flow-matching schedulers "
-        "on the --fm run at each --steps; the NTM at its trained steps; the --ablation run), "
-        "time them and rate them like `ntm eval`; write quality_vs_steps.{md,png,json}.")
-    add_compare_arguments(c)
-
-
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -94,6 +82,7 @@ def _cpu_name() -> str:
 
 def machine() -> Dict[str, Any]:
     """What the timings were measured on."""
+    import diffusers   # deferred: heavy, and the `ntm` parser imports this module
     info = {"platform": platform.platform(), "cpu": _cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "diffusers": diffusers.__version__}
@@ -115,8 +104,9 @@ def labels_and_quality(configs: Dict[str, Dict[str, Any]], n: int, *, classifier
     cfg = next(iter(configs.values()))
     labels = torch.arange(n) % 10 if cfg["class_conditional"] else None
     if cfg["dataset"] == "digits":
+        from .compare import digits_quality   # deferred: imports diffusers
         return (labels, *digits_quality(labels, classifier, log=log))
-    x_test, _ = test_data(cfg)
+    x_test, _ = test_data(DataConfig(cfg["dataset"], cfg["class_conditional"]))
 
     def toy_quality(s: torch.Tensor) -> Dict[str, float]:
         return {"frechet_distance_raw": metrics.frechet_distance_features(s.flatten(1),
@@ -128,6 +118,8 @@ def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
                 log: Callable[[str], None]) -> int:
     """Run ``ntm compare`` (``load_model(path, device, use_ema) -> (model, checkpoint)`` and
     ``device_of(name)`` are the CLI's)."""
+    from .compare import compare_samplers   # deferred: imports diffusers (heavy)
+    from .report import markdown_table
     if args.n < 1:
         parser.error(f"--n must be a positive integer, got {args.n}")
     if args.threads:

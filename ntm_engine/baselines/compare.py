@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..data import load_digits
+from .names import STEPS
 from .report import write_report
 from .schedulers import SCHEDULERS, fm_velocity, sample_with_scheduler
 
 __all__ = ["STEPS", "Sampler", "compare_samplers", "samplers_for", "digits_quality",
            "time_sampler"]
 
-STEPS = (1, 2, 4, 8, 16, 32, 50)
 WARMUP = 2   # samples drawn once before timing (first-call allocations)
 Quality = Callable[[Tensor], Dict[str, float]]
 

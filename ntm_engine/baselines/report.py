@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..checkpoint import atomic_write_text
-from ..plots import _figure, _save_fig
+from ..plots import figure, save_fig
 
 __all__ = ["write_report", "markdown_table", "plot_quality", "quality_key"]
 
@@ -46,7 +46,7 @@ def plot_quality(rows: Sequence[Dict[str, Any]], path, title: str = "",
     """Two panels, Frechet distance against NFE and against ms per sample (log-log), one
     line per sampler; ``reference`` (e.g. real training data's distance) as a dashed line."""
     key = quality_key(rows)
-    fig = _figure((11, 4.2))
+    fig = figure((11, 4.2))
     axes = fig.subplots(1, 2)
     by_sampler: Dict[str, List[Dict[str, Any]]] = {}
     for r in rows:
@@ -69,7 +69,7 @@ def plot_quality(rows: Sequence[Dict[str, Any]], path, title: str = "",
     fig.subplots_adjust(wspace=0.15)
     if title:
         fig.suptitle(title)
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def write_report(rows: Sequence[Dict[str, Any]], out_dir, *, title: str,

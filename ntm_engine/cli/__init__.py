@@ -5,6 +5,7 @@
     ntm sample  RUN [-n N] [--labels 0,1|all|none] [--steps S] [--guidance W] [--denoiser DIR]
     ntm eval    RUN [--n-samples N] [--guidance W] [--classifier PATH] [--denoiser DIR]
     ntm distill RUN [--out DIR] [--t-min T] [--iters N] [--minutes M] [--resume]
+    ntm compare RUN --fm FM_RUN [--ablation RUN] [--n N] [--steps 1,2,4] [--out DIR]
     ntm --version
 
 Flow-matching pretraining and the NTM started from it, and self-distillation: see
@@ -21,9 +22,9 @@ from typing import List, Optional
 from .. import __version__
 from ..checkpoint import CheckpointError
 from ..training import ConfigError
-from . import distill, evaluate, sample, train
+from . import compare, distill, evaluate, sample, train
 
-SUBCOMMANDS = (train, sample, evaluate, distill)
+SUBCOMMANDS = (train, sample, evaluate, distill, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ntm", description="Train, sample and evaluate Normalizing Trajectory Models.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,sample,eval,distill}")
+                           metavar="{train,sample,eval,distill,compare}")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     return p

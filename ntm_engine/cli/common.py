@@ -55,14 +55,20 @@ def setup_device(args) -> torch.device:
     """Apply ``--threads`` and return the device of ``--device`` (SystemExit if unusable)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
+    return device_named(args.device)
+
+
+def device_named(name: str) -> torch.device:
+    """The device ``--device name`` means (``auto``: cuda if available; SystemExit if
+    unusable)."""
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(args.device)
+        dev = torch.device(name)
     except RuntimeError as e:
-        raise SystemExit(f"ntm: error: bad --device {args.device!r}: {e}")
+        raise SystemExit(f"ntm: error: bad --device {name!r}: {e}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"ntm: error: --device {args.device} requested but CUDA is not available")
+        raise SystemExit(f"ntm: error: --device {name} requested but CUDA is not available")
     return dev
 
 
