@@ -11,7 +11,8 @@ import torch
 
 from ntm_engine import checkpoint as ckpt
 from ntm_engine import load_run
-from ntm_engine.training import CONFIG_VERSION, TrainConfig, load_denoiser, read_metrics
+from ntm_engine.training import (CONFIG_VERSION, TrainConfig, load_denoiser, make_config,
+                                 read_metrics)
 
 from test_cli import fast_classifier, run_cli  # noqa: F401  (an autouse fixture)
 
@@ -28,6 +29,27 @@ def old_run(tmp_path):
 def test_the_fixture_is_an_old_version_run():
     cfg = json.loads((FIXTURE / "config.json").read_text())
     assert "version" not in cfg and CONFIG_VERSION > 1
+    assert "transporter" not in cfg["model"]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_configs_name_the_label_conditioned_coupling_transporter(version):
+    old = json.loads((FIXTURE / "config.json").read_text())
+    if version > 1:
+        old["version"] = version
+    m = TrainConfig.from_dict(old).model
+    assert (m["transporter"], m["transporter_label_conditioned"]) == ("coupling", True)
+    # a version-2 config that already names its transporter keeps it
+    named = {**old, "version": 2, "model": {**old["model"], "transporter": "none",
+                                            "transporter_label_conditioned": False}}
+    m = TrainConfig.from_dict(named).model
+    assert (m["transporter"], m["transporter_label_conditioned"]) == ("none", False)
+
+
+def test_new_runs_default_to_a_label_free_transporter():
+    m = make_config("digits", True, iters=1).model
+    assert m["transporter_label_conditioned"] is False
+    assert make_config("digits", True, iters=1).to_dict()["version"] == CONFIG_VERSION
 
 
 def test_load_run_computes_what_the_old_code_computed(old_run):
@@ -70,7 +92,10 @@ def test_an_old_run_resumes(old_run, capsys):
     cfg = json.loads((old_run / "config.json").read_text())
     old = json.loads((FIXTURE / "config.json").read_text())
     assert cfg["version"] == CONFIG_VERSION and cfg["iters"] == 9
-    assert {k: v for k, v in cfg.items() if k not in ("version", "iters")} == \
-        {k: v for k, v in old.items() if k != "iters"}
+    # the upgrade names the transporter old runs were trained with; nothing else changes
+    assert cfg["model"] == {**old["model"], "transporter": "coupling",
+                            "transporter_label_conditioned": True}
+    assert {k: v for k, v in cfg.items() if k not in ("version", "iters", "model")} == \
+        {k: v for k, v in old.items() if k not in ("iters", "model")}
     steps = [r["step"] for r in read_metrics(old_run) if r["type"] == "train"]
     assert steps == [3, 6, 9] and math.isfinite(read_metrics(old_run)[-1]["test_bpd"])

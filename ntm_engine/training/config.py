@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .sections import (DataConfig, OptimConfig, RunConfig, check, check_number, differences,
                        field_names, flatten, plain, reject_unknown, section_from)
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 OBJECTIVES = ("ntm", "flow_matching")
 
 # keys of the model section that the command line exposes (and their CLI names)
@@ -148,9 +148,17 @@ def _upgrade_v1(flat: Dict[str, Any]) -> None:
         flat["model"].setdefault("parameterization", "gaussian")
 
 
+def _upgrade_v2(flat: Dict[str, Any]) -> None:
+    """v2 -> v3: runs stored before the transporter became a choice were trained with the
+    label-conditioned coupling transporter (new runs default to a label-free one)."""
+    if isinstance(flat.get("model"), dict):
+        flat["model"].setdefault("transporter", "coupling")
+        flat["model"].setdefault("transporter_label_conditioned", True)
+
+
 # version -> the step that brings a config of that version to the next one; a new model
 # option whose default changes what old runs computed adds a step here (and bumps the version)
-UPGRADES: Dict[int, Callable[[Dict[str, Any]], None]] = {1: _upgrade_v1}
+UPGRADES: Dict[int, Callable[[Dict[str, Any]], None]] = {1: _upgrade_v1, 2: _upgrade_v2}
 
 
 def upgrade(d: Mapping[str, Any]) -> Dict[str, Any]:

@@ -31,9 +31,11 @@ def test_guided_levels_are_the_closed_form_in_one_space():
 
 
 def test_label_conditioned_transporter_guides_each_branch_in_its_own_space():
-    model = small_ntm((1, 4, 4), steps=3, patch_size=2, num_classes=3, std=0.3)
-    if not model.transporter_sees_labels():
-        pytest.skip("the default transporter is label-free; build the legacy one here")
+    """The legacy label-conditioned coupling transporter (old runs): the unconditional mean
+    is carried into the conditional space before the two Gaussians are combined."""
+    model = small_ntm((1, 4, 4), steps=3, patch_size=2, num_classes=3, std=0.3,
+                      transporter="coupling", transporter_label_conditioned=True)
+    assert model.transporter_sees_labels()
     y = torch.tensor([0, 1, 2, 1])
     null = torch.full_like(y, 3)
     w = 1.5
