@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Union
 
 import torch
 
 from .. import checkpoint as ckpt
+from ..models.transporter import TRANSPORTER_KINDS
 from ..training import (DATASETS, MODEL_OPTIONS, TRAIN_DEFAULTS, ConfigError, TrainConfig,
                         Trainer, config_differences, make_config, run_command)
+from ..training.config import TRAJECTORY_LOSSES
 from .common import (add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
 
@@ -49,13 +51,36 @@ def add_parser(sub) -> None:
     t.set_defaults(handler=run)
 
 
+def step_counts_arg(s: str) -> Union[int, List[int]]:
+    """``--steps 4`` -> 4; ``--steps 4,8,16`` -> [4, 8, 16] (T drawn per example)."""
+    vals = int_list(s)
+    if not vals or min(vals) < 1 or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(f"expected distinct step counts >= 1 separated by "
+                                         f"commas (e.g. 4 or 4,8,16), got {s!r}")
+    return vals[0] if len(vals) == 1 else sorted(vals)
+
+
+def shift_arg(s: str) -> Union[str, float]:
+    """``--shift auto`` (the paper's rule from the token count) or a number > 0."""
+    return "auto" if s == "auto" else positive_float(s)
+
+
 def _add_model_options(m) -> None:
-    m.add_argument("--steps-T", dest="steps", type=int, default=None,
-                   help="number of trajectory steps T (>= 1; default 4)")
-    for name in ("width", "depth", "heads", "patch_size", "transporter_hidden"):
+    m.add_argument("--steps", "--steps-T", dest="steps", type=step_counts_arg, default=None,
+                   metavar="T[,T...]", help="trajectory steps T, or several (4,8,16: T drawn "
+                   "per example, the model samples at each); default 4")
+    m.add_argument("--transporter", choices=TRANSPORTER_KINDS, default=None,
+                   help="autoregressive (causal Transformer blocks over the patch tokens; "
+                   "default sizes 2 blocks of width 64), coupling (MLP couplings) or none "
+                   "(identity: the heteroscedastic-Gaussian ablation); default coupling")
+    for name in ("width", "depth", "heads", "patch_size"):
         m.add_argument(MODEL_OPTIONS[name], type=positive_int, default=None)
-    m.add_argument("--transporter-layers", type=nonneg_int, default=None)
-    m.add_argument("--shift", type=positive_float, default=None)
+    m.add_argument("--transporter-layers", type=nonneg_int, default=None,
+                   help="couplings, or autoregressive blocks (0: identity)")
+    m.add_argument("--transporter-hidden", type=positive_int, default=None,
+                   help="coupling MLP units, or the autoregressive blocks' width")
+    m.add_argument("--shift", type=shift_arg, default=None, metavar="auto|NUMBER",
+                   help="time shift of the grid: auto (from the token count) or a number > 0")
     m.add_argument("--t-min-max", type=nonneg_float, default=None)
     m.add_argument("--label-dropout", type=nonneg_float, default=None)
     m.add_argument("--clamp", type=positive_float, default=None)
@@ -68,6 +93,9 @@ def _add_objective_options(f) -> None:
     f.add_argument("--objective", choices=("ntm", "flow_matching"), default=None,
                    help="ntm: trajectory likelihood (default); flow_matching: pretrain the "
                    "predictor as a velocity model")
+    f.add_argument("--trajectory-loss", choices=TRAJECTORY_LOSSES, default=None,
+                   help="end_to_end (every level, default) or pairwise (one random level per "
+                   "example, scaled to the same expectation)")
     f.add_argument("--init-from", default=None, metavar="FM_RUN",
                    help="start the NTM from this flow-matching run or checkpoint (EMA weights)")
     f.add_argument("--fm-reg", type=nonneg_float, default=None, metavar="LAMBDA",
@@ -115,7 +143,8 @@ def _resumed_config(base: Dict[str, Any], args, model_over, train_over) -> Train
     if args.class_conditional is not None:
         requested["class_conditional"] = True
     requested["model"].update(model_over)
-    requested.update({k: train_over[k] for k in ("batch_size", "seed") if k in train_over})
+    requested.update({k: train_over[k] for k in ("batch_size", "seed", "trajectory_loss")
+                      if k in train_over})
     diffs = config_differences(stored, requested)
     if diffs:
         raise ConfigError(f"--resume: the checkpoint in {args.out} was made with another "
@@ -140,8 +169,6 @@ def train_config(args) -> TrainConfig:
 def run(args, parser) -> int:
     if args.out is None:
         args.out = str(Path("runs") / (args.dataset or "digits"))
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps-T (number of trajectory steps T) must be >= 1, got {args.steps}")
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     device = setup_device(args)
@@ -152,7 +179,7 @@ def run(args, parser) -> int:
                       throttle_s=args.throttle)
     nparams = sum(p.numel() for p in trainer.model.parameters())
     log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}, "
-        f"T={cfg.model['steps']}, {nparams / 1e6:.2f}M parameters, device {device}, "
+        f"T={cfg.model['steps']}, transporter {cfg.model['transporter']}, {nparams / 1e6:.2f}M parameters, device {device}, "
         f"{torch.get_num_threads()} threads, budget iters={cfg.optim.iters} "
         f"minutes={cfg.optim.minutes}, out {args.out}")
     return run_command(trainer.run, "ntm train")

@@ -293,7 +293,8 @@ def anchored_trajectory_nll(ntm: nn.Module, reference: TrajectoryPredictor, x: T
         T = U.shape[1]
         tt = t.to(U.dtype)
         with torch.no_grad():
-            mu_ref, _ = reference(ntm.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y_g)
+            mu_ref, _ = reference(ntm.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y_g,
+                                  **ntm.predictor_steps(T, U.shape[0], U.device))
         sq.append((idx, (mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2))))
     B = x.shape[0]
     return gather_groups(nll, B), gather_groups(sq, B)

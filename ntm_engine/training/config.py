@@ -24,10 +24,14 @@ from .sections import (DataConfig, OptimConfig, RunConfig, check, check_number, 
 
 CONFIG_VERSION = 3
 OBJECTIVES = ("ntm", "flow_matching")
+TRAJECTORY_LOSSES = ("end_to_end", "pairwise")
+# the transporter sizes of a kind when the user gives none (layers: blocks for the
+# autoregressive kind, couplings otherwise; hidden: the blocks' width or the coupling units)
+TRANSPORTER_SIZES = {"autoregressive": dict(transporter_layers=2, transporter_hidden=64)}
 
 # keys of the model section that the command line exposes (and their CLI names)
 MODEL_OPTIONS = {
-    "steps": "--steps-T", "width": "--width", "depth": "--depth", "heads": "--heads",
+    "steps": "--steps", "transporter": "--transporter", "width": "--width", "depth": "--depth", "heads": "--heads",
     "patch_size": "--patch-size", "transporter_layers": "--transporter-layers",
     "transporter_hidden": "--transporter-hidden", "shift": "--shift",
     "t_min_max": "--t-min-max", "label_dropout": "--label-dropout", "clamp": "--clamp",
@@ -35,17 +39,20 @@ MODEL_OPTIONS = {
 }
 # entries that define a run: a resumed run must agree on these
 IDENTITY_KEYS = ("dataset", "class_conditional", "model", "batch_size", "seed", "objective",
-                 "init_from", "fm_reg")
+                 "init_from", "fm_reg", "trajectory_loss")
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """``objective``: ``"ntm"`` (trajectory likelihood) or ``"flow_matching"`` (pretraining
     the predictor as a velocity model); ``init_from``: a flow-matching run an NTM starts from,
-    with the regulariser weight ``fm_reg`` cosine-decayed to 0 (``docs/design.md`` section 1)."""
+    with the regulariser weight ``fm_reg`` cosine-decayed to 0 (``docs/design.md`` section 1);
+    ``trajectory_loss``: the NTM's ``"end_to_end"`` trajectory likelihood or its ``"pairwise"``
+    estimate (one random level per sample, same expectation)."""
     objective: str = "ntm"
     init_from: Optional[str] = None
     fm_reg: float = 2.5
+    trajectory_loss: str = "end_to_end"
 
     def __post_init__(self):
         check(self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}"
@@ -54,6 +61,8 @@ class ObjectiveConfig:
               "--init-from starts an NTM from a flow-matching run; it needs --objective ntm")
         check(_is_real(self.fm_reg) and 0 <= self.fm_reg < math.inf,
               f"--fm-reg must be a finite number >= 0, got {self.fm_reg}")
+        check(self.trajectory_loss in TRAJECTORY_LOSSES, "--trajectory-loss must be one of "
+              f"{', '.join(TRAJECTORY_LOSSES)}, got {self.trajectory_loss!r}")
 
     @property
     def needs_velocity_head(self) -> bool:
@@ -150,7 +159,9 @@ def _upgrade_v1(flat: Dict[str, Any]) -> None:
 
 def _upgrade_v2(flat: Dict[str, Any]) -> None:
     """v2 -> v3: runs stored before the transporter became a choice were trained with the
-    label-conditioned coupling transporter (new runs default to a label-free one)."""
+    label-conditioned coupling transporter (new runs default to a label-free one), and with
+    the end-to-end trajectory loss."""
+    flat.setdefault("trajectory_loss", "end_to_end")
     if isinstance(flat.get("model"), dict):
         flat["model"].setdefault("transporter", "coupling")
         flat["model"].setdefault("transporter_label_conditioned", True)
@@ -201,7 +212,7 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
     steps = m.get("steps")
     checks = [
         (not isinstance(steps, int) or steps >= 1,
-         f"--steps-T (number of trajectory steps T) must be >= 1, got {steps}"),
+         f"--steps (number of trajectory steps T) must be >= 1, got {steps}"),
         (m["width"] >= 1 and m["depth"] >= 1 and m["heads"] >= 1,
          f"--width, --depth and --heads must be >= 1, got {m['width']}, {m['depth']}, "
          f"{m['heads']}"),
@@ -236,7 +247,9 @@ def make_config(dataset: str = "digits", class_conditional: bool = False, *,
     reject_unknown(train, set(TRAIN_DEFAULTS), "training")
     data = DataConfig(dataset, bool(class_conditional))
     m = default_model_config(dataset, class_conditional)
-    m.update({k: v for k, v in (model or {}).items() if v is not None})
+    given = {k: v for k, v in (model or {}).items() if v is not None}
+    m.update(TRANSPORTER_SIZES.get(given.get("transporter", m["transporter"]), {}))
+    m.update(given)
     flat = {**TRAIN_DEFAULTS, **{k: v for k, v in train.items() if v is not None}}
     if (model or {}).get("parameterization") is None and \
             section_from(ObjectiveConfig, flat).needs_velocity_head:
@@ -260,4 +273,5 @@ def validate_config(cfg: Union[TrainConfig, Mapping[str, Any]]) -> TrainConfig:
 
 __all__ = ["TrainConfig", "ObjectiveConfig", "DataConfig", "OptimConfig", "RunConfig",
            "ConfigError", "make_config", "config_differences", "validate_config", "upgrade",
-           "CONFIG_VERSION", "IDENTITY_KEYS", "MODEL_OPTIONS", "TRAIN_DEFAULTS"]
+           "CONFIG_VERSION", "IDENTITY_KEYS", "MODEL_OPTIONS", "TRAIN_DEFAULTS",
+           "TRAJECTORY_LOSSES", "TRANSPORTER_SIZES"]

@@ -4,12 +4,14 @@ upgraded (:meth:`DistillConfig.from_dict`); built from a teacher checkpoint by
 :func:`make_distill_config`."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from .. import checkpoint as ckpt
 from ..models import Denoiser, schedule
+from ..models.predictor import default_patch_size
 from .config import upgrade as upgrade_train
 from .errors import ConfigError
 from .sections import (DataConfig, OptimConfig, RunConfig, check, differences, field_names,
@@ -25,6 +27,16 @@ DISTILL_DEFAULTS: Dict[str, Any] = {
 # entries that define a distillation run: a resumed run must agree on these
 IDENTITY_KEYS = ("kind", "teacher", "teacher_model", "dataset", "class_conditional", "t_min",
                  "label_dropout", "denoiser", "batch_size", "seed")
+
+
+def teacher_first_time(tm: Mapping[str, Any]) -> float:
+    """``t_1`` of the grid the distiller draws on: the teacher's default (smallest) ``T``, its
+    shift resolved (``"auto"`` from the predictor's tokens per level, as the model does)."""
+    shape = list(tm["data_shape"])
+    p = tm.get("patch_size") or default_patch_size(shape)
+    tokens = (shape[1] // p) * (shape[2] // p) if len(shape) == 3 else math.prod(shape) // p
+    return schedule.first_interior_time(schedule.step_counts(tm["steps"])[0],
+                                        schedule.resolve_shift(tm.get("shift"), tokens))
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,7 @@ class DistillConfig:
 
     def __post_init__(self):
         tm = self.teacher_model
-        t1 = schedule.first_interior_time(int(tm["steps"]), float(tm["shift"]))
+        t1 = teacher_first_time(tm)
         t = self.t_min
         why = (" (at t_0 = 0 the posterior mean is x_{t_0} itself: nothing to distil)"
                if t == 0 else "")

@@ -9,6 +9,7 @@ from .. import checkpoint as ckpt
 from .. import plots
 from ..metrics import dataset_bits_per_dim, dataset_fm_loss
 from ..models.flow_matching import EULER_STEPS
+from ..models.schedule import step_counts
 from .batches import eval_levels, sample_labels, test_data
 from .config import TrainConfig
 from .determinism import device_generator
@@ -41,10 +42,12 @@ def evaluate_test(model, cfg, device, *, seed: int = 0) -> Dict[str, float]:
 
 
 def default_sample_steps(cfg) -> int:
-    """Sampling steps when none are asked for: the trained T of an NTM, the Euler steps of a
-    flow-matching model."""
+    """Sampling steps when none are asked for: the (smallest) trained T of an NTM, the Euler
+    steps of a flow-matching model."""
     cfg = TrainConfig.coerce(cfg)
-    return EULER_STEPS if cfg.objective.objective == "flow_matching" else cfg.model["steps"]
+    if cfg.objective.objective == "flow_matching":
+        return EULER_STEPS
+    return step_counts(cfg.model["steps"])[0]
 
 
 def eval_summary(rec: Dict[str, Any]) -> str:

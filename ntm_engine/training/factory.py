@@ -51,10 +51,11 @@ def make_objective(cfg: TrainConfig, model: nn.Module, reference: Optional[nn.Mo
     """The objective of ``cfg`` for ``model`` (:mod:`.objectives`)."""
     if cfg.objective.objective == "flow_matching":
         return FlowMatching(model)
+    loss = cfg.objective.trajectory_loss
     if reference is None:
-        return NTMLikelihood(model)
+        return NTMLikelihood(model, trajectory_loss=loss)
     return FMInitRegularised(model, reference, lambda step, elapsed: fm_reg_weight(
-        cfg, step, elapsed))
+        cfg, step, elapsed), trajectory_loss=loss)
 
 
 def preflight(model: nn.Module, cfg: TrainConfig, device) -> None:

@@ -31,13 +31,15 @@ class Batch:
 
 
 class NTMLikelihood:
-    """The trajectory negative log-likelihood of an NTM (nats per sample)."""
+    """The trajectory negative log-likelihood of an NTM (nats per sample), end to end or its
+    pair-wise estimate (``trajectory_loss``, :meth:`~ntm_engine.models.NTM.trajectory_nll`)."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, *, trajectory_loss: str = "end_to_end"):
+        self.model, self.trajectory_loss = model, trajectory_loss
 
     def loss(self, batch: Batch) -> Tuple[Tensor, Metrics]:
-        nll = self.model.trajectory_nll(batch.x, batch.y, generator=batch.generator)
+        nll = self.model.trajectory_nll(batch.x, batch.y, generator=batch.generator,
+                                        trajectory_loss=self.trajectory_loss)
         return nll, {"nll": nll}
 
 
@@ -57,13 +59,14 @@ class FMInitRegularised:
     predictor ``reference``; ``weight(step, elapsed_s)`` gives ``w``."""
 
     def __init__(self, model: nn.Module, reference: nn.Module,
-                 weight: Callable[[int, float], float]):
+                 weight: Callable[[int, float], float], *, trajectory_loss: str = "end_to_end"):
         self.model, self.reference, self.weight = model, reference, weight
+        self.trajectory_loss = trajectory_loss
 
     def loss(self, batch: Batch) -> Tuple[Tensor, Metrics]:
         w = self.weight(batch.step, batch.elapsed_s)
         nll, reg = anchored_trajectory_nll(self.model, self.reference, batch.x, batch.y,
-                                           batch.generator)
+                                           batch.generator, trajectory_loss=self.trajectory_loss)
         return nll + w * reg, {"nll": nll, "fm_reg": reg, "fm_reg_weight": w}
 
 
@@ -98,7 +101,7 @@ def distillation_batch(teacher: nn.Module, x: Tensor, y: Optional[Tensor], t_min
     y = drop_labels(y, label_dropout, teacher.num_classes, generator)
     target = teacher.posterior_mean(X, t, y)
     B = x.shape[0]
-    u, _ = teacher.transporter(X[:, 0].reshape(B, teacher.dim), t[:, 0], y)
+    u, _ = teacher.transport(X[:, 0].reshape(B, teacher.dim), t[:, 0], y)
     return DistillBatch(u.view_as(x), t[:, 0], y, target, X[:, 0])
 
 

@@ -37,7 +37,7 @@ def test_the_ntm_parser_does_not_import_diffusers():
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare_runs")
     for name, extra in (("ntm", []), ("fm", ["--objective", "flow_matching"]),
-                        ("abl", ["--transporter-layers", "0"])):
+                        ("abl", ["--transporter", "none"])):
         assert cli.main(["train", *TINY, *extra, "--out", str(root / name)]) == 0
     return root
 

@@ -1,0 +1,103 @@
+"""The model options of ``ntm train`` reach the run: the transporter kind (with its default
+sizes), several step counts, the time shift and the pair-wise trajectory loss; what needs one
+``T`` (distillation, FM initialisation, the default sample steps) handles several."""
+import json
+
+import pytest
+import torch
+
+from ntm_engine.models import NTM, schedule
+from ntm_engine.models.flow_matching import anchored_trajectory_nll, frozen_copy
+from ntm_engine.models.transporter import AutoregressiveTransporter, IdentityTransporter
+from ntm_engine.training import (ConfigError, build_model, default_sample_steps, load_run,
+                                 make_config)
+from ntm_engine.training.distill_config import teacher_first_time
+from ntm_engine.training.factory import make_objective
+from ntm_engine.training.objectives import Batch
+
+from test_cli import run_cli
+
+TINY = ["--width", "16", "--depth", "1", "--heads", "2", "--batch-size", "16", "--iters", "2",
+        "--eval-every", "2", "--ckpt-every", "2", "--eval-samples", "0", "--no-progress",
+        "--no-plots"]
+
+
+def test_train_flags_reach_the_model(tmp_path, capsys):
+    run = tmp_path / "ar"
+    assert run_cli("train", "--class-conditional", "--transporter", "autoregressive",
+                   "--steps", "4,2", "--shift", "auto", "--trajectory-loss", "pairwise", *TINY,
+                   "--out", run) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    m = cfg["model"]
+    assert (m["transporter"], m["steps"], m["shift"]) == ("autoregressive", [2, 4], "auto")
+    assert (m["transporter_layers"], m["transporter_hidden"]) == (2, 64)   # AR defaults
+    assert cfg["trajectory_loss"] == "pairwise" and not m["transporter_label_conditioned"]
+    model = load_run(run).model
+    assert isinstance(model.transporter, AutoregressiveTransporter)
+    assert model.trained_steps == (2, 4) and model.shift == schedule.auto_shift(4)
+    with pytest.raises(SystemExit, match="trajectory_loss: checkpoint 'pairwise'"):
+        run_cli("train", "--out", run, "--resume", "--trajectory-loss", "end_to_end")
+
+
+def test_steps_T_alias_identity_transporter_and_bad_values(tmp_path, capsys):
+    run = tmp_path / "none"
+    assert run_cli("train", "--dataset", "two_moons", "--steps-T", "3", "--transporter", "none",
+                   "--shift", "0.5", *TINY, "--out", run) == 0
+    m = json.loads((run / "config.json").read_text())["model"]
+    assert (m["steps"], m["shift"], m["transporter"]) == (3, 0.5, "none")
+    assert isinstance(load_run(run).model.transporter, IdentityTransporter)
+    for argv, msg in ((["--steps", "4,4"], "distinct step counts"),
+                      (["--steps", "0"], "distinct step counts"),
+                      (["--shift", "big"], "--shift"),
+                      (["--transporter", "mlp"], "--transporter"),
+                      (["--trajectory-loss", "both"], "--trajectory-loss")):
+        with pytest.raises(SystemExit) as e:
+            run_cli("train", *argv, *TINY, "--out", tmp_path / "bad")
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_explicit_sizes_win_over_the_autoregressive_defaults():
+    m = make_config("digits", model=dict(transporter="autoregressive", transporter_layers=3),
+                    iters=1).model
+    assert (m["transporter_layers"], m["transporter_hidden"]) == (3, 64)
+    assert make_config("digits", iters=1).model["transporter_layers"] == 4   # coupling: as was
+    with pytest.raises(ConfigError, match="--trajectory-loss must be one of"):
+        make_config("digits", iters=1, trajectory_loss="sideways")
+
+
+def test_the_objective_uses_the_configured_trajectory_loss():
+    cfg = make_config("two_moons", model=dict(width=16, depth=1, heads=2, steps=4), iters=1,
+                      trajectory_loss="pairwise")
+    model = build_model(cfg).double()
+    x = torch.randn(6, 2, dtype=torch.float64)
+
+    def loss(kind):
+        g = torch.Generator().manual_seed(3)
+        if kind is None:
+            return make_objective(cfg, model).loss(Batch(x, None, g))[0]
+        return model.trajectory_nll(x, generator=g, trajectory_loss=kind)
+    torch.testing.assert_close(loss(None), loss("pairwise"))
+    assert (loss(None) - loss("end_to_end")).abs().max() > 1e-3
+
+
+def test_fm_anchor_of_a_several_step_model_sees_each_trajectorys_step_count():
+    torch.manual_seed(0)
+    ntm = NTM((1, 4, 4), steps=(2, 4), width=16, depth=1, heads=2, patch_size=2,
+              transporter_layers=1, transporter_hidden=8,
+              parameterization="flow_matching").double()
+    with torch.no_grad():
+        for p in ntm.predictor.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(8, 1, 4, 4, dtype=torch.float64)
+    nll, sq = anchored_trajectory_nll(ntm, frozen_copy(ntm.predictor), x,
+                                      generator=torch.Generator().manual_seed(1))
+    assert nll.shape == (8,) and torch.isfinite(nll).all()
+    assert sq.abs().max() < 1e-20        # its own copy: the same means, step count included
+
+
+def test_single_T_needs_take_the_smallest_trained_T():
+    cfg = make_config("digits", True, model=dict(steps=[8, 4], shift="auto"), iters=1)
+    assert default_sample_steps(cfg) == 4
+    model = build_model(cfg)
+    t1 = float(model.time_grid(1, steps=4, dtype=torch.float64)[0, 1])
+    assert teacher_first_time(cfg.model) == pytest.approx(t1, rel=1e-12)
