@@ -51,14 +51,18 @@ def dataset_mean(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator
 
 def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
                          batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
-                         device=None) -> Dict[str, float]:
+                         device=None, *, samples: int = 1, steps: Optional[int] = None
+                         ) -> Dict[str, float]:
     """Mean and standard error of ``model.bits_per_dim`` over ``x`` (fixed noise from ``seed``).
 
     ``dequantize_data`` adds uniform noise of one grey level first (the bound is on the
-    dequantised density; ``levels`` sets the bin width ``2/levels``).
+    dequantised density; ``levels`` sets the bin width ``2/levels``).  ``samples`` (K > 1: the
+    importance-weighted bound) and ``steps`` (the grid's T; None: the model's default) are
+    passed to ``model.bits_per_dim``.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    r = dataset_mean(lambda xb, yb, g: model.bits_per_dim(xb, yb, levels=levels, generator=g),
+    r = dataset_mean(lambda xb, yb, g: model.bits_per_dim(xb, yb, levels=levels, generator=g,
+                                                          samples=samples, steps=steps),
                      x, y, levels, batch_size, seed, dequantize_data, device)
     return {"bpd": r["mean"], "bpd_sem": r["sem"], "n": r["n"]}
 

@@ -96,6 +96,7 @@ def test_an_old_run_resumes(old_run, capsys):
     assert cfg["model"] == {**old["model"], "transporter": "coupling",
                             "transporter_label_conditioned": True}
     assert {k: v for k, v in cfg.items() if k not in ("version", "iters", "model")} == \
-        {k: v for k, v in old.items() if k not in ("iters", "model")}
+        {**{k: v for k, v in old.items() if k not in ("iters", "model")},
+         "trajectory_loss": "end_to_end"}
     steps = [r["step"] for r in read_metrics(old_run) if r["type"] == "train"]
     assert steps == [3, 6, 9] and math.isfinite(read_metrics(old_run)[-1]["test_bpd"])

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 
@@ -15,7 +15,7 @@ from .. import metrics
 from ..checkpoint import atomic_write_text
 from ..data import eight_gaussian_modes, load_digits
 from ..training import (Run, default_sample_steps, denoiser_for, evaluate_bpd, evaluate_test,
-                        load_run, model_code_fingerprint, test_data)
+                        histogram_bpd, load_run, model_code_fingerprint, test_data)
 from .common import (add_device_options, log, nonneg_float, nonneg_int, positive_int, setup_device,
                      timed_samples)
 
@@ -32,6 +32,12 @@ def add_parser(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--bpd-repeats", type=positive_int, default=1,
                    help="passes over the test split with fresh noise for bits/dim")
+    e.add_argument("--bpd-samples", type=positive_int, default=16, metavar="K",
+                   help="trajectories per test image of the importance-weighted bound "
+                   "(test_bpd_iw; test_bpd stays the single-trajectory bound)")
+    e.add_argument("--t-min", type=nonneg_float, default=None, metavar="T_D",
+                   help="t_0 of the trajectory-denoise sampler (default: the --denoiser's t_d, "
+                   "else the model's t_min_max)")
     e.add_argument("--classifier", default=None,
                    help="cached digits classifier (default: $NTM_CACHE_DIR or "
                    "~/.cache/ntm_engine/digits_classifier_<version>.safetensors; trained once)")
@@ -80,44 +86,127 @@ def eval_sampler(model, n: int, y, device, args, quality, **sample_kw) -> Dict[s
 
 
 def likelihood(r: Run, args, device) -> Dict[str, Any]:
-    """Test bits/dim (averaged over ``--bpd-repeats``), or the FM model's test loss."""
+    """Test bits/dim (averaged over ``--bpd-repeats``) at the default ``T``, and per trained
+    ``T`` the single-trajectory and importance-weighted bounds (and, for a class-conditional
+    model, the unconditional ones); the histogram baseline; or the FM model's test loss."""
     cfg = r.config
     if cfg.objective.objective == "flow_matching":   # no likelihood: its test loss
         return {f"test_{k}": v for k, v in
                 evaluate_test(r.model, cfg, device, seed=args.seed).items()}
     bpds = [evaluate_bpd(r.model, cfg, device, seed=args.seed + 1000 * k)
             for k in range(args.bpd_repeats)]
-    return {"test_bpd": sum(b["bpd"] for b in bpds) / len(bpds),
-            "test_bpd_sem": bpds[0]["bpd_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
-            "bpd_note": ("upper bound with t_0 = 0, dequantised, 17 levels" if cfg.dataset ==
-                         "digits" else "continuous bits/dim bound (no discretisation term)")}
+    res = {"test_bpd": sum(b["bpd"] for b in bpds) / len(bpds),
+           "test_bpd_sem": bpds[0]["bpd_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
+           "bpd_note": ("upper bound with t_0 = 0, dequantised, 17 levels" if cfg.dataset ==
+                        "digits" else "continuous bits/dim bound (no discretisation term)"),
+           "bpd_samples": args.bpd_samples}
+    res["bpd_per_steps"] = {str(T): bpd_at(r, args, device, T) for T in trained_steps(r, args)}
+    first = res["bpd_per_steps"][str(trained_steps(r, args)[0])]
+    res.update({f"test_{k}": v for k, v in first.items() if k != "bpd"})
+    res["histogram_baseline_bpd"] = histogram_bpd(cfg)
+    return res
+
+
+def bpd_at(r: Run, args, device, T: int) -> Dict[str, float]:
+    """Bits/dim at ``T`` steps: single-trajectory (``bpd``), importance-weighted over
+    ``--bpd-samples`` (``bpd_iw``), and unconditional ones (``*_uncond``) if conditional."""
+    out = {}
+    for suffix, uncond in (("", False), ("_uncond", True))[:1 + r.config.conditional]:
+        for name, k in (("bpd", 1), ("bpd_iw", args.bpd_samples)):
+            out[name + suffix] = evaluate_bpd(r.model, r.config, device, seed=args.seed,
+                                              samples=k, steps=T, unconditional=uncond)["bpd"]
+    return out
+
+
+def trained_steps(r: Run, args) -> Tuple[int, ...]:
+    """The step counts to report: ``--steps``, or every trained ``T`` of an NTM."""
+    if args.steps is not None:
+        return (args.steps,)
+    return getattr(r.model, "trained_steps", (default_sample_steps(r.config),))
+
+
+def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
+    """The rating of a batch of samples (digits: the classifier, loaded once; its description
+    goes into ``res``)."""
+    cfg = r.config
+    if cfg.dataset == "digits":
+        net, meta = metrics.load_or_train_classifier(args.classifier, log=log)
+        xt, _ = load_digits("test")
+        xtr, _ = load_digits("train")
+        res["classifier"] = {"path": meta.get("path"), "version": meta.get("version"),
+                             "test_accuracy": float(meta.get("test_accuracy", "nan"))}
+        res["frechet_distance_train_vs_test"] = metrics.frechet_distance_features(
+            net.features(xtr), net.features(xt))
+        return lambda s: metrics.sample_quality(net, s, y, xt)
+    xt, _ = test_data(cfg.data)
+
+    def toy_quality(s):
+        out = {"frechet_distance_raw": metrics.frechet_distance_features(s, xt)}
+        if cfg.dataset == "eight_gaussians":
+            d = torch.cdist(s, eight_gaussian_modes()).min(1).values
+            out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
+        return out
+    return toy_quality
+
+
+def eval_sampler(model, n: int, y, device, args, quality, **sample_kw) -> Dict[str, Any]:
+    """``n`` samples from noise seeded by ``--seed`` (the same for every sampler), timed after
+    a warm-up of 2, and ``quality`` of them (``sample_kw``: ``steps`` and
+    :meth:`NTM.sample` options)."""
+    s, dt = timed_samples(model, n, y, device, temperature=args.temperature,
+                          guidance=args.guidance, seed=args.seed, **sample_kw)
+    out: Dict[str, Any] = {"sample_ms_per_sample": 1e3 * dt / n, "n_samples": n}
+    out["samples_nonfinite"] = int((~torch.isfinite(s)).any(dim=tuple(range(1, s.dim()))).sum())
+    out.update(quality(torch.nan_to_num(s, nan=0.0, posinf=1e3, neginf=-1e3)))
+    return out
 
 
 def samplers(r: Run, args, device, res: Dict[str, Any]) -> None:
-    """Sample quality of the plain sampler and, with ``--denoiser``, of the ``t_0 = t_d``
-    grid with the transporter inverse and with the denoiser (the same noise)."""
+    """Sample quality of the plain sampler at each reported ``T`` (the first also at the top
+    level) and, for an NTM at the first ``T``, on the ``t_0 = t_d`` grid: the transporter
+    inverse, the slow trajectory-denoise sampler and, with ``--denoiser``, the learned
+    denoiser (the same noise for all)."""
     n = args.n_samples
     y = torch.arange(n) % 10 if r.config.conditional else None
     if args.guidance and y is None:
         raise SystemExit("ntm eval: error: --guidance needs a class-conditional model")
     denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
     quality = sample_quality(r, args, y, res)
-    res.update(eval_sampler(r.model, n, y, device, args, quality))
+    steps = trained_steps(r, args)
+    res["samples_per_steps"] = {str(T): eval_sampler(r.model, n, y, device, args, quality,
+                                                     steps=T) for T in steps}
+    res.update(res["samples_per_steps"][str(steps[0])])
+    if r.config.objective.objective == "flow_matching":
+        return
+    t_d = t_d if denoiser is not None else t_min_of(r, args)
+    at_t_d = dict(steps=steps[0], t_min=t_d)
+    res["t_d"] = t_d
+    res["transporter_at_t_d"] = eval_sampler(r.model, n, y, device, args, quality, **at_t_d)
+    res["trajectory_denoise"] = eval_sampler(r.model, n, y, device, args, quality,
+                                             sampler="trajectory-denoise", **at_t_d)
     if denoiser is not None:
         res["denoiser"] = {"path": str(den_ck.path), "step": den_ck.step, "t_d": t_d,
                            "parameters": sum(p.numel() for p in denoiser.parameters())}
-        res["transporter_at_t_d"] = eval_sampler(r.model, n, y, device, args, quality, t_min=t_d)
-        res["denoised"] = eval_sampler(r.model, n, y, device, args, quality, t_min=t_d,
-                                       denoiser=denoiser)
+        res["denoised"] = eval_sampler(r.model, n, y, device, args, quality,
+                                       denoiser=denoiser, **at_t_d)
+
+
+def t_min_of(r: Run, args) -> float:
+    """``--t-min``, else the model's ``t_min_max`` (the default t_d of ``ntm distill``)."""
+    return args.t_min if args.t_min is not None else float(r.config.model["t_min_max"])
 
 
 def _print(res: Dict[str, Any]) -> None:
     for k, v in res.items():
         if not isinstance(v, dict):
             print(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
-        elif "sample_ms_per_sample" in v:
-            print(f"{k:32s} " + ", ".join(f"{kk} {vv:.4f}" for kk, vv in v.items()
-                                          if isinstance(vv, float)))
+        elif "sample_ms_per_sample" in v or k.endswith("_per_steps") or "bpd" in k:
+            flat = {kk: vv for kk, vv in v.items() if isinstance(vv, float)}
+            if flat:
+                print(f"{k:32s} " + ", ".join(f"{kk} {vv:.4f}" for kk, vv in flat.items()))
+            for kk, vv in v.items():
+                if isinstance(vv, dict):
+                    _print({f"{k}[{kk}]": vv})
 
 
 def run(args, parser) -> int:

@@ -39,6 +39,13 @@ def add_parser(sub) -> None:
     s.add_argument("--denoiser", default=None, metavar="DIR",
                    help="a denoiser made by `ntm distill`: sample with t_0 = its t_d and let it "
                    "replace the transporter inverse")
+    s.add_argument("--sampler", choices=("transporter", "trajectory-denoise"),
+                   default="transporter", help="decoder of the last level: the transporter "
+                   "inverse, or the slow exact path (the whole trajectory through the flow, "
+                   "then Tweedie denoising with the trajectory score; needs t_0 > 0)")
+    s.add_argument("--t-min", type=nonneg_float, default=None, metavar="T_D",
+                   help="t_0 of the grid (default 0; with --sampler trajectory-denoise: the "
+                   "model's t_min_max, the default t_d of `ntm distill`)")
     add_device_options(s)
     s.set_defaults(handler=run)
 
@@ -78,6 +85,20 @@ def _write(x, y, out: Path, args, cfg: TrainConfig) -> list:
     return written
 
 
+def decoder_options(args, r, denoiser, t_d: float) -> dict:
+    """:meth:`NTM.sample` options of ``--denoiser``, ``--sampler`` and ``--t-min``."""
+    if args.sampler != "transporter" and denoiser is not None:
+        raise SystemExit("ntm sample: error: --sampler trajectory-denoise and --denoiser are "
+                         "two decoders of the last level; give one")
+    if denoiser is not None:
+        return {"t_min": t_d, "denoiser": denoiser}
+    kw = {} if args.sampler == "transporter" else {
+        "sampler": args.sampler, "t_min": float(r.config.model["t_min_max"])}
+    if args.t_min is not None:
+        kw["t_min"] = args.t_min
+    return kw
+
+
 def run(args, parser) -> int:
     device = setup_device(args)
     r = load_run(args.checkpoint, device, ema=not args.no_ema, log=log)
@@ -85,7 +106,7 @@ def run(args, parser) -> int:
     if args.guidance and y is None:
         raise SystemExit("ntm sample: error: --guidance needs a class-conditional model and labels")
     denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
-    den_kw = {} if denoiser is None else {"t_min": t_d, "denoiser": denoiser}
+    den_kw = decoder_options(args, r, denoiser, t_d)
     x, dt = timed_samples(r.model, args.n, y, device, steps=args.steps,
                           temperature=args.temperature, guidance=args.guidance, seed=args.seed,
                           **den_kw)
@@ -96,6 +117,8 @@ def run(args, parser) -> int:
           f"{'raw' if args.no_ema else 'EMA'} weights), {steps} steps, temperature "
           f"{args.temperature}, guidance {args.guidance}"
           + ("" if denoiser is None else f", t_0 = {t_d} with the denoiser {den_ck.path}")
+          + ("" if args.sampler == "transporter" else
+             f", t_0 = {den_kw['t_min']} with trajectory denoising")
           + f": {dt:.3f} s, {1e3 * dt / args.n:.3f} ms per sample on {device}")
     print("wrote " + ", ".join(written))
     return 0

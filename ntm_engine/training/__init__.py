@@ -20,7 +20,8 @@ from .determinism import (check_model_code, derive_seed, device_generator,
 from .distill_config import DISTILL_DEFAULTS, KIND, DistillConfig, make_distill_config
 from .distiller import Distiller
 from .errors import ConfigError, NonFiniteLossError
-from .evaluation import default_sample_steps, eval_summary, evaluate_bpd, evaluate_test
+from .evaluation import (default_sample_steps, eval_summary, evaluate_bpd, evaluate_test,
+                         histogram_bpd)
 from .factory import REFERENCE_FILE, build_model, fm_reg_weight
 from .loop import Loop, run_command
 from .metrics_log import METRICS_FILE, read_metrics

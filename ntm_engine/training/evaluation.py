@@ -3,11 +3,13 @@ flow-matching model, the sample grid of a run, and the one-line summaries."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from .. import checkpoint as ckpt
 from .. import plots
+from ..data import load_digits
 from ..metrics import dataset_bits_per_dim, dataset_fm_loss
+from ..models import histogram_bits_per_dim
 from ..models.flow_matching import EULER_STEPS
 from ..models.schedule import step_counts
 from .batches import eval_levels, sample_labels, test_data
@@ -15,21 +17,43 @@ from .config import TrainConfig
 from .determinism import device_generator
 
 
-def _evaluate(metric, model, cfg: TrainConfig, device, *, seed: int) -> Dict[str, float]:
+def _evaluate(metric, model, cfg: TrainConfig, device, *, seed: int,
+              unconditional: bool = False, **kw) -> Dict[str, float]:
     x, y = test_data(cfg.data)
     was = model.training
     model.eval()
     try:
-        return metric(model, x, y, levels=eval_levels(cfg.data), batch_size=cfg.run.eval_batch,
-                      seed=seed, dequantize_data=cfg.dataset == "digits", device=device)
+        return metric(model, x, None if unconditional else y, levels=eval_levels(cfg.data),
+                      batch_size=cfg.run.eval_batch, seed=seed,
+                      dequantize_data=cfg.dataset == "digits", device=device, **kw)
     finally:
         model.train(was)
 
 
-def evaluate_bpd(model, cfg, device, *, seed: int = 0) -> Dict[str, float]:
+def evaluate_bpd(model, cfg, device, *, seed: int = 0, samples: int = 1,
+                 steps: Optional[int] = None, unconditional: bool = False) -> Dict[str, float]:
     """Test bits/dim of an NTM (``bpd``, ``bpd_sem``, ``n``;
-    :func:`~ntm_engine.metrics.dataset_bits_per_dim`)."""
-    return _evaluate(dataset_bits_per_dim, model, TrainConfig.coerce(cfg), device, seed=seed)
+    :func:`~ntm_engine.metrics.dataset_bits_per_dim`): the bound over ``samples`` trajectories
+    (importance-weighted for K > 1) on the grid of ``steps`` (None: the model's default T);
+    ``unconditional``: a class-conditional model scores the null label."""
+    return _evaluate(dataset_bits_per_dim, model, TrainConfig.coerce(cfg), device, seed=seed,
+                     samples=samples, steps=steps, unconditional=unconditional)
+
+
+def histogram_bpd(cfg) -> Dict[str, float]:
+    """The per-pixel histogram baseline on the same test split (digits only; empty for
+    toys): bits/dim of independent per-pixel categoricals fit on the training split, and
+    (``conditional``) one set per class for a class-conditional run."""
+    cfg = TrainConfig.coerce(cfg)
+    if cfg.dataset != "digits":
+        return {}
+    (xtr, ytr), (xte, yte) = load_digits("train"), load_digits("test")
+    levels = eval_levels(cfg.data)
+    out = {"bpd": float(histogram_bits_per_dim(xtr, xte, levels).mean())}
+    if cfg.conditional:
+        out["bpd_conditional"] = float(histogram_bits_per_dim(
+            xtr, xte, levels, train_y=ytr, test_y=yte).mean())
+    return out
 
 
 def evaluate_test(model, cfg, device, *, seed: int = 0) -> Dict[str, float]:
