@@ -14,10 +14,10 @@
 #   3. extension check: build_info(), CUDA kernels registered for every op, a smoke call
 #   4. pytest on the CUDA test files only (NTM_CUDA_TESTS), so that a missing optional test
 #      dependency elsewhere cannot stop collection; no -x: every failure is reported
-#   5. the CPU op tests under the AVX-512 kernels when this CPU has them (this project's dev
-#      machines do not, so the lent machine is where that variant runs)
-#   6. every bench/*_cuda.py script (a hook: drop in more), without torch.compile unless
+#   5. every bench/*_cuda.py script (a hook: drop in more), without torch.compile unless
 #      NTM_BENCH_COMPILE=1; the markdown table lines ("| ... |") each prints are collected
+#   6. the CPU op tests under the AVX-512 kernels when this CPU has them (this project's dev
+#      machines do not, so the lent machine is where that variant runs)
 # A failing step is reported and the script goes on.  Everything is written under $OUT (else
 # a temporary folder); a short table of the steps is printed LAST.
 # Environment: PYTHON (default python, else python3), NTM_CHECK_BUDGET_S, NTM_SKIP_BUILD=1,
@@ -37,7 +37,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 export PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1
 DRY=${NTM_DRY_RUN:-0}
-CUDA_TESTS=${NTM_CUDA_TESTS:-tests/test_cuda_ops.py tests/test_interop.py tests/nn/test_nn_reversible.py}
+CUDA_TESTS=${NTM_CUDA_TESTS:-tests/test_cuda_ops.py tests/test_cuda_launch.py tests/test_interop.py tests/nn/test_nn_reversible.py}
 BENCH_ARGS=${NTM_BENCH_ARGS:-}
 [ "${NTM_BENCH_COMPILE:-0}" = "1" ] || BENCH_ARGS="--no-compile $BENCH_ARGS"
 
@@ -53,7 +53,7 @@ step() {
   shift 4
   local left t0 rc status
   if [ "$DRY" = "1" ]; then
-    echo "would run: [$name, <= ${cap}s, log $log] $*"
+    echo "would run: [$name, <= ${cap}s, log $log] $(echo "$*" | tr '\n' ' ' | cut -c1-240)"
     SUMMARY+=("| $name | dry run | 0 | - |")
     return 0
   fi
@@ -147,7 +147,8 @@ if [ "$DRY" = "1" ]; then
   # shellcheck disable=SC2086
   COLLECTED=$("$PY" -m pytest --collect-only -q -m cuda $CUDA_TESTS 2>&1 | tail -3)
   echo "collect-only of the CUDA test files: $COLLECTED"
-  N_CUDA=$(echo "$COLLECTED" | grep -oE "[0-9]+ (tests? )?(selected|collected)" | head -1 | grep -oE "^[0-9]+")
+  # "N/M tests collected (K deselected)" or "M tests collected"
+  N_CUDA=$(echo "$COLLECTED" | grep -oE "[0-9]+(/[0-9]+)? tests? collected" | head -1 | grep -oE "^[0-9]+")
   echo "CUDA tests that would run: ${N_CUDA:-0}"
   [ "${N_CUDA:-0}" -gt 0 ] || FAILED=$((FAILED + 1))
 fi
@@ -158,15 +159,7 @@ PYTEST_LINE=$(grep -E "(passed|failed|error|skipped|no tests ran)" "$LOGDIR/pyte
   2>/dev/null | tail -1)
 grep -E "^(FAILED|ERROR) " "$LOGDIR/pytest_cuda.log" 2>/dev/null | head -40
 
-# ----------------------------------------------------------------------------- 5. AVX-512 CPU
-if "$PY" -c 'import sys, ntm_engine; sys.exit("avx512" not in ntm_engine.build_info()["cpu_capabilities_supported"])' 2>/dev/null || [ "$DRY" = "1" ]; then
-  step "cpu tests (avx512 kernels)" 60 pytest_cpu_avx512.log -- env NTM_CPU_CAPABILITY=avx512 \
-    "$PY" -m pytest -q tests/test_ops_accuracy.py tests/test_ops_dispatch.py -rfE
-else
-  SUMMARY+=("| cpu tests (avx512 kernels) | skipped (no AVX-512 here) | 0 | - |")
-fi
-
-# ----------------------------------------------------------------------------- 6. benchmarks
+# ----------------------------------------------------------------------------- 5. benchmarks
 TABLES="$LOGDIR/bench_tables.md"
 : >"$TABLES"
 SCRIPTS=()
@@ -174,11 +167,11 @@ for script in bench/*_cuda.py; do [ -e "$script" ] && SCRIPTS+=("$script"); done
 left_scripts=${#SCRIPTS[@]}
 for script in "${SCRIPTS[@]}"; do
   name=$(basename "$script" .py)
-  # A fair share of the time left (at least 30 s, at most 120 s), so one slow script cannot
+  # A fair share of the time left (at least 30 s, at most 90 s), so one slow script cannot
   # starve the ones after it; a cut-short script still leaves the rows it printed.
   share=$(( ($(remaining) - 10) / left_scripts ))
   [ "$share" -lt 30 ] && share=30
-  [ "$share" -gt 120 ] && share=120
+  [ "$share" -gt 90 ] && share=90
   left_scripts=$((left_scripts - 1))
   # shellcheck disable=SC2086
   step "$name" "$share" "$name.log" -- "$PY" "$script" $BENCH_ARGS
@@ -193,6 +186,14 @@ for script in "${SCRIPTS[@]}"; do
     echo
   } >>"$TABLES"
 done
+
+# ----------------------------------------------------------------------------- 6. AVX-512 CPU
+if "$PY" -c 'import sys, ntm_engine; sys.exit("avx512" not in ntm_engine.build_info()["cpu_capabilities_supported"])' 2>/dev/null || [ "$DRY" = "1" ]; then
+  step "cpu tests (avx512 kernels)" 60 pytest_cpu_avx512.log -- env NTM_CPU_CAPABILITY=avx512 \
+    "$PY" -m pytest -q tests/test_ops_accuracy.py tests/test_ops_dispatch.py -rfE
+else
+  SUMMARY+=("| cpu tests (avx512 kernels) | skipped (no AVX-512 here) | 0 | - |")
+fi
 
 # ----------------------------------------------------------------------------- summary (last)
 echo

@@ -27,7 +27,6 @@
 #include "ntm/op_io.h"
 
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 
 #include <array>
@@ -262,7 +261,10 @@ bool same_phase(const RowMapLaunch<scalar_t, Op>& l) {
 inline int64_t long_row_chunk(int64_t rows, int64_t n, int vec) {
   const int64_t max_chunk = static_cast<int64_t>(kThreads) * kChunkVectors * vec;
   const int64_t min_chunk = static_cast<int64_t>(kThreads) * vec;
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int sm_count = 0;  // of the current device (DeviceScope made it the tensors' device)
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  const int64_t sms = sm_count;
   const int64_t want_chunks = (kMinBlocksPerSM * sms + rows - 1) / rows;
   int64_t chunk = (n + want_chunks - 1) / want_chunks;
   chunk = (chunk + vec - 1) / vec * vec;
