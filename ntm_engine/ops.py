@@ -10,7 +10,7 @@ is read in place through its row stride, any other layout is copied first.  Outp
 contiguous.
 
 The CPU kernels are compiled for several instruction sets and chosen at run time (see
-:func:`set_cpu_capability`, ``build_info()['cpu_capability']``; docs/design.md, section 5).
+:func:`set_cpu_capability`, ``build_info()['cpu_capability']``; docs/design.md, sections 2 and 5).
 """
 from __future__ import annotations
 

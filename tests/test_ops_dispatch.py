@@ -182,3 +182,25 @@ def test_more_than_2_to_the_31_elements():
                                           logits[:1].contiguous(), 2.0)
     assert torch.equal(y[-1], want_y[0]) and torch.equal(y[rows // 2], want_y[0])
     assert torch.equal(ld, want_ld.expand(rows))
+
+
+# ----------------------------------------------------------------------------- mixed devices
+
+
+def test_mixed_devices_fail_with_the_kernels_message_whichever_backend_is_picked():
+    """CPU + meta picks the meta (fake) kernel; its message is the CPU/CUDA kernels' one
+    (test_cuda_ops.py::test_device_mismatch_raises_a_clear_error checks CPU + CUDA)."""
+    x = torch.randn(3, 8)
+    m = torch.randn(3, 8, device="meta")
+    with pytest.raises(ValueError, match=r"'shift' must be on the device of 'x' \(cpu\), got meta"):
+        ops.affine_coupling(x, m, x)
+    with pytest.raises(ValueError, match=r"'shift' must be on the device of 'x' \(meta\), got cpu"):
+        ops.affine_coupling(m, x, m)
+    with pytest.raises(ValueError, match=r"'grad_logdet' must be on the device of 'y' \(cpu\)"):
+        ops.affine_coupling_backward(x, x, x, x, torch.zeros(3, device="meta"))
+    with pytest.raises(ValueError, match=r"'grad' must be on the device of 'u' \(meta\)"):
+        ops.gaussian_nll_backward(m, m, m, torch.ones(3))
+    # the CPU kernel's own check says the same
+    with pytest.raises(ValueError, match=r"'shift' must be on the device of 'x' \(cpu\), got meta"):
+        torch.ops.ntm.affine_coupling.default.redispatch(
+            torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), x, m, x, None)
