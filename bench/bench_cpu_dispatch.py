@@ -2,7 +2,7 @@
 against copy_ of the same bytes, the eager twin and torch.compile(twin), in one run.
 
     python bench/bench_cpu_dispatch.py [--out FILE] [--rounds 5] [--no-compile]
-        [--threads 1,2] [--capabilities avx2,default] [--ops forward,inverse,backward]
+        [--inner 3] [--threads 1,2] [--capabilities avx2,default] [--ops forward,inverse,backward]
 
 Rows: (threads, capability, shape, dtype, op); shapes 4096 x 1024 and 256 x 256, float32 and
 bfloat16.  "view/fused" is the time on column views over the time on contiguous tensors (the
@@ -55,7 +55,7 @@ def machine() -> str:
             f"{os.getloadavg()[0]:.1f}")
 
 
-def measure(threads, capabilities, op_names, rounds, compile_twin):
+def measure(threads, capabilities, op_names, rounds, inner, compile_twin):
     cases = {c.name: c for c in op_cases()}
     rows = []
     for n_threads in threads:
@@ -72,7 +72,7 @@ def measure(threads, capabilities, op_names, rounds, compile_twin):
                         fns[f"fused@{cap}"] = _at(cap, base["fused"])
                         fns[f"view@{cap}"] = _at(cap, base["fused_view"])
                     with torch.no_grad():
-                        timed = time_interleaved(fns, "cpu", rounds, inner=3)
+                        timed = time_interleaved(fns, "cpu", rounds, inner)
                     for cap in capabilities:
                         fused = timed[f"fused@{cap}"]
                         comp = timed.get("compile")
@@ -100,6 +100,7 @@ def main() -> None:
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--out", help="also write the report (markdown) to this file")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--inner", type=int, default=3, help="calls per timed round")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--capabilities", default=None,
                         help="default: every level this CPU supports, best first")
@@ -112,7 +113,7 @@ def main() -> None:
     header = f"# CPU kernels by ISA and threads, {datetime.date.today()}\n\nMachine: {machine()}\n"
     try:
         rows = measure([int(v) for v in args.threads.split(",")], caps, args.ops.split(","),
-                       args.rounds, not args.no_compile)
+                       args.rounds, args.inner, not args.no_compile)
     finally:
         ops.set_cpu_capability(chosen)
     emit_report(header + "\n" + markdown_table(HEADER, rows) + "\n", args.out)

@@ -24,9 +24,6 @@ namespace ntm::cpu::CPU_CAPABILITY {
 
 constexpr int64_t kTileElems = 16384;  // 64 KiB of float32 per input per tile
 
-template <typename scalar_t>
-using acc_t = ntm::acc_type<scalar_t>;
-
 // Runs body(row, begin, end) -> double over every tile of a B x N problem and writes the
 // per-row sum of the returned partials (added in double) to row_out (if non-null).
 template <typename acc, typename Body>
@@ -60,9 +57,9 @@ void run_row_tiles(int64_t B, int64_t N, acc* row_out, const Body& body) {
 
 // Loads `count` (<= Vec::size()) elements of scalar_t as a vector of the accumulation type.
 template <typename scalar_t>
-inline at::vec::Vectorized<acc_t<scalar_t>> load(const scalar_t* p, int64_t count) {
-  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
-  if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
+inline at::vec::Vectorized<acc_type<scalar_t>> load(const scalar_t* p, int64_t count) {
+  using Vec = at::vec::Vectorized<acc_type<scalar_t>>;
+  if constexpr (std::is_same_v<scalar_t, acc_type<scalar_t>>) {
     return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
   } else {
     if (count == Vec::size()) return load_as_float(p);
@@ -73,9 +70,9 @@ inline at::vec::Vectorized<acc_t<scalar_t>> load(const scalar_t* p, int64_t coun
 }
 
 template <typename scalar_t>
-inline void store(const at::vec::Vectorized<acc_t<scalar_t>>& v, scalar_t* p, int64_t count) {
-  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
-  if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
+inline void store(const at::vec::Vectorized<acc_type<scalar_t>>& v, scalar_t* p, int64_t count) {
+  using Vec = at::vec::Vectorized<acc_type<scalar_t>>;
+  if constexpr (std::is_same_v<scalar_t, acc_type<scalar_t>>) {
     if (count == Vec::size()) v.store(p); else v.store(p, count);
   } else {
     if (count == Vec::size()) {

@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_n
   const CouplingMapIO io = prepare_coupling_map(op, in_name, in_, shift_, logits_, clamp);
   const int64_t B = io.rows, N = io.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.out.scalar_type(), "coupling_map", [&] {
-    using acc = acc_t<scalar_t>;
+    using acc = acc_type<scalar_t>;
     using Vec = Vectorized<acc>;
     const auto cp = broadcast(clamp_params<acc>(clamp));
     scalar_t* out = io.out.mutable_data_ptr<scalar_t>();
@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backw
   const int64_t B = io.rows, N = io.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.grad_x.scalar_type(),
                                   "ntm::affine_coupling_backward", [&] {
-    using acc = acc_t<scalar_t>;
+    using acc = acc_type<scalar_t>;
     using Vec = Vectorized<acc>;
     const auto cp = broadcast(clamp_params<acc>(clamp));
     const acc* pgld = io.grad_logdet.defined() ? io.grad_logdet.const_data_ptr<acc>() : nullptr;

@@ -19,7 +19,7 @@ at::Tensor gaussian_nll(const at::Tensor& u_, const at::Tensor& mean_,
   const int64_t B = io.rows, N = io.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.u.t.scalar_type(), "ntm::gaussian_nll",
                                   [&] {
-    using acc = acc_t<scalar_t>;
+    using acc = acc_type<scalar_t>;
     using Vec = Vectorized<acc>;
     const Vec half(acc(0.5)), zero(acc(0));
     run_row_tiles<acc>(B, N, io.nll.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
@@ -44,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_nll_backward(
   const int64_t B = io.rows, N = io.n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.u.t.scalar_type(),
                                   "ntm::gaussian_nll_backward", [&] {
-    using acc = acc_t<scalar_t>;
+    using acc = acc_type<scalar_t>;
     using Vec = Vectorized<acc>;
     const acc* pg = io.grad.const_data_ptr<acc>();
     scalar_t *pgu = io.grad_u.mutable_data_ptr<scalar_t>(),
