@@ -3,7 +3,8 @@
 CUDA is compiled when FORCE_CUDA=1, or when torch is a CUDA build and nvcc is found (CUDA_HOME,
 the PATH); FORCE_CUDA=0 forces a CPU-only build.  A GPU is never needed to build.
 TORCH_CUDA_ARCH_LIST picks the GPU architectures (default here: "9.0", the H200).
-NTM_CPU_ARCH=avx2|default picks the CPU SIMD level (default: avx2 if this CPU has it).
+NTM_CPU_CAPABILITIES=default,avx2,avx512 picks the CPU kernel variants compiled (all three on
+x86-64); the extension chooses among them at run time (NTM_CPU_CAPABILITY overrides).
 """
 import glob
 import os
@@ -26,27 +27,55 @@ def _cuda_wanted() -> bool:
     return cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
 
 
-def _cpu_has_avx2() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags and " f16c" in flags
+# CPU capabilities the kernels in csrc/cpu/kernels/ are compiled for, each into its own
+# namespace ntm::cpu::<NAME>; csrc/cpu/dispatch.cpp picks one at run time from cpuid (like
+# ATen's CPU_CAPABILITY).  The flag sets must match dispatch.cpp's cpu_supports().
+CPU_CAPABILITY_FLAGS = {
+    "default": [],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+}
 
 
-def _cpu_flags() -> list:
-    arch = os.environ.get("NTM_CPU_ARCH", "avx2" if _cpu_has_avx2() else "default")
-    if arch == "avx2":
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    if arch == "default":
-        return []
-    raise SystemExit(f"NTM_CPU_ARCH must be 'avx2' or 'default', got {arch!r}")
+def _cpu_capabilities() -> list:
+    """NTM_CPU_CAPABILITIES=default,avx2,avx512 (the default on x86-64; 'default' elsewhere)."""
+    import platform
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    wanted = os.environ.get("NTM_CPU_CAPABILITIES", "default,avx2,avx512" if x86 else "default")
+    names = [n.strip().lower() for n in wanted.split(",") if n.strip()]
+    bad = [n for n in names if n not in CPU_CAPABILITY_FLAGS]
+    if bad or "default" not in names:
+        raise SystemExit("NTM_CPU_CAPABILITIES must be a comma-separated subset of "
+                         f"{list(CPU_CAPABILITY_FLAGS)} including 'default', got {wanted!r}")
+    return names
+
+
+def _capability_flags(name: str) -> list:
+    return CPU_CAPABILITY_FLAGS[name] + [f"-DCPU_CAPABILITY={name.upper()}",
+                                         f"-DCPU_CAPABILITY_{name.upper()}"]
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """Compiles csrc/cpu/kernels/*.cpp once per CPU capability (own flags, own object folder)
+    and links the objects into the extension."""
+
+    def build_extension(self, ext):
+        cxx = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) \
+            else ext.extra_compile_args
+        kernels = sorted(glob.glob("csrc/cpu/kernels/*.cpp"))
+        for name in _cpu_capabilities():
+            ext.extra_objects += self.compiler.compile(
+                kernels, output_dir=os.path.join(self.build_temp, f"cpu_{name}"),
+                macros=ext.define_macros, include_dirs=ext.include_dirs,
+                extra_postargs={"cxx": cxx + _capability_flags(name), "nvcc": []})
+        super().build_extension(ext)
 
 
 def _extension():
-    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"] + _cpu_flags()
+    sources = ["csrc/ops.cpp", "csrc/python_module.cpp", "csrc/cpu/dispatch.cpp"]
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"] + [
+        f"-DNTM_CPU_HAVE_{name.upper()}" for name in _cpu_capabilities() if name != "default"]
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     if _cuda_wanted():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
@@ -62,5 +91,5 @@ def _extension():
 # Metadata, dependencies, the version and the `ntm` entry point live in pyproject.toml.
 setup(
     ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,11 +1,12 @@
 """GPU benchmark of the five fused ntm ops against their eager twins, torch.compile(twin) and a
-device-to-device copy_ of the same bytes (DESIGN.md section 6).
+device-to-device copy_ of the same bytes (docs/design.md, section 6).
 
     python bench/bench_ops_cuda.py [--out FILE] [--rounds 7] [--no-compile]   # the table
     python -m pytest bench/bench_ops_cuda.py                                    # pytest-benchmark
 
-Problem: 65536 x 1024 = 2^26 elements, float32 and bfloat16.  The ops, their bytes and the
-timed variants are defined once, in bench/op_suite.py.  Times are medians over interleaved
+Problems: 65536 x 1024 = 2^26 elements (many short rows), 64 x 12288 (few rows: the long-row
+path must split rows to fill the GPU) and 8 x 2^20 (very long rows); float32 and bfloat16.
+The ops, their bytes and the timed variants are defined once, in bench/op_suite.py.  Times are medians over interleaved
 rounds in one process (CUDA events around `inner` calls, after a warm-up), so the ratios are
 robust to clock drift.  Skipped without a GPU.
 """
@@ -23,6 +24,7 @@ from op_suite import HEADER, benchmark_variant, make_tensors, op_cases, run_suit
 from timing import markdown_header, markdown_row  # noqa: E402
 
 ROWS, COLS = 65536, 1024
+SHAPES = ((ROWS, COLS), (64, 12288), (8, 2**20))
 DTYPES = (torch.float32, torch.bfloat16)
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -52,19 +54,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--inner", type=int, default=10, help="calls per timed round")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(twin)")
-    parser.add_argument("--rows", type=int, default=ROWS, help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=None,
+                        help="only the shape rows x 1024 (default: every shape of SHAPES)")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: smoke test
     args, _ = parser.parse_known_args()  # tolerate arguments meant for other bench scripts
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_ops_cuda: no CUDA GPU, nothing to measure")
         return 0
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    title = (f"GPU op benchmark: {where}, torch {torch.__version__}, "
-             f"{args.rows}x{COLS} elements; ratios > 1 mean the fused op is faster "
-             "(copy_/fused: fraction of copy_ bandwidth reached).\n")
+    shapes = [(args.rows, COLS)] if args.rows else list(SHAPES)
+    title = (f"GPU op benchmark: {where}, torch {torch.__version__}, shapes "
+             f"{', '.join(f'{r}x{c}' for r, c in shapes)}; ratios > 1 mean the fused op is "
+             "faster (copy_/fused: fraction of copy_ bandwidth reached).\n")
     # The table is printed row by row, so a run cut short by a time limit still reports.
     print(title + "\n" + markdown_header(HEADER), flush=True)
-    rows = run_suite([(args.rows, COLS)], DTYPES, args.device, rounds=args.rounds,
+    rows = run_suite(shapes, DTYPES, args.device, rounds=args.rounds,
                      inner=args.inner, compile_twin=not args.no_compile,
                      emit=lambda row: print(markdown_row(row), flush=True))
     if args.out:

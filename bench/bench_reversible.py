@@ -20,7 +20,7 @@ Methods, all on the same layers:
 * ``memcnn``: memcnn's ``InvertibleModuleWrapper`` around each layer (``keep_input=False``),
   skipped when memcnn is not installed.
 
-Memory (DESIGN.md section 6).  CPU: ``saved``: bytes of the unique storages autograd saved
+Memory (docs/design.md, section 6).  CPU: ``saved``: bytes of the unique storages autograd saved
 (``saved_tensors_hooks``; parameters excluded; blind to storage that checkpoint/memcnn keep
 privately, so shown for reversible/plain only); ``held``: bytes allocated during the forward and
 still alive when the backward starts (the profiler's allocation events, ``profile_memory=True``)
@@ -358,7 +358,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.device == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
         # glibc's heap reuse hides freed activations from resident memory; re-exec with the
-        # threshold set, as DESIGN.md section 6 asks for CPU memory numbers.
+        # threshold set, as docs/design.md, section 6, asks for CPU memory numbers.
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
     if args.threads:

@@ -4,7 +4,8 @@ The one list of benchmarked ops, used by bench/bench_ops.py (CPU) and bench/benc
 (GPU), both as pytest-benchmark suites and as scripts that print one interleaved table.
 
 Bytes moved per op (n elements of e bytes, B rows, per-sample values in float32 or float64):
-forward/inverse read 3 and write 1 tensor, the fused backward reads 4 and writes 4,
+forward/inverse read 3 and write 1 tensor, the fused backward reads 4 and writes 3 (x, grad_x,
+grad_scale_logits; grad_shift is grad_y itself),
 gaussian_nll reads 3, gaussian_nll_backward reads 3 and writes 3; each op also reads or writes
 one per-sample vector.  The copy_ baseline copies between two preallocated buffers of half
 those bytes each, so it moves exactly the op's bytes (read + write): "copy_/fused" is the
@@ -56,7 +57,7 @@ def op_cases() -> List[OpCase]:
         OpCase("affine_coupling_inverse", 3, 1,
                lambda t: ops.affine_coupling_inverse(t["x"], t["b"], t["l"], CLAMP),
                lambda t: R.affine_coupling_inverse(t["x"], t["b"], t["l"], CLAMP)),
-        OpCase("affine_coupling_backward", 4, 4,
+        OpCase("affine_coupling_backward", 4, 3,
                lambda t: ops.affine_coupling_backward(t["x"], t["b"], t["l"], t["g"], t["gb"],
                                                       CLAMP),
                lambda t: R.affine_coupling_backward(t["x"], t["b"], t["l"], t["g"], t["gb"],
@@ -83,10 +84,25 @@ def make_tensors(rows: int, cols: int, dtype: torch.dtype, device: str) -> Tenso
             "gb": torch.randn(rows, device=device, generator=g, dtype=acc)}
 
 
-def candidates(case: OpCase, t: Tensors, compile_twin: bool = True
+def column_views(t: Tensors, pad: int = 64) -> Tensors:
+    """The same values as ``t``, each ``[rows, cols]`` tensor now a column slice of a
+    ``[rows, cols + pad]`` buffer (row stride cols + pad, inner dimension contiguous): what a
+    coupling layer passes for the two halves of its input."""
+    def widen(v: torch.Tensor) -> torch.Tensor:
+        if v.dim() != 2:
+            return v
+        buf = torch.empty(v.shape[0], v.shape[1] + pad, dtype=v.dtype, device=v.device)
+        return buf[:, pad // 2: pad // 2 + v.shape[1]].copy_(v)
+
+    return {k: widen(v) for k, v in t.items()}
+
+
+def candidates(case: OpCase, t: Tensors, compile_twin: bool = True, strided: bool = False
                ) -> Dict[str, Optional[Callable[[], object]]]:
-    """The four timed variants of one op on one input set; 'compile' is None when disabled
-    or when compilation failed (a broken compiler must not hide the other numbers)."""
+    """The timed variants of one op on one input set: fused, eager, compile, copy_, and with
+    ``strided`` "fused_view" (the fused op on :func:`column_views` of the inputs); 'compile' is
+    None when disabled or when compilation failed (a broken compiler must not hide the other
+    numbers)."""
     device = t["x"].device
     src = torch.empty(case.bytes_moved(t) // 2, dtype=torch.uint8, device=device).random_()
     dst = torch.empty_like(src)
@@ -100,8 +116,12 @@ def candidates(case: OpCase, t: Tensors, compile_twin: bool = True
         except Exception as err:
             print(f"# torch.compile failed for {case.name}: {type(err).__name__}: {err}",
                   file=sys.stderr)
-    return {"fused": lambda: case.fused(t), "eager": lambda: case.twin(t),
-            "compile": compiled, "copy_": lambda: dst.copy_(src)}
+    out = {"fused": lambda: case.fused(t), "eager": lambda: case.twin(t),
+           "compile": compiled, "copy_": lambda: dst.copy_(src)}
+    if strided:
+        views = column_views(t)
+        out["fused_view"] = lambda: case.fused(views)
+    return out
 
 
 def benchmark_variant(benchmark, case: OpCase, t: Tensors, variant: str) -> None:

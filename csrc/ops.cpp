@@ -9,8 +9,11 @@ TORCH_LIBRARY(ntm, m) {
         " -> (Tensor, Tensor)");
   m.def("affine_coupling_inverse(Tensor y, Tensor shift, Tensor scale_logits,"
         " float? clamp=None) -> (Tensor, Tensor)");
+  // need_x / need_grad_shift = False: that output is an empty [0] tensor (grad_shift equals
+  // grad_y, which the caller may use as it is).
   m.def("affine_coupling_backward(Tensor y, Tensor shift, Tensor scale_logits, Tensor grad_y,"
-        " Tensor? grad_logdet, float? clamp=None) -> (Tensor, Tensor, Tensor, Tensor)");
+        " Tensor? grad_logdet, float? clamp=None, *, bool need_x=True,"
+        " bool need_grad_shift=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("gaussian_nll(Tensor u, Tensor mean, Tensor log_sigma) -> Tensor");
   m.def("gaussian_nll_backward(Tensor u, Tensor mean, Tensor log_sigma, Tensor grad)"
         " -> (Tensor, Tensor, Tensor)");

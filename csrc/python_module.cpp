@@ -1,11 +1,8 @@
 // The Python module ntm_engine._C: loading it registers the ntm ops; build_info() says how
-// this copy was compiled.
+// this copy was compiled and which CPU kernels run; set_cpu_capability() overrides the choice.
+#include "cpu/cpu_ops.h"
+
 #include <torch/extension.h>
-
-#include <ATen/cpu/vec/vec.h>
-
-#define NTM_STR2(x) #x
-#define NTM_STR(x) NTM_STR2(x)
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ntm_engine compiled kernels (the ops live in torch.ops.ntm)";
@@ -16,12 +13,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
     info["cuda"] = false;
 #endif
-#ifdef CPU_CAPABILITY
-    info["cpu_capability"] = NTM_STR(CPU_CAPABILITY);
-#else
-    info["cpu_capability"] = "DEFAULT";
-#endif
-    info["vector_width_float32"] = at::vec::Vectorized<float>::size();
+    const std::string chosen = ntm::cpu::current_capability();
+    info["cpu_capability"] = chosen;
+    info["cpu_capabilities_compiled"] = ntm::cpu::compiled_capabilities();
+    info["cpu_capabilities_supported"] = ntm::cpu::supported_capabilities();
+    // float32 lanes of the chosen kernels' vectors (at::vec: 8 for default and avx2, 16 for avx512)
+    info["vector_width_float32"] = chosen == "avx512" ? 16 : 8;
     return info;
   });
+  m.def("set_cpu_capability", &ntm::cpu::set_capability, pybind11::arg("name"),
+        "Run the CPU kernels of capability `name` ('default', 'avx2' or 'avx512').");
 }

@@ -23,5 +23,18 @@ _C = load()
 
 
 def build_info() -> dict:
-    """How the extension was compiled: ``{'cuda': bool, 'cpu_capability': str, ...}``."""
+    """How the extension was compiled and which CPU kernels run.
+
+    Keys: ``cuda`` (bool: CUDA kernels compiled), ``cpu_capability`` (the CPU kernels in use:
+    ``"default"``, ``"avx2"`` or ``"avx512"``), ``cpu_capabilities_compiled`` and
+    ``cpu_capabilities_supported`` (lists, lowest first), ``vector_width_float32``.
+    """
     return dict(_C.build_info())
+
+
+def set_cpu_capability(name: str) -> None:
+    """See :func:`ntm_engine.ops.set_cpu_capability`."""
+    if not isinstance(name, str):
+        raise TypeError(f"set_cpu_capability: argument 'name' must be a str, got "
+                        f"{type(name).__name__}")
+    _C.set_cpu_capability(name)

@@ -4,7 +4,13 @@ The kernels are registered in C++ under ``torch.ops.ntm`` (CPU in ``csrc/cpu``, 
 ``csrc/cuda``).  Each op has a pure-PyTorch twin in :mod:`ntm_engine.reference`, which is the
 specification.  Shapes: every per-element argument is ``[B, ...]`` (all the same shape, dtype
 and device); per-sample results are ``[B]`` in the accumulation dtype (float64 for float64
-inputs, float32 otherwise).  Inputs may be non-contiguous; outputs are contiguous.
+inputs, float32 otherwise).  Inputs may be non-contiguous: a tensor whose dims after the first
+form one contiguous block (a column slice ``x[:, a:b]`` of a matrix, a batch-expanded tensor)
+is read in place through its row stride, any other layout is copied first.  Outputs are
+contiguous.
+
+The CPU kernels are compiled for several instruction sets and chosen at run time (see
+:func:`set_cpu_capability`, ``build_info()['cpu_capability']``; docs/design.md, sections 2 and 5).
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _extension  # noqa: F401  (registers torch.ops.ntm)
+from . import _extension  # (importing it registers torch.ops.ntm)
 from .reference import accumulation_dtype, soft_clamp
 
 __all__ = [
@@ -22,6 +28,7 @@ __all__ = [
     "affine_coupling_backward",
     "gaussian_nll",
     "gaussian_nll_backward",
+    "set_cpu_capability",
 ]
 
 _ops = torch.ops.ntm
@@ -52,11 +59,31 @@ def affine_coupling_backward(
     grad_y: Tensor,
     grad_logdet: Optional[Tensor] = None,
     clamp: Optional[float] = None,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    *,
+    need_x: bool = True,
+) -> Tuple[Optional[Tensor], Tensor, Tensor, Tensor]:
     """From the *output* ``y`` of :func:`affine_coupling`: ``(x, grad_x, grad_shift,
-    grad_scale_logits)`` in one pass (``grad_logdet`` is ``[B]`` or None)."""
-    return _ops.affine_coupling_backward(y, shift, scale_logits, grad_y, grad_logdet,
-                                         _as_clamp(clamp))
+    grad_scale_logits)`` in one pass (``grad_logdet`` is ``[B]`` or None).
+
+    ``grad_shift`` *is* ``grad_y`` (the gradient passes through unchanged; no copy is made).
+    With ``need_x=False`` the kernel does not rebuild ``x`` and the first result is None.
+    """
+    x, grad_x, _, grad_logits = _ops.affine_coupling_backward(
+        y, shift, scale_logits, grad_y, grad_logdet, _as_clamp(clamp), need_x=need_x,
+        need_grad_shift=False)
+    return (x if need_x else None), grad_x, grad_y, grad_logits
+
+
+def set_cpu_capability(name: str) -> None:
+    """Run the CPU kernels compiled for ``name``: ``"default"``, ``"avx2"`` or ``"avx512"``.
+
+    The choice is process-wide and made at load time from the CPU (the best level it supports),
+    or from the environment variable ``NTM_CPU_CAPABILITY``; this call overrides it (tests use
+    it to check every level against the twin).  Raises ``ValueError`` when ``name`` is unknown,
+    was not compiled, or this CPU cannot run it; ``build_info()`` lists the compiled and the
+    supported levels.
+    """
+    _extension.set_cpu_capability(name)
 
 
 def gaussian_nll(u: Tensor, mean: Tensor, log_sigma: Tensor) -> Tensor:
@@ -82,7 +109,19 @@ def _as_clamp(clamp):
 # ----------------------------------------------------------------------------- fake kernels
 
 
+def _same_device(op: str, ref_name: str, ref: Tensor, **others: Tensor) -> None:
+    """The kernels' device check and message (csrc/include/ntm/checks.h), so that mixed
+    devices fail the same way whichever backend the dispatcher picked."""
+    for name, t in others.items():
+        torch._check_value(
+            t.device == ref.device,
+            lambda: f"{op}: argument '{name}' must be on the device of '{ref_name}' "
+            f"({ref.device}), got {t.device}",
+        )
+
+
 def _fake_check(op: str, ref_name: str, ref: Tensor, **others: Tensor) -> None:
+    _same_device(op, ref_name, ref, **others)
     for name, t in others.items():
         torch._check(
             t.shape == ref.shape,
@@ -113,10 +152,17 @@ def _(y, shift, scale_logits, clamp=None):
 
 
 @torch.library.register_fake("ntm::affine_coupling_backward")
-def _(y, shift, scale_logits, grad_y, grad_logdet, clamp=None):
-    _fake_check("ntm::affine_coupling_backward", "y", y, shift=shift,
-                scale_logits=scale_logits, grad_y=grad_y)
-    return tuple(y.new_empty(y.shape) for _ in range(4))
+def _(y, shift, scale_logits, grad_y, grad_logdet, clamp=None, *, need_x=True,
+      need_grad_shift=True):
+    op = "ntm::affine_coupling_backward"
+    _fake_check(op, "y", y, shift=shift, scale_logits=scale_logits, grad_y=grad_y)
+    if grad_logdet is not None:
+        _same_device(op, "y", y, grad_logdet=grad_logdet)
+
+    def full(needed):
+        return y.new_empty(y.shape if needed else (0,))
+
+    return full(need_x), full(True), full(need_grad_shift), full(True)
 
 
 @torch.library.register_fake("ntm::gaussian_nll")
@@ -128,6 +174,7 @@ def _(u, mean, log_sigma):
 @torch.library.register_fake("ntm::gaussian_nll_backward")
 def _(u, mean, log_sigma, grad):
     _fake_check("ntm::gaussian_nll_backward", "u", u, mean=mean, log_sigma=log_sigma)
+    _same_device("ntm::gaussian_nll_backward", "u", u, grad=grad)
     return tuple(u.new_empty(u.shape) for _ in range(3))
 
 
@@ -144,9 +191,10 @@ def _coupling_backward(ctx, grad_y, grad_logdet):
     y, shift, scale_logits = ctx.saved_tensors
     if grad_y is None:
         grad_y = torch.zeros_like(y)
-    _, grad_x, grad_shift, grad_logits = _ops.affine_coupling_backward(
-        y, shift, scale_logits, grad_y, grad_logdet, ctx.clamp)
-    return grad_x, grad_shift, grad_logits, None
+    _, grad_x, _, grad_logits = _ops.affine_coupling_backward(
+        y, shift, scale_logits, grad_y, grad_logdet, ctx.clamp, need_x=False,
+        need_grad_shift=False)
+    return grad_x, grad_y, grad_logits, None
 
 
 torch.library.register_autograd(

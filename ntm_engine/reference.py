@@ -3,7 +3,7 @@
 Every function here is written for clarity, not speed.  Each fused op in
 :mod:`ntm_engine.ops` must agree with its twin (float64 to ~1e-12 relative).
 
-Conventions (DESIGN.md sections 2 and 3):
+Conventions (docs/design.md, sections 2 and 3):
 
 * All per-element tensors share one shape ``[B, ...]``; per-sample results
   (log-dets, NLLs) have shape ``[B]`` and are sums over every non-batch dim.

@@ -1,13 +1,29 @@
 """Shared helpers for the op tests: input factories and the flash-attention error rule."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
+import ntm_engine
 from ntm_engine import ops
 from ntm_engine import reference as R
 
 OPS = ("affine_coupling", "affine_coupling_inverse", "gaussian_nll")
 LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
+# The CPU kernel variants this machine can run (each is tested against the twin).
+SUPPORTED_CAPABILITIES = tuple(ntm_engine.build_info()["cpu_capabilities_supported"])
+
+
+@contextlib.contextmanager
+def using_capability(level):
+    """Runs the body with the CPU kernels of ``level``, then restores the previous choice."""
+    before = ntm_engine.build_info()["cpu_capability"]
+    ops.set_cpu_capability(level)
+    try:
+        yield
+    finally:
+        ops.set_cpu_capability(before)
 
 
 def make_inputs(shape, dtype=torch.float32, device="cpu", seed=0, scale=1.0):

@@ -237,8 +237,9 @@ def test_non_contiguous_inputs(op, dtype):
         assert not any(v.is_contiguous() for v in views if isinstance(v, torch.Tensor)
                        and v.dim() == 2)
         got = run(ops, op, views)
-        for g_, w in zip(got, want):
-            assert g_.is_contiguous()
+        for i, (g_, w) in enumerate(zip(got, want)):
+            # (the backward's grad_shift is grad_y itself, a view like the inputs)
+            assert g_.is_contiguous() or (op == "affine_coupling_backward" and i == 2)
             torch.testing.assert_close(g_, w, rtol=0, atol=0, equal_nan=True)
     # An expanded (stride-0) argument.
     expanded = list(args)

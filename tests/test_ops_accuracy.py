@@ -5,9 +5,17 @@ import torch
 from ntm_engine import ops
 from ntm_engine import reference as R
 
-from op_cases import LOW_PRECISION, assert_within_twice_twin, make_inputs
+from op_cases import (LOW_PRECISION, SUPPORTED_CAPABILITIES, assert_within_twice_twin,
+                      make_inputs, using_capability)
 
 CLAMPS = [None, 1.5]
+
+
+@pytest.fixture(autouse=True, params=SUPPORTED_CAPABILITIES)
+def cpu_capability(request):
+    """Every test here runs once per CPU kernel variant this machine supports."""
+    with using_capability(request.param):
+        yield request.param
 
 
 def _forward_ops(clamp):

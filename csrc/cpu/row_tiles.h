@@ -1,8 +1,15 @@
 // CPU scaffolding shared by the ntm kernels: a [B, N] problem is cut into tiles that never
-// cross a row, tiles run in parallel (at::parallel_for, so torch.set_num_threads applies), and
-// per-row partial sums are combined in a fixed order afterwards.  Tile boundaries depend only
-// on N, never on the thread count, so every reduction is bit-reproducible.
+// cross a row, tiles run in parallel (at::parallel_for, so torch.set_num_threads applies): a
+// thread takes whole rows when rows are short and parts of a row when rows are long.  Per-row
+// partial sums are combined in a fixed order afterwards.  Tile boundaries depend only on N,
+// never on the thread count, so every reduction is bit-reproducible.
+//
+// Compiled once per CPU capability (csrc/cpu/dispatch.cpp): everything here lives in
+// ntm::cpu::CPU_CAPABILITY, like at::vec, so the variants never share a symbol.
 #pragma once
+
+#include "cpu/vec_convert.h"
+#include "ntm/acc_type.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -13,12 +20,9 @@
 #include <type_traits>
 #include <vector>
 
-namespace ntm::cpu {
+namespace ntm::cpu::CPU_CAPABILITY {
 
 constexpr int64_t kTileElems = 16384;  // 64 KiB of float32 per input per tile
-
-template <typename scalar_t>
-using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Runs body(row, begin, end) -> double over every tile of a B x N problem and writes the
 // per-row sum of the returned partials (added in double) to row_out (if non-null).
@@ -53,16 +57,12 @@ void run_row_tiles(int64_t B, int64_t N, acc* row_out, const Body& body) {
 
 // Loads `count` (<= Vec::size()) elements of scalar_t as a vector of the accumulation type.
 template <typename scalar_t>
-inline at::vec::Vectorized<acc_t<scalar_t>> load(const scalar_t* p, int64_t count) {
-  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
-  if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
+inline at::vec::Vectorized<acc_type<scalar_t>> load(const scalar_t* p, int64_t count) {
+  using Vec = at::vec::Vectorized<acc_type<scalar_t>>;
+  if constexpr (std::is_same_v<scalar_t, acc_type<scalar_t>>) {
     return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
   } else {
-    if (count == Vec::size()) {
-      Vec out;
-      at::vec::load_to_float<scalar_t>(p, out);
-      return out;
-    }
+    if (count == Vec::size()) return load_as_float(p);
     alignas(64) float buf[Vec::size()] = {};
     for (int64_t i = 0; i < count; ++i) buf[i] = static_cast<float>(p[i]);
     return Vec::loadu(buf);
@@ -70,13 +70,13 @@ inline at::vec::Vectorized<acc_t<scalar_t>> load(const scalar_t* p, int64_t coun
 }
 
 template <typename scalar_t>
-inline void store(const at::vec::Vectorized<acc_t<scalar_t>>& v, scalar_t* p, int64_t count) {
-  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
-  if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
+inline void store(const at::vec::Vectorized<acc_type<scalar_t>>& v, scalar_t* p, int64_t count) {
+  using Vec = at::vec::Vectorized<acc_type<scalar_t>>;
+  if constexpr (std::is_same_v<scalar_t, acc_type<scalar_t>>) {
     if (count == Vec::size()) v.store(p); else v.store(p, count);
   } else {
     if (count == Vec::size()) {
-      at::vec::convert_from_float<scalar_t>(v, v).store(p, count);
+      store_from_float(v, p);
       return;
     }
     alignas(64) float buf[Vec::size()];
@@ -121,4 +121,4 @@ inline void for_each_vector(int64_t begin, int64_t end, const Fn& fn) {
   for (int64_t i = begin; i < end; i += W) fn(i, std::min(W, end - i));
 }
 
-}  // namespace ntm::cpu
+}  // namespace ntm::cpu::CPU_CAPABILITY

@@ -12,49 +12,39 @@
 namespace ntm::cuda {
 namespace {
 
-template <typename acc_t>
-struct ClampArgs {
-  acc_t clamp;
-  acc_t inv_clamp;
-  bool clamped;
-  explicit ClampArgs(const std::optional<double>& c)
-      : clamp(static_cast<acc_t>(c.value_or(1.0))),
-        inv_clamp(static_cast<acc_t>(1.0 / c.value_or(1.0))),
-        clamped(c.has_value()) {}
-};
-
 // forward: out = x exp(s) + shift; inverse: out = (y - shift) exp(-s).  Row sum: sum s.
 template <typename acc_t, bool kInverse>
 struct CouplingMapOp {
   static constexpr int kIn = 3;  // in, shift, scale_logits
   static constexpr int kOut = 1;
   static constexpr bool kReduce = true;
-  ClampArgs<acc_t> c;
+  ClampParams<acc_t> c;
 
   __device__ __forceinline__ acc_t operator()(const acc_t (&in)[3], acc_t /*row_scalar*/,
                                               acc_t (&out)[1]) const {
-    const acc_t s = soft_clamp(in[2], c.clamp, c.inv_clamp, c.clamped);
+    const acc_t s = soft_clamp(in[2], c);
     out[0] = kInverse ? coupling_inverse(in[0], in[1], s) : coupling_forward(in[0], in[1], s);
     return s;
   }
 };
 
 // From the output y: (x, grad_x, grad_shift, grad_scale_logits); row scalar: grad_logdet.
+// Outputs the caller did not ask for have null pointers and are not stored (row_map.cuh).
 template <typename acc_t>
 struct CouplingBackwardOp {
   static constexpr int kIn = 4;  // y, shift, scale_logits, grad_y
   static constexpr int kOut = 4;
   static constexpr bool kReduce = false;
-  ClampArgs<acc_t> c;
+  ClampParams<acc_t> c;
 
   __device__ __forceinline__ acc_t operator()(const acc_t (&in)[4], acc_t grad_logdet,
                                               acc_t (&out)[4]) const {
-    const acc_t s = soft_clamp(in[2], c.clamp, c.inv_clamp, c.clamped);
+    const acc_t s = soft_clamp(in[2], c);
     const CouplingGrads<acc_t> g = coupling_backward(in[0], in[1], s, in[3], grad_logdet);
     out[0] = g.x;
     out[1] = g.grad_x;
     out[2] = in[3];
-    out[3] = g.grad_s * soft_clamp_grad(s, c.inv_clamp, acc_t(1), c.clamped);
+    out[3] = g.grad_s * soft_clamp_grad(s, c, acc_t(1));
     return acc_t(0);
   }
 };
@@ -64,20 +54,27 @@ std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_n
                                                 const at::Tensor& in_, const at::Tensor& shift_,
                                                 const at::Tensor& logits_,
                                                 const std::optional<double>& clamp) {
+  // The shared checks first: mixed devices get the message the CPU kernels give.
+  const CouplingMapIO io = prepare_coupling_map(op, in_name, in_, shift_, logits_, clamp);
   check_on_cuda(op, in_name, in_);
   const DeviceScope scope(in_);
-  const CouplingMapIO io = prepare_coupling_map(op, in_name, in_, shift_, logits_, clamp);
-  const auto acc_options = io.logdet.options();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.in.scalar_type(), "ntm::coupling_map",
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.out.scalar_type(), "ntm::coupling_map",
                                   [&] {
     using acc_t = acc_type<scalar_t>;
-    const CouplingMapOp<acc_t, kInverse> fn{ClampArgs<acc_t>(clamp)};
-    launch_row_map<scalar_t>(
-        op, fn,
-        {io.in.const_data_ptr<scalar_t>(), io.shift.const_data_ptr<scalar_t>(),
-         io.logits.const_data_ptr<scalar_t>()},
-        {io.out.mutable_data_ptr<scalar_t>()}, nullptr, io.logdet.mutable_data_ptr<acc_t>(),
-        /*negate=*/kInverse, io.rows, io.n, acc_options, scope.stream());
+    RowMapLaunch<scalar_t, CouplingMapOp<acc_t, kInverse>> l;
+    l.name = op;
+    l.op.c = clamp_params<acc_t>(clamp);
+    l.set_input(0, io.in);
+    l.set_input(1, io.shift);
+    l.set_input(2, io.logits);
+    l.out[0] = io.out.mutable_data_ptr<scalar_t>();
+    l.row_sum = io.logdet.mutable_data_ptr<acc_t>();
+    l.negate = kInverse;
+    l.rows = io.rows;
+    l.n = io.n;
+    l.acc_options = io.logdet.options();
+    l.stream = scope.stream();
+    launch_row_map(l);
   });
   return {io.out, io.logdet};
 }
@@ -100,25 +97,33 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_inverse(const at::Tensor& y,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backward(
     const at::Tensor& y_, const at::Tensor& shift_, const at::Tensor& logits_,
     const at::Tensor& grad_y_, const std::optional<at::Tensor>& grad_logdet,
-    std::optional<double> clamp) {
+    std::optional<double> clamp, bool need_x, bool need_grad_shift) {
   const char* op = "ntm::affine_coupling_backward";
+  const CouplingBackwardIO io = prepare_coupling_backward(y_, shift_, logits_, grad_y_,
+                                                          grad_logdet, clamp, need_x,
+                                                          need_grad_shift);
   check_on_cuda(op, "y", y_);
   const DeviceScope scope(y_);
-  const CouplingBackwardIO io =
-      prepare_coupling_backward(y_, shift_, logits_, grad_y_, grad_logdet, clamp);
-  const auto acc_options = io.y.options().dtype(acc_dtype(io.y.scalar_type()));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.y.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, io.grad_x.scalar_type(),
                                   "ntm::affine_coupling_backward", [&] {
     using acc_t = acc_type<scalar_t>;
-    const CouplingBackwardOp<acc_t> fn{ClampArgs<acc_t>(clamp)};
-    launch_row_map<scalar_t>(
-        op, fn,
-        {io.y.const_data_ptr<scalar_t>(), io.shift.const_data_ptr<scalar_t>(),
-         io.logits.const_data_ptr<scalar_t>(), io.grad_y.const_data_ptr<scalar_t>()},
-        {io.x.mutable_data_ptr<scalar_t>(), io.grad_x.mutable_data_ptr<scalar_t>(),
-         io.grad_shift.mutable_data_ptr<scalar_t>(), io.grad_logits.mutable_data_ptr<scalar_t>()},
-        io.grad_logdet.defined() ? io.grad_logdet.const_data_ptr<acc_t>() : nullptr, nullptr,
-        /*negate=*/false, io.rows, io.n, acc_options, scope.stream());
+    RowMapLaunch<scalar_t, CouplingBackwardOp<acc_t>> l;
+    l.name = op;
+    l.op.c = clamp_params<acc_t>(clamp);
+    l.set_input(0, io.y);
+    l.set_input(1, io.shift);
+    l.set_input(2, io.logits);
+    l.set_input(3, io.grad_y);
+    l.out = {need_x ? io.x.mutable_data_ptr<scalar_t>() : nullptr,
+             io.grad_x.mutable_data_ptr<scalar_t>(),
+             need_grad_shift ? io.grad_shift.mutable_data_ptr<scalar_t>() : nullptr,
+             io.grad_logits.mutable_data_ptr<scalar_t>()};
+    l.row_scalar = io.grad_logdet.defined() ? io.grad_logdet.const_data_ptr<acc_t>() : nullptr;
+    l.rows = io.rows;
+    l.n = io.n;
+    l.acc_options = io.grad_x.options().dtype(acc_dtype(io.grad_x.scalar_type()));
+    l.stream = scope.stream();
+    launch_row_map(l);
   });
   return {io.x, io.grad_x, io.grad_shift, io.grad_logits};
 }

@@ -1,7 +1,9 @@
-// Small CUDA helpers shared by the ntm kernels: launch error checks, 16-byte vector packs,
-// the accumulation type, and deterministic warp / block sums (no atomics: the order of every
+// Small CUDA helpers shared by the ntm kernels: launch error checks, 16-byte vector packs
+// and deterministic warp / block sums (no atomics: the order of every
 // addition is fixed by the launch shape, so the same input gives bit-identical output).
 #pragma once
+
+#include "ntm/acc_type.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
@@ -21,10 +23,6 @@ namespace ntm::cuda {
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
-
-// Maths and reductions run in float for float/half/bfloat16 and in double for double.
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Elements of scalar_t in one 16-byte vector access.
 template <typename scalar_t>

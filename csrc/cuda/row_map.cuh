@@ -1,5 +1,5 @@
-// The one kernel shape behind every ntm CUDA op: a [rows, n] problem (contiguous, row-major)
-// mapped element by element in one pass over memory, with an optional per-row scalar input
+// The one kernel shape behind every ntm CUDA op: a [rows, n] problem (every row contiguous,
+// inputs at any row stride, outputs contiguous) mapped element by element in one pass over memory, with an optional per-row scalar input
 // (grad_logdet, the NLL's upstream gradient) and an optional per-row sum (logdet, NLL)
 // reduced in the same pass.
 //
@@ -7,20 +7,24 @@
 // (long rows).  A segment is handled by a group of G threads:
 //   * short rows (<= 256 vectors): G is a power of two <= 32 (a sub-warp), several rows per
 //     block, the row sum is a butterfly within the group;
-//   * long rows: G = the whole block (kThreads), a chunk of kChunkVectors vectors per thread;
-//     the block writes its chunk's partial sum, and a second tiny kernel adds each row's
-//     partials in a fixed order.
+//   * long rows: G = the whole block (kThreads), a chunk of 1 to kChunkVectors vectors per
+//     thread, the chunk length chosen so that the grid has at least kMinBlocksPerSM blocks per
+//     SM whenever the rows are long enough; the block writes its chunk's partial sum, and a
+//     second tiny kernel adds each row's partials in a fixed order.
 // Grids loop over rows (1-D for short rows, chunks x rows for long ones, rows looping past
 // gridDim.y's limit), so any number of rows and any row length work (64-bit indices).
-// Every addition happens in an order fixed by (n, dtype, pointer alignment): no atomics, so the
-// output is bit-identical from run to run.
+// Every addition happens in an order fixed by (rows, n, dtype, pointer alignment, the device's
+// SM count): no atomics, so the output is bit-identical from run to run.
 //
-// Memory: 16-byte vector loads/stores when every pointer is 16-byte aligned (a scalar head
+// Memory: 16-byte vector loads/stores when every row of every tensor starts at the same offset
+// from a 16-byte boundary (same address phase and row strides of equal phase; a scalar head
 // brings each segment to a vector boundary, a scalar tail finishes it); plain scalar accesses,
 // still coalesced, otherwise.  Element maths run in acc_type<scalar_t> (float or double).
 #pragma once
 
 #include "launch_utils.cuh"
+
+#include "ntm/op_io.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -29,9 +33,12 @@
 
 namespace ntm::cuda {
 
-// Vectors per thread per chunk in the long-row path: a chunk is kThreads * kChunkVectors
-// vectors (16384 float32 elements, 64 KiB per input, as in the CPU tiles).
+// Most vectors per thread per chunk in the long-row path: a chunk is at most kThreads *
+// kChunkVectors vectors (16384 float32 elements, 64 KiB per input, as in the CPU tiles).
 constexpr int kChunkVectors = 16;
+// The long-row path shortens its chunks (down to one vector per thread) until the grid has
+// this many blocks per SM.
+constexpr int kMinBlocksPerSM = 4;
 // Rows of at most this many vectors take the sub-warp path.
 constexpr int64_t kShortRowVectors = kWarp * 8;
 
@@ -49,7 +56,8 @@ template <typename scalar_t, typename Op>
 struct RowMapArgs {
   using acc_t = acc_type<scalar_t>;
   const scalar_t* in[Op::kIn];
-  scalar_t* out[out_slots<Op>()];
+  int64_t in_stride[Op::kIn];  // elements between rows
+  scalar_t* out[out_slots<Op>()];  // contiguous [rows, n]; nullptr: not written
   const acc_t* row_scalar;  // [rows] or nullptr (reads as 0)
   acc_t* row_sum;           // [rows * chunks]: the row sums (chunks == 1) or chunk partials
   int64_t rows;
@@ -57,41 +65,48 @@ struct RowMapArgs {
   int64_t chunk;            // elements per segment (the last segment of a row may be shorter)
   int64_t chunks;           // segments per row
   int group;                // threads per segment: 1, 2, ..., 32, or kThreads
-  bool vectorized;          // every pointer is 16-byte aligned
+  bool vectorized;          // every row of every tensor has the same 16-byte phase
   bool negate;              // write -sum (only with chunks == 1; else the finaliser negates)
 };
 
-// One element at flat index i.
+// One segment's tensors: row pointers of the inputs and outputs.
 template <typename scalar_t, typename Op>
-__device__ __forceinline__ void map_one(const RowMapArgs<scalar_t, Op>& a, const Op& op,
-                                        int64_t i, acc_type<scalar_t> rs,
-                                        acc_type<scalar_t>& sum) {
+struct RowPtrs {
+  const scalar_t* in[Op::kIn];
+  scalar_t* out[out_slots<Op>()];
+};
+
+// One element at offset i of the row.
+template <typename scalar_t, typename Op>
+__device__ __forceinline__ void map_one(const RowPtrs<scalar_t, Op>& p, const Op& op, int64_t i,
+                                        acc_type<scalar_t> rs, acc_type<scalar_t>& sum) {
   using acc_t = acc_type<scalar_t>;
   acc_t in[Op::kIn];
 #pragma unroll
-  for (int j = 0; j < Op::kIn; ++j) in[j] = static_cast<acc_t>(a.in[j][i]);
+  for (int j = 0; j < Op::kIn; ++j) in[j] = static_cast<acc_t>(p.in[j][i]);
   acc_t out[out_slots<Op>()];
   const acc_t term = op(in, rs, out);
 #pragma unroll
-  for (int j = 0; j < Op::kOut; ++j) a.out[j][i] = static_cast<scalar_t>(out[j]);
+  for (int j = 0; j < Op::kOut; ++j)
+    if (p.out[j] != nullptr) p.out[j][i] = static_cast<scalar_t>(out[j]);
   if constexpr (Op::kReduce) sum += term;
 }
 
-// One 16-byte vector of elements starting at flat index i (a multiple of the width; every
-// pointer is 16-byte aligned).  Terms are added in element order.
+// One 16-byte vector of elements starting at offset i of the row (every p.in[j] + i and
+// p.out[j] + i is 16-byte aligned).  Terms are added in element order.
 //
 // One vector per step: a variant that issued two vectors' loads first doubled the registers
 // (so about halved the occupancy, leaving the bytes in flight per SM about the same) and made
 // ptxas spill in several instantiations; it was dropped (not timed on a GPU).
 template <typename scalar_t, typename Op>
-__device__ __forceinline__ void map_pack(const RowMapArgs<scalar_t, Op>& a, const Op& op,
+__device__ __forceinline__ void map_pack(const RowPtrs<scalar_t, Op>& p, const Op& op,
                                          int64_t i, acc_type<scalar_t> rs,
                                          acc_type<scalar_t>& sum) {
   using acc_t = acc_type<scalar_t>;
   constexpr int V = vec_width<scalar_t>();
   Pack<scalar_t> in[Op::kIn];
 #pragma unroll
-  for (int j = 0; j < Op::kIn; ++j) in[j] = load_pack(a.in[j] + i);
+  for (int j = 0; j < Op::kIn; ++j) in[j] = load_pack(p.in[j] + i);
   Pack<scalar_t> out[out_slots<Op>()];
 #pragma unroll
   for (int e = 0; e < V; ++e) {
@@ -105,12 +120,14 @@ __device__ __forceinline__ void map_pack(const RowMapArgs<scalar_t, Op>& a, cons
     if constexpr (Op::kReduce) sum += term;
   }
 #pragma unroll
-  for (int j = 0; j < Op::kOut; ++j) store_pack(a.out[j] + i, out[j]);
+  for (int j = 0; j < Op::kOut; ++j)
+    if (p.out[j] != nullptr) store_pack(p.out[j] + i, out[j]);
 }
 
-// The elements [begin, end) of one segment, shared by `group` threads (this one is `lane`).
+// The elements [begin, end) of one row, shared by `group` threads (this one is `lane`).
 template <typename scalar_t, typename Op>
 __device__ __forceinline__ acc_type<scalar_t> map_segment(const RowMapArgs<scalar_t, Op>& a,
+                                                          const RowPtrs<scalar_t, Op>& p,
                                                           const Op& op, int64_t begin,
                                                           int64_t end, int lane, int group,
                                                           acc_type<scalar_t> rs) {
@@ -118,15 +135,17 @@ __device__ __forceinline__ acc_type<scalar_t> map_segment(const RowMapArgs<scala
   constexpr int V = vec_width<scalar_t>();
   acc_t sum = acc_t(0);
   if (a.vectorized) {
-    int64_t head = (V - begin % V) % V;
+    // every tensor's row has the phase of p.in[0]'s
+    const auto phase = reinterpret_cast<std::uintptr_t>(p.in[0] + begin) & 15u;
+    int64_t head = static_cast<int64_t>(((16u - phase) & 15u) / sizeof(scalar_t));
     if (head > end - begin) head = end - begin;
-    for (int64_t i = begin + lane; i < begin + head; i += group) map_one(a, op, i, rs, sum);
+    for (int64_t i = begin + lane; i < begin + head; i += group) map_one(p, op, i, rs, sum);
     const int64_t vbegin = begin + head;
     const int64_t nvec = (end - vbegin) / V;
-    for (int64_t k = lane; k < nvec; k += group) map_pack(a, op, vbegin + k * V, rs, sum);
-    for (int64_t i = vbegin + nvec * V + lane; i < end; i += group) map_one(a, op, i, rs, sum);
+    for (int64_t k = lane; k < nvec; k += group) map_pack(p, op, vbegin + k * V, rs, sum);
+    for (int64_t i = vbegin + nvec * V + lane; i < end; i += group) map_one(p, op, i, rs, sum);
   } else {
-    for (int64_t i = begin + lane; i < end; i += group) map_one(a, op, i, rs, sum);
+    for (int64_t i = begin + lane; i < end; i += group) map_one(p, op, i, rs, sum);
   }
   return sum;
 }
@@ -137,11 +156,16 @@ __device__ __forceinline__ acc_type<scalar_t> map_row_chunk(const RowMapArgs<sca
                                                             const Op& op, int64_t row,
                                                             int64_t chunk, int lane) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t offset = chunk * a.chunk;
-  const int64_t begin = row * a.n + offset;
-  const int64_t len = a.n - offset < a.chunk ? a.n - offset : a.chunk;
+  RowPtrs<scalar_t, Op> p;
+#pragma unroll
+  for (int j = 0; j < Op::kIn; ++j) p.in[j] = a.in[j] + row * a.in_stride[j];
+#pragma unroll
+  for (int j = 0; j < out_slots<Op>(); ++j)
+    p.out[j] = a.out[j] != nullptr ? a.out[j] + row * a.n : nullptr;
+  const int64_t begin = chunk * a.chunk;
+  const int64_t len = a.n - begin < a.chunk ? a.n - begin : a.chunk;
   const acc_t rs = a.row_scalar != nullptr ? a.row_scalar[row] : acc_t(0);
-  return map_segment(a, op, begin, begin + len, lane, a.group, rs);
+  return map_segment(a, p, op, begin, begin + len, lane, a.group, rs);
 }
 
 // Short rows (a.group <= 32, one segment per row): a 1-D grid over groups of rows.
@@ -194,81 +218,122 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Launches `op` over a contiguous [rows, n] problem on `stream`.  `row_sum` ([rows], the
-// accumulation dtype) receives the per-row sums (negated if `negate`) when Op::kReduce;
-// `row_scalar` ([rows] or nullptr) is passed to every element of its row.
+// One launch of launch_row_map: `op` over a [rows, n] problem on `stream`.
 template <typename scalar_t, typename Op>
-void launch_row_map(const char* name, const Op& op,
-                    const std::array<const scalar_t*, Op::kIn>& in,
-                    const std::array<scalar_t*, out_slots<Op>()>& out,
-                    const acc_type<scalar_t>* row_scalar, acc_type<scalar_t>* row_sum,
-                    bool negate, int64_t rows, int64_t n, const at::TensorOptions& acc_options,
-                    cudaStream_t stream) {
+struct RowMapLaunch {
+  using acc_t = acc_type<scalar_t>;
+  const char* name = "";                     // the op, for errors
+  Op op{};
+  std::array<const scalar_t*, Op::kIn> in{};  // row r of input j: in[j] + r * in_stride[j]
+  std::array<int64_t, Op::kIn> in_stride{};
+  std::array<scalar_t*, out_slots<Op>()> out{};  // contiguous [rows, n]; nullptr: not written
+  const acc_t* row_scalar = nullptr;         // [rows] or nullptr (reads as 0)
+  acc_t* row_sum = nullptr;                  // [rows], written when Op::kReduce
+  bool negate = false;                       // write -sum
+  int64_t rows = 0, n = 0;
+  at::TensorOptions acc_options;             // for the chunk partials
+  cudaStream_t stream = nullptr;
+
+  void set_input(int j, const RowView& v) {
+    in[j] = v.t.const_data_ptr<scalar_t>();
+    in_stride[j] = v.stride;
+  }
+};
+
+// Whether every row of every tensor starts at the same offset from a 16-byte boundary.
+template <typename scalar_t, typename Op>
+bool same_phase(const RowMapLaunch<scalar_t, Op>& l) {
+  const auto phase = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) & 15u; };
+  const auto stride_phase = [&](int64_t stride) {
+    return l.rows > 1 ? static_cast<std::uintptr_t>(stride * sizeof(scalar_t)) & 15u : 0u;
+  };
+  const std::uintptr_t p0 = phase(l.in[0]), s0 = stride_phase(l.n);
+  bool same = true;
+  for (int j = 0; j < Op::kIn; ++j)
+    same = same && phase(l.in[j]) == p0 && stride_phase(l.in_stride[j]) == s0;
+  for (int j = 0; j < Op::kOut; ++j)
+    if (l.out[j] != nullptr) same = same && phase(l.out[j]) == p0;
+  return same;
+}
+
+// Elements per chunk of a long row: at most kChunkVectors vectors per thread, at least one,
+// short enough that rows * chunks reaches kMinBlocksPerSM blocks per SM when it can.
+inline int64_t long_row_chunk(int64_t rows, int64_t n, int vec) {
+  const int64_t max_chunk = static_cast<int64_t>(kThreads) * kChunkVectors * vec;
+  const int64_t min_chunk = static_cast<int64_t>(kThreads) * vec;
+  int sm_count = 0;  // of the current device (DeviceScope made it the tensors' device)
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  const int64_t sms = sm_count;
+  const int64_t want_chunks = (kMinBlocksPerSM * sms + rows - 1) / rows;
+  int64_t chunk = (n + want_chunks - 1) / want_chunks;
+  chunk = (chunk + vec - 1) / vec * vec;
+  return chunk < min_chunk ? min_chunk : (chunk > max_chunk ? max_chunk : chunk);
+}
+
+template <typename scalar_t, typename Op>
+void launch_row_map(const RowMapLaunch<scalar_t, Op>& l) {
   using acc_t = acc_type<scalar_t>;
   constexpr int V = vec_width<scalar_t>();
-  if (rows == 0) return;
-  if (n == 0) {
+  if (l.rows == 0) return;
+  if (l.n == 0) {
     if constexpr (Op::kReduce) {
-      C10_CUDA_CHECK(cudaMemsetAsync(row_sum, 0, sizeof(acc_t) * rows, stream));
+      C10_CUDA_CHECK(cudaMemsetAsync(l.row_sum, 0, sizeof(acc_t) * l.rows, l.stream));
     }
     return;
   }
   RowMapArgs<scalar_t, Op> a;
-  bool aligned = true;
   for (int j = 0; j < Op::kIn; ++j) {
-    a.in[j] = in[j];
-    aligned = aligned && is_aligned16(in[j]);
+    a.in[j] = l.in[j];
+    a.in_stride[j] = l.in_stride[j];
   }
-  for (int j = 0; j < out_slots<Op>(); ++j) {
-    a.out[j] = out[j];
-    if (j < Op::kOut) aligned = aligned && is_aligned16(out[j]);
-  }
-  a.row_scalar = row_scalar;
-  a.rows = rows;
-  a.n = n;
-  a.vectorized = aligned;
+  for (int j = 0; j < out_slots<Op>(); ++j) a.out[j] = j < Op::kOut ? l.out[j] : nullptr;
+  a.row_scalar = l.row_scalar;
+  a.rows = l.rows;
+  a.n = l.n;
+  a.vectorized = same_phase(l);
 
-  const int64_t nvec = (n + V - 1) / V;
+  const int64_t nvec = (l.n + V - 1) / V;
   if (nvec <= kShortRowVectors) {
     int group = 1;  // about 4 vectors per thread, at most 8 when group == 32
     while (group < kWarp && static_cast<int64_t>(group) * 4 < nvec) group <<= 1;
     a.group = group;
-    a.chunk = n;
+    a.chunk = l.n;
     a.chunks = 1;
   } else {
     a.group = kThreads;
-    a.chunk = static_cast<int64_t>(kThreads) * kChunkVectors * V;
-    a.chunks = (n + a.chunk - 1) / a.chunk;
+    a.chunk = long_row_chunk(l.rows, l.n, V);
+    a.chunks = (l.n + a.chunk - 1) / a.chunk;
   }
 
   at::Tensor partial;
   const bool two_pass = Op::kReduce && a.chunks > 1;
   if (two_pass) {
-    partial = at::empty({rows * a.chunks}, acc_options);
+    partial = at::empty({l.rows * a.chunks}, l.acc_options);
     a.row_sum = partial.mutable_data_ptr<acc_t>();
     a.negate = false;
   } else {
-    a.row_sum = row_sum;
-    a.negate = negate;
+    a.row_sum = l.row_sum;
+    a.negate = l.negate;
   }
 
   dim3 grid;
   if (a.group == kThreads) {
-    // One block per chunk in x (a.chunks = ceil(n / a.chunk)); rows past 65535 loop in y.
-    TORCH_CHECK(a.chunks <= 0x7fffffff, name, ": rows of ", n, " elements are too long");
-    grid = dim3(grid_size(a.chunks), static_cast<unsigned>(rows < 65535 ? rows : 65535));
+    // One block per chunk in x; rows past 65535 loop in y.
+    TORCH_CHECK(a.chunks <= 0x7fffffff, l.name, ": rows of ", l.n, " elements are too long");
+    grid = dim3(grid_size(a.chunks), static_cast<unsigned>(l.rows < 65535 ? l.rows : 65535));
   } else {
     const int64_t per_block = kThreads / a.group;
-    grid = dim3(grid_size((rows + per_block - 1) / per_block));
+    grid = dim3(grid_size((l.rows + per_block - 1) / per_block));
   }
-  row_map_kernel<scalar_t, Op><<<grid, kThreads, 0, stream>>>(a, op);
-  NTM_CUDA_CHECK_LAUNCH(name);
+  row_map_kernel<scalar_t, Op><<<grid, kThreads, 0, l.stream>>>(a, l.op);
+  NTM_CUDA_CHECK_LAUNCH(l.name);
   if (two_pass) {
     constexpr int64_t kWarpsPerBlock = kThreads / kWarp;
-    sum_chunks_kernel<acc_t><<<grid_size((rows + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                               kThreads, 0, stream>>>(a.row_sum, row_sum, rows, a.chunks,
-                                                      negate);
-    NTM_CUDA_CHECK_LAUNCH(name);
+    sum_chunks_kernel<acc_t><<<grid_size((l.rows + kWarpsPerBlock - 1) / kWarpsPerBlock),
+                               kThreads, 0, l.stream>>>(a.row_sum, l.row_sum, l.rows, a.chunks,
+                                                        l.negate);
+    NTM_CUDA_CHECK_LAUNCH(l.name);
   }
   // `partial` is released here; the caching allocator orders its reuse after the kernels
   // already queued on this stream.

@@ -29,9 +29,19 @@ NTM_HD double ntm_tanh(double v) { return ::tanh(v); }
 #if !defined(__CUDACC__) && !defined(__HIPCC__)
 inline at::vec::Vectorized<double> ntm_exp(const at::vec::Vectorized<double>& v) { return v.exp(); }
 inline at::vec::Vectorized<double> ntm_tanh(const at::vec::Vectorized<double>& v) { return v.tanh(); }
-inline at::vec::Vectorized<float> ntm_exp(const at::vec::Vectorized<float>& v) { return cpu::fast_exp(v); }
-inline at::vec::Vectorized<float> ntm_tanh(const at::vec::Vectorized<float>& v) { return cpu::fast_tanh(v); }
+inline at::vec::Vectorized<float> ntm_exp(const at::vec::Vectorized<float>& v) { return cpu::CPU_CAPABILITY::fast_exp(v); }
+inline at::vec::Vectorized<float> ntm_tanh(const at::vec::Vectorized<float>& v) { return cpu::CPU_CAPABILITY::fast_tanh(v); }
 #endif
+
+// The soft clamp's constants in the arithmetic type T (a scalar, or a CPU SIMD vector of
+// broadcast values); `clamped` is uniform over a launch.  Built on the host by
+// ntm::clamp_params (ntm/op_io.h).
+template <typename T>
+struct ClampParams {
+  T clamp;
+  T inv_clamp;
+  bool clamped;
+};
 
 // Soft clamp of the scale: s = clamp * tanh(l / clamp), or s = l when unclamped.
 // `clamp` and `inv_clamp` are broadcast constants; `clamped` is uniform over a launch.
@@ -40,12 +50,22 @@ NTM_HD T soft_clamp(const T& l, const T& clamp, const T& inv_clamp, bool clamped
   return clamped ? clamp * ntm_tanh(l * inv_clamp) : l;
 }
 
+template <typename T>
+NTM_HD T soft_clamp(const T& l, const ClampParams<T>& c) {
+  return soft_clamp(l, c.clamp, c.inv_clamp, c.clamped);
+}
+
 // ds/dl expressed through s: 1 - (s / clamp)^2 = 1 - tanh^2(l / clamp); 1 when unclamped.
 template <typename T>
 NTM_HD T soft_clamp_grad(const T& s, const T& inv_clamp, const T& one, bool clamped) {
   if (!clamped) return one;
   const T r = s * inv_clamp;
   return one - r * r;
+}
+
+template <typename T>
+NTM_HD T soft_clamp_grad(const T& s, const ClampParams<T>& c, const T& one) {
+  return soft_clamp_grad(s, c.inv_clamp, one, c.clamped);
 }
 
 // y = x * exp(s) + shift

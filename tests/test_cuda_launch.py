@@ -1,0 +1,155 @@
+"""CUDA launch shapes and layouts: few long rows split to fill the GPU, row-strided inputs read
+in place, misaligned rows across chunks, graph capture on a side stream, tiny clamps, more
+than 2^31 elements, and the backward's optional outputs.  Needs a GPU (marker ``cuda``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ntm_engine import ops
+from ntm_engine import reference as R
+
+from test_cuda_ops import (OPS, PER_SAMPLE, check_against_cpu, check_against_truth, make_args,
+                           move, row_abs_sums, run, upcast)
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _abs_sums(op, args):
+    return row_abs_sums(op, upcast(args)) if op in PER_SAMPLE else None
+
+
+def _check(op, dtype, got, cpu_args):
+    args = move(cpu_args, "cuda")
+    check_against_cpu(op, dtype, got, run(ops, op, cpu_args), _abs_sums(op, args))
+    check_against_truth(op, dtype, got, run(R, op, args), run(R, op, upcast(args)),
+                        _abs_sums(op, args))
+
+
+@pytest.mark.parametrize("shape", [(64, 12288), (2, 300_001), (1, 70_000)])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_few_long_rows_split_across_the_grid(op, dtype, shape):
+    cpu_args = make_args(op, shape, dtype, seed=21)
+    got = run(ops, op, move(cpu_args, "cuda"))
+    _check(op, dtype, got, cpu_args)
+    again = run(ops, op, move(cpu_args, "cuda"))
+    for a, b in zip(got, again):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n", [100_003, 40_001, 16_385])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64), ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_misaligned_rows_over_several_chunks(op, dtype, n):
+    """n * element size is not a multiple of 16: every output row after the first starts off a
+    16-byte boundary, inside a multi-chunk row (the per-row scalar head must line up)."""
+    cpu_args = make_args(op, (5, n), dtype, seed=n)
+    _check(op, dtype, run(ops, op, move(cpu_args, "cuda")), cpu_args)
+
+
+def _column_view(t, offset, pad):
+    buf = torch.zeros(t.shape[0], t.shape[1] + pad, dtype=t.dtype, device=t.device)
+    view = buf[:, offset:offset + t.shape[1]]
+    view.copy_(t)
+    return view
+
+
+def _copies(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {e.name for e in prof.events()} & {"aten::contiguous", "aten::clone", "aten::copy_"}
+
+
+# offset 0 and pad 64 (every row on the same 16-byte phase: vector path), offset 1 (rows out
+# of phase with the outputs: scalar path)
+@pytest.mark.parametrize("offset,pad", [(0, 64), (8, 64), (1, 7)])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_column_views_are_read_in_place(op, dtype, offset, pad):
+    cpu_args = make_args(op, (6, 20_001), dtype, seed=22)
+    if op == "affine_coupling_backward":  # per-sample input in the accumulation dtype
+        cpu_args = cpu_args[:4] + (cpu_args[4].to(R.accumulation_dtype(dtype)),) + cpu_args[5:]
+    args = move(cpu_args, "cuda")
+    views = tuple(_column_view(a, offset, pad) if isinstance(a, torch.Tensor) and a.dim() == 2
+                  else a for a in args)
+    assert not _copies(lambda: run(ops, op, views))
+    for g, w in zip(run(ops, op, views), run(ops, op, args)):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_graph_capture_on_a_side_stream():
+    x, shift, logits, _ = make_args("affine_coupling", (8, 5000), torch.float32, device="cuda")
+    mean, log_sigma = make_args("gaussian_nll", (8, 5000), torch.float32, seed=3,
+                                device="cuda")[:2]
+    gy = torch.randn_like(x)
+
+    def step():
+        y, ld = ops.affine_coupling(x, shift, logits, 2.0)
+        nll = ops.gaussian_nll(y, mean, log_sigma)
+        _, gx, _, gl = ops.affine_coupling_backward(y, shift, logits, gy, ld, 2.0, need_x=False)
+        return y, nll - ld, gx, gl
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        static_out = step()
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(static_out, step()):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("clamp", (1e-38, 1e-30))
+def test_tiny_clamp_gives_no_nan(dtype, clamp):
+    x, shift, logits = (t.to(dtype).cuda() for t in
+                        (torch.randn(3, 4099), torch.randn(3, 4099), 50 * torch.randn(3, 4099)))
+    logits[0, :3] = torch.tensor([0.0, 1e-30, -1e30], dtype=dtype)
+    outs = (ops.affine_coupling(x, shift, logits, clamp)
+            + ops.affine_coupling_inverse(x, shift, logits, clamp)
+            + ops.affine_coupling_backward(x, shift, logits, x, torch.ones(3, device="cuda"),
+                                           clamp))
+    for out in outs:
+        assert not torch.isnan(out).any()
+    acc = R.accumulation_dtype(dtype)  # exp(s) rounds to 1: y = x + shift in acc, rounded
+    assert torch.equal(outs[0], (x.to(acc) + shift.to(acc)).to(dtype))
+
+
+def test_more_than_2_to_the_31_elements():
+    n = 2**16
+    rows = 2**31 // n + 3
+    x, shift, logits = (t[:1].expand(rows, n) for t in
+                        make_args("affine_coupling", (1, n), torch.bfloat16, device="cuda")[:3])
+    y, ld = ops.affine_coupling(x, shift, logits, 1.5)
+    nll = ops.gaussian_nll(y, shift, logits)
+    assert y.numel() > 2**31
+    y0, ld0 = ops.affine_coupling(x[:1].contiguous(), shift[:1].contiguous(),
+                                  logits[:1].contiguous(), 1.5)
+    assert torch.equal(y[-1], y0[0]) and torch.equal(y[rows // 2], y0[0])
+    assert torch.equal(ld, ld0.expand(rows))
+    assert torch.equal(nll, nll[:1].expand(rows))
+    del y, nll
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_backward_writes_only_what_is_asked(dtype):
+    y, shift, logits, g, gld, clamp = make_args("affine_coupling_backward", (4, 30_000), dtype,
+                                                device="cuda")
+    full = torch.ops.ntm.affine_coupling_backward(y, shift, logits, g, gld, clamp)
+    lean = torch.ops.ntm.affine_coupling_backward(y, shift, logits, g, gld, clamp,
+                                                  need_x=False, need_grad_shift=False)
+    assert lean[0].shape == (0,) and lean[2].shape == (0,)
+    assert torch.equal(lean[1], full[1]) and torch.equal(lean[3], full[3])
+    assert torch.equal(full[2], g)
