@@ -6,15 +6,15 @@ Function's backward); both once broke the digits model into 12 graphs.  Zero gra
 under ``torch._dynamo.explain`` is the CPU check for "no host sync in a training step".
 
 Compiling with inductor takes one to two minutes on two shared cores, so only one test does
-(the coupling transporter, float32, the training dtype); the autoregressive one goes through
-dynamo and AOTAutograd (``backend="aot_eager"``, no code generation) in float64.
+(the coupling transporter, float32, the training dtype); both transporters go through dynamo
+and AOTAutograd (``backend="aot_eager"``, no code generation) in float64.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ntm_engine.models import NTM
+from ntm_engine.models import NTM, schedule
 from ntm_engine.nn import InvertibleSequential
 
 KINDS = ("coupling", "autoregressive")
@@ -73,6 +73,17 @@ def test_training_step_has_no_graph_break(kind):
     assert explained.graph_count == 1
 
 
+@pytest.mark.parametrize("t_min", [0.25, -0.01, torch.tensor([0.0, 0.25]),
+                                   torch.tensor([-1e-3, 0.1])])
+def test_time_grid_still_rejects_a_bad_t_min_in_eager(t_min):
+    """The check that left the compiled path still runs in eager mode (4 steps, shift 1:
+    ``t_1 = 0.25``); ``validate=False`` (the model's own draw) skips it."""
+    with pytest.raises(ValueError, match=r"t_min must lie in \[0, t_1 = 0.25\) for 4 steps"):
+        schedule.time_grid(2, 4, 1.0, t_min)
+    t = schedule.time_grid(2, 4, 1.0, t_min, validate=False)
+    assert torch.equal(t[:, 0], torch.as_tensor(t_min, dtype=t.dtype).expand(2))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_sampling_step_has_no_graph_break(kind):
     """One cached reverse step (predictor step, noise, new level), first and later, and the
@@ -126,10 +137,11 @@ def test_recomputed_stack_equals_reversible_function(kind):
 @pytest.mark.slow
 def test_compiled_training_step_equals_eager_coupling():
     """``torch.compile(model.trajectory_nll, fullgraph=True)`` (inductor, random ops drawn as
-    in eager) gives eager's per-sample losses and gradients in float32.  Tolerance: 1e-5 of
-    each tensor's largest magnitude (float32 eps is 1.2e-7; fused kernels reorder sums over
-    up to ~10^3 terms, and eager rebuilds the transporter's inputs by inversion while the
-    compiled step recomputes them; measured ~1e-7 on the loss, ~3e-6 on gradients)."""
+    in eager) gives eager's per-sample losses and gradients in float32.  Tolerances, relative
+    to each tensor's largest magnitude: 1e-6 on the losses, 1e-4 on the gradients.  The traced
+    graphs themselves match eager to ~3e-7 (:func:`test_traced_training_step_equals_eager`
+    checks them in float64); inductor's generated code (vectorised exp/tanh, reordered sums
+    of up to ~10^3 terms) moves float32 gradients by ~3e-5 of their scale (measured)."""
     model = _model("coupling")
     x, y = _batch()
     want = _loss_and_grads(model, model.trajectory_nll, x, y)
@@ -137,14 +149,15 @@ def test_compiled_training_step_equals_eager_coupling():
     with torch._inductor.config.patch(fallback_random=True):
         got = _loss_and_grads(model, compiled, x, y)
     _assert_close_to([got[0]], [want[0]], rtol=1e-6)
-    _assert_close_to(got[1], want[1], rtol=1e-5)
+    _assert_close_to(got[1], want[1], rtol=1e-4)
 
 
-def test_traced_training_step_equals_eager_autoregressive():
-    """The autoregressive transporter's step through dynamo and AOTAutograd (``aot_eager``:
-    the traced forward and backward graphs, no code generation) gives eager's losses and
-    gradients in float64."""
-    model = _model("autoregressive", torch.float64)
+@pytest.mark.parametrize("kind", KINDS)
+def test_traced_training_step_equals_eager(kind):
+    """The step through dynamo and AOTAutograd (``aot_eager``: the traced forward and backward
+    graphs, no code generation; the transporter as a checkpoint) gives the eager reversible
+    step's losses and gradients in float64."""
+    model = _model(kind, torch.float64)
     x, y = _batch(torch.float64)
     want = _loss_and_grads(model, model.trajectory_nll, x, y)
     traced = torch.compile(model.trajectory_nll, fullgraph=True, backend="aot_eager")
