@@ -219,7 +219,9 @@ class InvertibleSequential(InvertibleModule):
     Log-dets are summed per sample (``[B]``, accumulation dtype).
 
     * ``reversible=True`` (default): when gradients are wanted, the activation-free backward
-      (module docstring); otherwise the layers just run.
+      (module docstring); otherwise the layers just run.  Under ``torch.compile`` the stack
+      is one activation checkpoint instead (:meth:`_recomputed`; ``check_reconstruction`` has
+      nothing to measure there).
     * ``reversible=False``: plain autograd through the layers (the reference).
     * ``check_reconstruction=True`` (debugging; keeps every layer's input alive, so no memory
       saving): after each reversible backward, ``reconstruction_error[i]`` is the max abs
