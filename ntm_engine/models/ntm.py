@@ -189,10 +189,11 @@ class NTM(nn.Module):
 
     def time_grid(self, batch: int, steps: Optional[int] = None,
                   t_min: Union[None, float, Tensor] = 0.0, *, device=None,
-                  dtype=torch.float32) -> Tensor:
-        """``t [batch, steps+1]`` on this model's schedule (``steps`` None: :attr:`steps`)."""
+                  dtype=torch.float32, validate: bool = True) -> Tensor:
+        """``t [batch, steps+1]`` on this model's schedule (``steps`` None: :attr:`steps`;
+        ``validate``: :func:`~.schedule.time_grid`)."""
         return schedule.time_grid(batch, steps or self.steps, self.shift, t_min,
-                                  device=device, dtype=dtype)
+                                  device=device, dtype=dtype, validate=validate)
 
     def resolve_labels(self, y: Labels, batch: int, device) -> Optional[Tensor]:
         """Labels ``y`` (None, an int, or ``[batch]``) as a long tensor ``[batch]`` or None."""
@@ -232,13 +233,14 @@ class NTM(nn.Module):
         """
         self._check_data(x)
         B, T = x.shape[0], self.check_steps(steps)
-        if t_min is None:
+        drawn = t_min is None   # the model's own draw lies below t_1 by construction
+        if drawn:
             if self.training and self.t_min_max > 0:
                 t_min = torch.rand(B, generator=generator, device=x.device,
                                    dtype=x.dtype) * self.t_min_max
             else:
                 t_min = 0.0
-        t = self.time_grid(B, T, t_min, device=x.device, dtype=x.dtype)
+        t = self.time_grid(B, T, t_min, device=x.device, dtype=x.dtype, validate=not drawn)
         X = schedule.forward_trajectory(x.reshape(B, self.dim), t, generator)
         return X.view(B, T + 1, *self.data_shape), t
 

@@ -84,18 +84,19 @@ def resolve_shift(shift: Union[None, str, float], tokens: int) -> float:
     return float(shift)
 
 
-def shifted(r: Tensor, shift: float) -> Tensor:
+def shifted(r: Union[float, Tensor], shift: float) -> Union[float, Tensor]:
     """The shifted schedule ``t = shift*r / (1 + (shift-1)*r)`` (``shift = 1``: ``t = r``)."""
     return shift * r / (1 + (shift - 1) * r)
 
 
 def time_grid(batch: int, steps: int, shift: float = 1.0,
               t_min: Union[None, float, Tensor] = None, *,
-              device=None, dtype=torch.float32) -> Tensor:
+              device=None, dtype=torch.float32, validate: bool = True) -> Tensor:
     """``t [batch, steps+1]``: ``t_k = shifted(k/steps)`` for ``k >= 1`` and ``t_0 = t_min``.
 
     ``t_min`` is a number or a per-sample tensor ``[batch]`` (None: 0).  It must stay below
-    ``t_1`` so that the grid is strictly increasing.
+    ``t_1`` so that the grid is strictly increasing; ``validate=False`` skips that check (for
+    a caller whose ``t_min`` is valid by construction, e.g. the model's own draw).
     """
     if steps < 1:
         raise ValueError(f"time_grid: steps must be >= 1, got {steps}")
@@ -105,19 +106,34 @@ def time_grid(batch: int, steps: int, shift: float = 1.0,
     t = grid.to(dtype).unsqueeze(0).repeat(batch, 1)
     if t_min is None:
         t[:, 0] = 0.0
-    else:
-        t0 = torch.as_tensor(t_min, device=t.device, dtype=dtype)
-        # (checked only on the CPU: no device sync in a training step)
-        if t0.device.type == "cpu" and (bool((t0 < 0).any()) or bool((t0 >= t[:, 1]).any())):
-            raise ValueError(f"time_grid: t_min must lie in [0, t_1 = {float(grid[1]):.4g}) "
-                             f"for {steps} steps with shift {shift}")
-        t[:, 0] = t0
+        return t
+    if validate:
+        _check_t_min(t_min, steps, float(shift))
+    t[:, 0] = torch.as_tensor(t_min, device=t.device, dtype=dtype)
     return t
 
 
+def _check_t_min(t_min: Union[float, Tensor], steps: int, shift: float) -> None:
+    """ValueError unless ``0 <= t_min < t_1``.  A number is checked in Python; a tensor only
+    on the CPU and outside ``torch.compile`` (reading its values would be a host sync on a
+    GPU and a graph break in a compiled step)."""
+    t1 = first_interior_time(steps, shift)
+    if isinstance(t_min, Tensor):
+        if t_min.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        t0 = t_min.to(torch.float64)
+        bad = bool((t0 < 0).any()) or bool((t0 >= t1).any())
+    else:
+        bad = not 0 <= float(t_min) < t1
+    if bad:
+        raise ValueError(f"time_grid: t_min must lie in [0, t_1 = {t1:.4g}) "
+                         f"for {steps} steps with shift {shift}")
+
+
 def first_interior_time(steps: int, shift: float = 1.0) -> float:
-    """``t_1`` of the grid of ``steps`` steps with ``shift``: every ``t_0`` must stay below it."""
-    return float(shifted(torch.tensor(1.0 / steps, dtype=torch.float64), float(shift)))
+    """``t_1`` of the grid of ``steps`` steps with ``shift``: every ``t_0`` must stay below it
+    (computed in Python floats, the same float64 operations as :func:`time_grid`'s)."""
+    return shifted(1.0 / steps, float(shift))
 
 
 def forward_coefficients(t: Tensor) -> Tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 from .base import (InvertibleModule, ReverseStepResult, _RngSnapshot, accumulation_dtype,
                    generic_reverse_step, has_dropout)
@@ -218,7 +219,9 @@ class InvertibleSequential(InvertibleModule):
     Log-dets are summed per sample (``[B]``, accumulation dtype).
 
     * ``reversible=True`` (default): when gradients are wanted, the activation-free backward
-      (module docstring); otherwise the layers just run.
+      (module docstring); otherwise the layers just run.  Under ``torch.compile`` the stack
+      is one activation checkpoint instead (:meth:`_recomputed`; ``check_reconstruction`` has
+      nothing to measure there).
     * ``reversible=False``: plain autograd through the layers (the reference).
     * ``check_reconstruction=True`` (debugging; keeps every layer's input alive, so no memory
       saving): after each reversible backward, ``reconstruction_error[i]`` is the max abs
@@ -254,9 +257,19 @@ class InvertibleSequential(InvertibleModule):
             logdet = torch.zeros(x.shape[0], dtype=accumulation_dtype(x.dtype), device=x.device)
         return x, logdet
 
+    def _recomputed(self, x: Tensor, context: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """The reversible mode under ``torch.compile``: the layers run as one non-reentrant
+        activation checkpoint (kept: the stack's input, the context and the parameters; the
+        backward re-runs the forward, then plain autograd).  Same maths as the reversible
+        Function, same memory class (flat in depth), and traceable: the Function's backward
+        calls ``torch.autograd.grad``, which dynamo cannot trace, so it is skipped here."""
+        return checkpoint(self._run, x, context, use_reentrant=False)
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Data to latent: ``x [B, dim] -> (z [B, dim], logdet [B])``."""
         if self.reversible and len(self.layers) and torch.is_grad_enabled():
+            if torch.compiler.is_compiling():
+                return self._recomputed(x, context)
             params = self._grad_params()
             if params or x.requires_grad or (context is not None and context.requires_grad):
                 return _ReversibleStack.apply(x, context, self, *params)
