@@ -61,7 +61,8 @@ class StopSignals:
 
 class TrainLog:
     """The progress bar and the ``train`` records: mean loss and terms over the finite steps
-    since the last record, iterations per second."""
+    since the last record, iterations per second and, when the task's records carry
+    ``images`` (examples per iteration, all processes together), images per second."""
 
     def __init__(self, session: RunSession, *, total: Optional[int], desc: str, show: bool):
         self.session = session
@@ -89,9 +90,13 @@ class TrainLog:
                 "skipped": st.skipped, **means}
         extra_rec, extra_post = task.log_extras(rec, mean_loss)
         lrec.update(extra_rec)
+        if "images" in rec:
+            lrec["img_s"] = its * rec["images"]
         self.session.write_metrics(lrec)
         post = {"loss": f"{mean_loss:.4g}", **extra_post, "lr": f"{rec['lr']:.2e}",
                 "it/s": f"{its:.2f}"}
+        if "images" in rec:
+            post["img/s"] = f"{lrec['img_s']:.0f}"
         self.bar.set_postfix(post, refresh=False)
         self.window = []
 

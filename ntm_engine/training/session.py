@@ -98,6 +98,7 @@ class RunSession:
         except (RuntimeError, ValueError, KeyError) as e:
             raise ConfigError(f"checkpoint {ck.path} does not fit this model: {e}") from e
         check_model_code(ck.state, ck.path, self.folder.log)
+        self._check_data(ck)
         self.state = RunState.from_state(ck.state)
         if "rng" in ck.state:
             set_rng_states(ck.state["rng"])
@@ -105,12 +106,21 @@ class RunSession:
         self.saved_step, self.saved_path = self.state.step, ck.path
         self.folder.log(f"resumed from {ck.path} at step {self.state.step}")
 
+    def _check_data(self, ck: ckpt.Checkpoint) -> None:
+        """Warn when the data changed since the checkpoint (runs before fingerprints: quiet)."""
+        stored, now = ck.state.get("data_fingerprint"), getattr(self.data, "fingerprint", None)
+        if stored is not None and now is not None and stored != now:
+            self.folder.log(f"warning: the data of {self.config.get('dataset')!r} changed since "
+                            f"{ck.path} was written (fingerprint {stored} -> {now}); resuming "
+                            "on the data as it is now")
+
     def save(self) -> Path:
         """Checkpoint the run at its current step (and record it in the metrics)."""
         step = self.state.step
         state = {"config": self.config, "optimizer": self.optimizer.state_dict(),
                  **self.state.to_state(), "rng": rng_states(self.data.generator(step)),
-                 "torch_version": str(torch.__version__), "model_code_sha256": self.code_sha}
+                 "torch_version": str(torch.__version__), "model_code_sha256": self.code_sha,
+                 "data_fingerprint": getattr(self.data, "fingerprint", None)}
         path = ckpt.save_checkpoint(self.out, step, self.model.state_dict(),
                                     self.ema.model.state_dict(), state, keep=self.keep)
         self.saved_step, self.saved_path = step, path

@@ -125,7 +125,7 @@ class Trainer(SessionViews):
         st.count(finite)
         st.step = step + 1
         rec = {"step": step + 1, "lr": lr, "loss": float(loss.detach()), "grad_norm": gnorm,
-               "finite": finite}
+               "finite": finite, "images": cfg.optim.batch_size}
         rec.update({k: v for k, v in metrics.items() if not torch.is_tensor(v)})
         rec["terms"] = {k: float(v.detach().mean()) for k, v in metrics.items()
                         if torch.is_tensor(v)}
