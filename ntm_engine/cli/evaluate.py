@@ -14,8 +14,8 @@ import torch
 from .. import metrics
 from ..checkpoint import atomic_write_text
 from ..data import eight_gaussian_modes, load_digits
-from ..training import (Run, default_sample_steps, denoiser_for, evaluate_bpd, evaluate_test,
-                        load_run, model_code_fingerprint, test_data)
+from ..training import (Run, default_sample_steps, denoiser_for, eval_levels, evaluate_bpd,
+                        evaluate_test, load_run, model_code_fingerprint, test_data)
 from .common import (add_device_options, log, nonneg_float, nonneg_int, positive_int, setup_device,
                      timed_samples)
 
@@ -60,7 +60,8 @@ def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
     xt, _ = test_data(cfg.data)
 
     def toy_quality(s):
-        out = {"frechet_distance_raw": metrics.frechet_distance_features(s, xt)}
+        out = {"frechet_distance_raw": metrics.frechet_distance_features(s.flatten(1),
+                                                                         xt.flatten(1))}
         if cfg.dataset == "eight_gaussians":
             d = torch.cdist(s, eight_gaussian_modes()).min(1).values
             out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
@@ -89,8 +90,9 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
             for k in range(args.bpd_repeats)]
     return {"test_bpd": sum(b["bpd"] for b in bpds) / len(bpds),
             "test_bpd_sem": bpds[0]["bpd_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
-            "bpd_note": ("upper bound with t_0 = 0, dequantised, 17 levels" if cfg.dataset ==
-                         "digits" else "continuous bits/dim bound (no discretisation term)")}
+            "bpd_note": (f"upper bound with t_0 = 0, dequantised, {eval_levels(cfg.data)} levels"
+                         if cfg.data.is_image else
+                         "continuous bits/dim bound (no discretisation term)")}
 
 
 def samplers(r: Run, args, device, res: Dict[str, Any]) -> None:
