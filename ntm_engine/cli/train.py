@@ -9,8 +9,9 @@ from typing import Any, Dict
 import torch
 
 from .. import checkpoint as ckpt
-from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, TRAIN_DEFAULTS, ConfigError, TrainConfig,
-                        Trainer, config_differences, make_config, run_command)
+from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_DEFAULTS,
+                        ConfigError, TrainConfig, Trainer, config_differences, make_config,
+                        run_command)
 from .common import (add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
 
@@ -108,6 +109,9 @@ def _add_optim_options(o) -> None:
                    "time is not bitwise reproducible)")
     o.add_argument("--max-nonfinite", type=int, default=None,
                    help="stop after this many consecutive non-finite losses (20)")
+    o.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="training forward: fp32, or bf16 autocast with float32 master "
+                   "weights, losses and log-dets (fp32)")
 
 
 def _add_cadence_options(c) -> None:

@@ -26,6 +26,7 @@ from .loop import Loop, run_command
 from .metrics_log import METRICS_FILE, read_metrics
 from .objectives import DistillBatch, distillation_batch
 from .optim import EMA, budget_progress, learning_rate
+from .precision import PRECISIONS
 from .run_folder import CONFIG_FILE
 from .runs import Run, check_denoiser_fits, denoiser_for, load_denoiser, load_run
 from .sections import DATASETS, IMAGE_NAMES, DataConfig, OptimConfig, RunConfig

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type
 
 from ..data import BUILT_IN, TOYS
 from .errors import ConfigError
+from .precision import PRECISIONS
 
 DATASETS = ("digits",) + tuple(sorted(TOYS))
 IMAGE_NAMES = tuple(BUILT_IN)            # built-in image sets (no download)
@@ -93,7 +94,8 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr`` at the end of the
     budget (``iters`` and/or ``minutes``), EMA of the weights, gradient clipping, the seed of
-    everything random and the tolerated run of non-finite losses."""
+    everything random, the tolerated run of non-finite losses and the ``precision`` of the
+    training forward (``fp32`` or ``bf16`` autocast, :mod:`.precision`)."""
     batch_size: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.05
@@ -107,6 +109,7 @@ class OptimConfig:
     iters: Optional[int] = None
     minutes: Optional[float] = None
     max_nonfinite: int = 20
+    precision: str = "fp32"
 
     def __post_init__(self):
         for k in ("batch_size", "warmup", "seed", "max_nonfinite"):
@@ -132,6 +135,8 @@ class OptimConfig:
             (self.minutes is None or self.minutes > 0,
              f"--minutes must be > 0, got {self.minutes}"),
             (self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}"),
+            (self.precision in PRECISIONS,
+             f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, msg in checks:
             check(ok, msg)

@@ -29,6 +29,7 @@ from .loop import Loop
 from .metrics_log import read_metrics
 from .objectives import Batch
 from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
+from .precision import autocast
 from .run_folder import RunFolder
 from .session import RunSession, SessionViews, default_device, stderr_log
 
@@ -116,8 +117,9 @@ class Trainer(SessionViews):
         g = device_generator(self.device, derive_seed(cfg.optim.seed, step, "model"))
         lr = learning_rate(cfg.optim, step, st.elapsed_s)
         set_lr(self.session.optimizer, lr)
-        per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
-        loss = per_sample.mean()
+        with autocast(cfg.optim.precision, self.device):
+            per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
+        loss = per_sample.float().mean()
         if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
             loss = loss * float("nan")
         finite, gnorm = guarded_update(loss, self.model, self.session.optimizer, self.ema,
