@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
+import torch.distributed as dist
 
 from .. import checkpoint as ckpt
 from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_DEFAULTS,
@@ -174,8 +175,14 @@ def run(args, parser) -> int:
                       fault_nonfinite_steps=args.fault_nonfinite_at or (),
                       throttle_s=args.throttle)
     nparams = sum(p.numel() for p in trainer.model.parameters())
-    log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}, "
-        f"T={cfg.model['steps']}, {nparams / 1e6:.2f}M parameters, device {device}, "
-        f"{torch.get_num_threads()} threads, budget iters={cfg.optim.iters} "
-        f"minutes={cfg.optim.minutes}, out {args.out}")
-    return run_command(trainer.run, "ntm train")
+    procs = f", {trainer.world.size} processes" if trainer.world.enabled else ""
+    if trainer.world.is_main:
+        log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}, "
+            f"T={cfg.model['steps']}, {nparams / 1e6:.2f}M parameters, device "
+            f"{trainer.device}, {torch.get_num_threads()} threads, budget iters="
+            f"{cfg.optim.iters} minutes={cfg.optim.minutes}{procs}, out {args.out}")
+    try:
+        return run_command(trainer.run, "ntm train")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
