@@ -94,8 +94,10 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr`` at the end of the
     budget (``iters`` and/or ``minutes``), EMA of the weights, gradient clipping, the seed of
-    everything random, the tolerated run of non-finite losses and the ``precision`` of the
-    training forward (``fp32`` or ``bf16`` autocast, :mod:`.precision`)."""
+    everything random, the tolerated run of non-finite losses, the ``precision`` of the
+    training forward (``fp32`` or ``bf16`` autocast, :mod:`.precision`) and
+    ``checkpoint_predictor`` (recompute the predictor's blocks in the backward pass instead
+    of keeping their activations)."""
     batch_size: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.05
@@ -110,6 +112,7 @@ class OptimConfig:
     minutes: Optional[float] = None
     max_nonfinite: int = 20
     precision: str = "fp32"
+    checkpoint_predictor: bool = False
 
     def __post_init__(self):
         for k in ("batch_size", "warmup", "seed", "max_nonfinite"):
@@ -135,6 +138,8 @@ class OptimConfig:
             (self.minutes is None or self.minutes > 0,
              f"--minutes must be > 0, got {self.minutes}"),
             (self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}"),
+            (isinstance(self.checkpoint_predictor, bool),
+             f"--checkpoint-predictor must be true or false, got {self.checkpoint_predictor!r}"),
             (self.precision in PRECISIONS,
              f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]

@@ -35,6 +35,13 @@ from .run_folder import RunFolder
 from .session import RunSession, SessionViews, default_device, stderr_log
 
 
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Activation checkpointing of the predictor's blocks (when the model has a predictor)."""
+    predictor = getattr(model, "predictor", None)
+    if predictor is not None and hasattr(predictor, "checkpoint_blocks"):
+        predictor.checkpoint_blocks = bool(on)
+
+
 def _quiet(msg: str) -> None:
     """The log of ranks other than 0."""
 
@@ -90,6 +97,7 @@ class Trainer(SessionViews):
             fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
         seed_everything(derive_seed(cfg.optim.seed, 0, "init"))   # initial weights from the seed
         self.model = factory(cfg).to(self.device)
+        set_checkpointing(self.model, cfg.optim.checkpoint_predictor)
         if self.device.type != "cpu":
             preflight(self.model, cfg, self.device)
         self.model.train()
