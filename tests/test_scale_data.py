@@ -106,3 +106,16 @@ def test_old_configs_without_data_options_load():
         del cfg[k]
     again = TrainConfig.from_dict(cfg)
     assert again.data.image_size is None and again.data.data_workers == 0
+
+
+def test_lazy_data_with_workers_streams_the_same_batches(tmp_path):
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    ds = torch.utils.data.TensorDataset(images, torch.arange(40) % 2)
+    name = hand_in(open_dataset(ds, num_classes=2), "lazy")
+    cfg = make_config(name, True, model=TINY, **SMALL)
+    plain = DataSource(cfg)
+    assert not plain.batches.in_memory
+    streamed = DataSource(cfg.replace(data_workers=2))
+    for step in (0, 1, 1, 2, 5, 6):   # a repeat and a jump restart nothing / the stream
+        a, b = plain.batch(step), streamed.batch(step)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

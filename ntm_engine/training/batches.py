@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -61,7 +61,9 @@ class DataSource:
     the order ``randperm`` seeded by ``(seed, e)``; batch ``step`` is positions
     ``[step*B, (step+1)*B)`` of the concatenated epochs, dequantised with noise seeded by
     ``(seed, step)``.  Toys: fresh samples seeded by ``(seed, step)``.  Batches are
-    ``x [B, *shape]`` and labels ``y [B]`` (or None).
+    ``x [B, *shape]`` and labels ``y [B]`` (or None).  Lazily read images with
+    ``data_workers > 0`` come from a ``DataLoader`` stream (restarted when a step other than
+    the next one is asked for); the same batches either way.
     """
 
     def __init__(self, cfg, device=None):
@@ -74,6 +76,11 @@ class DataSource:
                                                                             self.seed),
             conditional=bool(cfg.data.class_conditional), device=self.device,
             num_workers=cfg.data.data_workers)
+        self._streaming = (self.batches is not None and not self.batches.in_memory
+                           and cfg.data.data_workers > 0)
+        self._stream: Optional[Iterator] = None
+        self._next_step = -1
+        self._last: Tuple[int, Any] = (-1, None)
 
     @property
     def fingerprint(self) -> Optional[str]:
@@ -84,10 +91,20 @@ class DataSource:
         return torch.Generator().manual_seed(derive_seed(self.seed, step, "data"))
 
     def batch(self, step: int, n: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        if self._streaming and n is None:
+            return self._streamed(step)
         if self.batches is not None:
             return self.batches.batch(step, n)
         n = n or self.batch_size
         return sample_toy(self.dataset, n, generator=self.generator(step)).to(self.device), None
+
+
+    def _streamed(self, step: int) -> Tuple[Tensor, Optional[Tensor]]:
+        if self._last[0] != step:
+            if self._stream is None or self._next_step != step:
+                self._stream = self.batches.stream(step)
+            self._last, self._next_step = (step, next(self._stream)), step + 1
+        return self._last[1]
 
 
 def test_data(data: DataConfig) -> Tuple[Tensor, Optional[Tensor]]:

@@ -56,7 +56,8 @@ def eval_summary(rec: Dict[str, Any]) -> str:
 
 def save_sample_grid(model, cfg: TrainConfig, *, device, run_dir, step: int) -> Path:
     """Samples of ``model`` (fixed noise) as ``samples/step_N.png`` and ``samples.png`` of the
-    run folder; images (grey or RGB) as a grid, toys (at least 1000 points) as a scatter over test data."""
+    run folder; images (grey or RGB) as a grid, toys (at least 1000 points) as a scatter over
+    test data."""
     n = cfg.eval_samples if cfg.data.is_image else max(cfg.eval_samples, 1000)
     y = sample_labels(cfg.data, n)
     g = device_generator(device, 12345)
