@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ntm_engine import checkpoint as ckpt
+from ntm_engine.cli import main
 from ntm_engine.data import open_dataset, pixel_mean_std
 from ntm_engine.training import (ConfigError, DataSource, TrainConfig, eval_levels, hand_in,
                                  make_config, sample_labels, test_data)
@@ -119,3 +120,23 @@ def test_lazy_data_with_workers_streams_the_same_batches(tmp_path):
     for step in (0, 1, 1, 2, 5, 6):   # a repeat and a jump restart nothing / the stream
         a, b = plain.batch(step), streamed.batch(step)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_cli_trains_on_a_folder_of_images(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{i}.png")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", str(tmp_path / "imgs"), "--image-size", "8", "--channels",
+            "1", "--class-conditional", "--iters", "2", "--batch-size", "4", "--width", "32",
+            "--depth", "1", "--heads", "2", "--transporter-layers", "2", "--eval-every", "2",
+            "--eval-samples", "4", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2 and summary["test_bpd"] > 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["data_shape"] == [1, 8, 8] and cfg["model"]["num_classes"] == 2
+    assert Image.open(out / "samples.png").mode == "L"
