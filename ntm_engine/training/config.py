@@ -36,8 +36,8 @@ MODEL_OPTIONS = {
     "parameterization": "--parameterization",
 }
 # entries that define a run: a resumed run must agree on these
-IDENTITY_KEYS = ("dataset", "class_conditional", "model", "batch_size", "seed", "objective",
-                 "init_from", "fm_reg")
+IDENTITY_KEYS = ("dataset", "class_conditional", "image_size", "channels", "model", "batch_size",
+                 "seed", "objective", "init_from", "fm_reg")
 
 
 @dataclass(frozen=True)
