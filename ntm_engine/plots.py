@@ -24,25 +24,29 @@ def _save_png(img, path) -> Path:
 
 def digit_grid_image(images: Tensor, nrow: int = 10, scale: int = 8, pad: int = 2,
                      labels: Optional[Sequence[Any]] = None):
-    """A Pillow image of ``images [N, 1, H, W]`` (values in [-1, 1], clamped), ``nrow`` per
-    row, each pixel upscaled to ``scale x scale`` (nearest), ``pad`` grey pixels between."""
+    """A Pillow image of ``images [N, C, H, W]`` (C = 1 grey or 3 RGB; values in [-1, 1],
+    clamped), ``nrow`` per row, each pixel upscaled to ``scale x scale`` (nearest), ``pad``
+    grey pixels between."""
     x = images.detach().float().cpu()
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[1] != 1:
-        raise ValueError(f"expected images [N, 1, H, W], got {list(images.shape)}")
-    n, _, h, w = x.shape
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images [N, 1 or 3, H, W], got {list(images.shape)}")
+    n, ch, h, w = x.shape
     nrow = max(1, min(nrow, n)) if n else 1
     ncol_rows = max(1, math.ceil(n / nrow))
     cell_h, cell_w = h * scale + pad, w * scale + pad
-    canvas = torch.full((ncol_rows * cell_h + pad, nrow * cell_w + pad), 128, dtype=torch.uint8)
-    pix = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0]
+    canvas = torch.full((ncol_rows * cell_h + pad, nrow * cell_w + pad, ch), 128,
+                        dtype=torch.uint8)
+    pix = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
     pix = pix.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     for i in range(n):
         r, c = divmod(i, nrow)
         top, left = pad + r * cell_h, pad + c * cell_w
         canvas[top:top + h * scale, left:left + w * scale] = pix[i]
-    return Image.fromarray(canvas.numpy(), mode="L")
+    if ch == 1:
+        return Image.fromarray(canvas[..., 0].numpy(), mode="L")
+    return Image.fromarray(canvas.numpy(), mode="RGB")
 
 
 def save_digit_grid(images: Tensor, path, nrow: int = 10, scale: int = 8,
@@ -50,9 +54,9 @@ def save_digit_grid(images: Tensor, path, nrow: int = 10, scale: int = 8,
     """Write a digit grid PNG (see :func:`digit_grid_image`); returns the path."""
     img = digit_grid_image(images, nrow=nrow, scale=scale)
     if title:
-        framed = Image.new("L", (img.width, img.height + 14), 255)
+        framed = Image.new(img.mode, (img.width, img.height + 14), "white")
         framed.paste(img, (0, 14))
-        ImageDraw.Draw(framed).text((2, 1), title, fill=0)
+        ImageDraw.Draw(framed).text((2, 1), title, fill="black")
         img = framed
     return _save_png(img, path)
 

@@ -37,8 +37,8 @@ def test_data_is_a_function_of_seed_and_step():
 def test_digits_epochs_visit_every_image_once():
     cfg = tiny_cfg("digits", True, batch_size=100)
     d = DataSource(cfg)
-    N = len(d.x)
-    idx = torch.cat([d._gather(s * 100, 100) for s in range(math.ceil(2 * N / 100))])
+    N = len(d.batches.ds)
+    idx = torch.cat([d.batches.indices(s) for s in range(math.ceil(2 * N / 100))])
     assert torch.equal(idx[:N].sort().values, torch.arange(N))
     assert torch.equal(idx[N:2 * N].sort().values, torch.arange(N))
     assert not torch.equal(idx[:N], idx[N:2 * N])  # reshuffled each epoch

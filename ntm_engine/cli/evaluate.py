@@ -14,8 +14,9 @@ import torch
 from .. import metrics
 from ..checkpoint import atomic_write_text
 from ..data import eight_gaussian_modes, load_digits
-from ..training import (Run, default_sample_steps, denoiser_for, evaluate_bpd, evaluate_test,
-                        histogram_bpd, load_run, model_code_fingerprint, test_data)
+from ..training import (Run, default_sample_steps, denoiser_for, eval_levels, evaluate_bpd,
+                        evaluate_test, histogram_bpd, load_run, model_code_fingerprint,
+                        test_data)
 from .common import (add_device_options, log, nonneg_float, nonneg_int, positive_int, setup_device,
                      timed_samples)
 
@@ -50,41 +51,6 @@ def add_parser(sub) -> None:
     e.set_defaults(handler=run)
 
 
-def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
-    """The rating of a batch of samples (digits: the classifier, loaded once; its description
-    goes into ``res``)."""
-    cfg = r.config
-    if cfg.dataset == "digits":
-        net, meta = metrics.load_or_train_classifier(args.classifier, log=log)
-        xt, _ = load_digits("test")
-        xtr, _ = load_digits("train")
-        res["classifier"] = {"path": meta.get("path"), "version": meta.get("version"),
-                             "test_accuracy": float(meta.get("test_accuracy", "nan"))}
-        res["frechet_distance_train_vs_test"] = metrics.frechet_distance_features(
-            net.features(xtr), net.features(xt))
-        return lambda s: metrics.sample_quality(net, s, y, xt)
-    xt, _ = test_data(cfg.data)
-
-    def toy_quality(s):
-        out = {"frechet_distance_raw": metrics.frechet_distance_features(s, xt)}
-        if cfg.dataset == "eight_gaussians":
-            d = torch.cdist(s, eight_gaussian_modes()).min(1).values
-            out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
-        return out
-    return toy_quality
-
-
-def eval_sampler(model, n: int, y, device, args, quality, **sample_kw) -> Dict[str, Any]:
-    """``n`` samples from noise seeded by ``--seed`` (the same for every sampler), timed after
-    a warm-up of 2, and ``quality`` of them."""
-    s, dt = timed_samples(model, n, y, device, steps=args.steps, temperature=args.temperature,
-                          guidance=args.guidance, seed=args.seed, **sample_kw)
-    out: Dict[str, Any] = {"sample_ms_per_sample": 1e3 * dt / n, "n_samples": n}
-    out["samples_nonfinite"] = int((~torch.isfinite(s)).any(dim=tuple(range(1, s.dim()))).sum())
-    out.update(quality(torch.nan_to_num(s, nan=0.0, posinf=1e3, neginf=-1e3)))
-    return out
-
-
 def likelihood(r: Run, args, device) -> Dict[str, Any]:
     """Test bits/dim (averaged over ``--bpd-repeats``) at the default ``T``, and per trained
     ``T`` the single-trajectory and importance-weighted bounds (and, for a class-conditional
@@ -97,8 +63,9 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
             for k in range(args.bpd_repeats)]
     res = {"test_bpd": sum(b["bpd"] for b in bpds) / len(bpds),
            "test_bpd_sem": bpds[0]["bpd_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
-           "bpd_note": ("upper bound with t_0 = 0, dequantised, 17 levels" if cfg.dataset ==
-                        "digits" else "continuous bits/dim bound (no discretisation term)"),
+           "bpd_note": (f"upper bound with t_0 = 0, dequantised, {eval_levels(cfg.data)} levels"
+                        if cfg.data.is_image else
+                        "continuous bits/dim bound (no discretisation term)"),
            "bpd_samples": args.bpd_samples}
     res["bpd_per_steps"] = {str(T): bpd_at(r, args, device, T) for T in trained_steps(r, args)}
     first = res["bpd_per_steps"][str(trained_steps(r, args)[0])]
@@ -141,7 +108,8 @@ def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
     xt, _ = test_data(cfg.data)
 
     def toy_quality(s):
-        out = {"frechet_distance_raw": metrics.frechet_distance_features(s, xt)}
+        out = {"frechet_distance_raw": metrics.frechet_distance_features(s.flatten(1),
+                                                                         xt.flatten(1))}
         if cfg.dataset == "eight_gaussians":
             d = torch.cdist(s, eight_gaussian_modes()).min(1).values
             out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())

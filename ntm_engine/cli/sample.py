@@ -67,7 +67,7 @@ def labels(spec: Optional[str], cfg: TrainConfig, n: int) -> Optional[torch.Tens
 
 
 def _write(x, y, out: Path, args, cfg: TrainConfig) -> list:
-    if cfg.dataset == "digits":
+    if cfg.data.is_image:
         plots.save_digit_grid(x, out, nrow=args.nrow)
     else:
         plots.save_toy_scatter(x, out, reference=test_data(cfg.data)[0][:len(x)])

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Union
 
 import torch
+import torch.distributed as dist
 
 from .. import checkpoint as ckpt
 from ..models.transporter import TRANSPORTER_KINDS
-from ..training import (DATASETS, MODEL_OPTIONS, TRAIN_DEFAULTS, ConfigError, TrainConfig,
-                        Trainer, config_differences, make_config, run_command)
+from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_DEFAULTS,
+                        ConfigError, TrainConfig, Trainer, config_differences, make_config,
+                        run_command)
 from ..training.config import TRAJECTORY_LOSSES
 from .common import (add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
@@ -20,9 +22,10 @@ from .common import (add_device_options, int_list, log, nonneg_float, nonneg_int
 # (the cosine schedule follows whichever ends first, so a slow or busy machine still finishes
 # in about that time; on an idle one the iteration count ends the run, reproducibly).
 DEFAULT_ITERS = {"digits": 1500, "checkerboard": 2000, "eight_gaussians": 2000,
-                 "two_moons": 2000}
+                 "two_moons": 2000, "images": 2000}
 DEFAULT_MINUTES = {"digits": 10.0, "checkerboard": 5.0, "eight_gaussians": 5.0,
-                   "two_moons": 5.0}
+                   "two_moons": 5.0, "images": 10.0}
+DATA_OPTIONS = ("image_size", "channels", "data_workers")
 
 
 def add_parser(sub) -> None:
@@ -31,10 +34,7 @@ def add_parser(sub) -> None:
                        description="Train an NTM. Model options default to "
                        "NTM.digits_config()/NTM.toy_config(); on --resume every option not "
                        "given is taken from the checkpoint.")
-    t.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="training data (default: digits)")
-    t.add_argument("--class-conditional", action="store_true", default=None,
-                   help="condition on the digit label (digits only; enables guidance)")
+    _add_data_options(t.add_argument_group("data"))
     t.add_argument("--out", default=None, help="run folder (default: runs/<dataset>)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint in --out (start fresh if none)")
@@ -63,6 +63,22 @@ def step_counts_arg(s: str) -> Union[int, List[int]]:
 def shift_arg(s: str) -> Union[str, float]:
     """``--shift auto`` (the paper's rule from the token count) or a number > 0."""
     return "auto" if s == "auto" else positive_float(s)
+
+
+def _add_data_options(d) -> None:
+    d.add_argument("--dataset", default=None,
+                   help=f"training data: {', '.join(DATASETS + IMAGE_NAMES)}, a folder of "
+                   "images (subfolders = classes), a CIFAR-10 python folder or a .npy/.npz "
+                   "file (default: digits)")
+    d.add_argument("--class-conditional", action="store_true", default=None,
+                   help="condition on the class label (labelled images; enables guidance)")
+    d.add_argument("--image-size", type=positive_int, default=None,
+                   help="resize the shorter side and centre-crop to this (images; default: "
+                   "as stored, colour-patches 16)")
+    d.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="1 (greyscale) or 3 (RGB) (images; default: as stored)")
+    d.add_argument("--data-workers", type=nonneg_int, default=None,
+                   help="DataLoader worker processes for lazily read data (0)")
 
 
 def _add_model_options(m) -> None:
@@ -122,6 +138,12 @@ def _add_optim_options(o) -> None:
                    "time is not bitwise reproducible)")
     o.add_argument("--max-nonfinite", type=int, default=None,
                    help="stop after this many consecutive non-finite losses (20)")
+    o.add_argument("--checkpoint-predictor", action="store_true", default=None,
+                   help="recompute the predictor's blocks in the backward pass instead of "
+                   "keeping their activations (less memory, ~1/3 more predictor time)")
+    o.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="training forward: fp32, or bf16 autocast with float32 master "
+                   "weights, losses and log-dets (fp32)")
 
 
 def _add_cadence_options(c) -> None:
@@ -142,6 +164,8 @@ def _resumed_config(base: Dict[str, Any], args, model_over, train_over) -> Train
         requested["dataset"] = args.dataset
     if args.class_conditional is not None:
         requested["class_conditional"] = True
+    requested.update({k: getattr(args, k) for k in DATA_OPTIONS
+                      if getattr(args, k) is not None})
     requested["model"].update(model_over)
     requested.update({k: train_over[k] for k in ("batch_size", "seed", "trajectory_loss")
                       if k in train_over})
@@ -162,13 +186,16 @@ def train_config(args) -> TrainConfig:
         return _resumed_config(latest.config, args, model_over, train_over)
     dataset = args.dataset or "digits"
     if train_over.get("iters") is None and train_over.get("minutes") is None:
-        train_over.update(iters=DEFAULT_ITERS[dataset], minutes=DEFAULT_MINUTES[dataset])
-    return make_config(dataset, bool(args.class_conditional), model=model_over, **train_over)
+        train_over.update(iters=DEFAULT_ITERS.get(dataset, DEFAULT_ITERS["images"]),
+                          minutes=DEFAULT_MINUTES.get(dataset, DEFAULT_MINUTES["images"]))
+    data_over = {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None}
+    return make_config(dataset, bool(args.class_conditional), model=model_over, **data_over,
+                       **train_over)
 
 
 def run(args, parser) -> int:
     if args.out is None:
-        args.out = str(Path("runs") / (args.dataset or "digits"))
+        args.out = str(Path("runs") / Path(args.dataset or "digits").stem)
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     device = setup_device(args)
@@ -178,8 +205,14 @@ def run(args, parser) -> int:
                       fault_nonfinite_steps=args.fault_nonfinite_at or (),
                       throttle_s=args.throttle)
     nparams = sum(p.numel() for p in trainer.model.parameters())
-    log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}, "
-        f"T={cfg.model['steps']}, transporter {cfg.model['transporter']}, {nparams / 1e6:.2f}M parameters, device {device}, "
-        f"{torch.get_num_threads()} threads, budget iters={cfg.optim.iters} "
-        f"minutes={cfg.optim.minutes}, out {args.out}")
-    return run_command(trainer.run, "ntm train")
+    procs = f", {trainer.world.size} processes" if trainer.world.enabled else ""
+    if trainer.world.is_main:
+        log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}, "
+            f"T={cfg.model['steps']}, transporter {cfg.model['transporter']}, {nparams / 1e6:.2f}M parameters, device "
+            f"{trainer.device}, {torch.get_num_threads()} threads, budget iters="
+            f"{cfg.optim.iters} minutes={cfg.optim.minutes}{procs}, out {args.out}")
+    try:
+        return run_command(trainer.run, "ntm train")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

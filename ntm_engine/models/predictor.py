@@ -7,6 +7,8 @@ cleaner one.  Tokens of slot ``k`` = linear embedding of the patches of ``u_{t_{
 ``c_k = MLP(sinusoidal(t_k), sinusoidal(t_{k+1}))`` (+ a class embedding) is the level/time
 embedding: it is continuous in the times, so the predictor runs on grids it was not trained
 on (other step counts).  ``c_k`` also modulates every LayerNorm (adaLN shift/scale).
+With ``checkpoint_blocks`` set, a training pass keeps only each block's input and recomputes
+the block in the backward pass (activation checkpointing; ``--checkpoint-predictor``).
 A predictor of a model trained on several step counts (``step_counts``) adds a learned
 embedding of the trajectory's ``T`` to ``c_k`` (zero at the start) and is then evaluated
 only at those ``T``.
@@ -33,6 +35,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .embedding import ClassEmbedding, TimeEmbedding
 from .schedule import flow_matching_reverse, gaussian_reverse
@@ -149,6 +152,9 @@ class TrajectoryPredictor(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
         self._masks = {}
+        # activation checkpointing of the blocks in training passes (a memory option of the
+        # run, not of the model: it changes no result, so it is not a constructor argument)
+        self.checkpoint_blocks = False
 
     # ---------------------------------------------------------------- patches
     def patchify(self, v: Tensor) -> Tensor:
@@ -247,7 +253,10 @@ class TrajectoryPredictor(nn.Module):
         L = T * self.tokens
         mask = self._mask(L, L, T, h.device)
         for blk in self.blocks:
-            h, _ = blk(h, c, mask)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                h, _ = checkpoint(blk, h, c, mask, use_reentrant=False)
+            else:
+                h, _ = blk(h, c, mask)
         return self._head(h, c)
 
     def forward(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor] = None,

@@ -11,7 +11,7 @@
 * :mod:`.trainer`, :mod:`.distiller`, :mod:`.runs` -- the two run types, and loading their
   results (:func:`load_run`)
 """
-from .batches import DataSource, eval_levels, sample_labels, test_data
+from .batches import DataSource, eval_levels, hand_in, run_data, sample_labels, test_data
 from .config import (CONFIG_VERSION, IDENTITY_KEYS, MODEL_OPTIONS, TRAIN_DEFAULTS,
                      ObjectiveConfig, TrainConfig, config_differences, default_model_config,
                      make_config, upgrade, validate_config)
@@ -27,9 +27,10 @@ from .loop import Loop, run_command
 from .metrics_log import METRICS_FILE, read_metrics
 from .objectives import DistillBatch, distillation_batch
 from .optim import EMA, budget_progress, learning_rate
+from .precision import PRECISIONS
 from .run_folder import CONFIG_FILE
 from .runs import Run, check_denoiser_fits, denoiser_for, load_denoiser, load_run
-from .sections import DATASETS, DataConfig, OptimConfig, RunConfig
+from .sections import DATASETS, IMAGE_NAMES, DataConfig, OptimConfig, RunConfig
 from .trainer import Trainer
 
 __all__ = [n for n in dir() if not n.startswith("_")]

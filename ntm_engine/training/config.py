@@ -16,8 +16,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
-from ..data import DIGITS_SHAPE
+from ..data import DIGITS_SHAPE, pixel_mean_std
 from ..models import NTM
+from ..models.predictor import default_patch_size
+from .batches import run_data
 from .errors import ConfigError
 from .sections import (DataConfig, OptimConfig, RunConfig, check, check_number, differences,
                        field_names, flatten, plain, reject_unknown, section_from)
@@ -38,8 +40,8 @@ MODEL_OPTIONS = {
     "parameterization": "--parameterization",
 }
 # entries that define a run: a resumed run must agree on these
-IDENTITY_KEYS = ("dataset", "class_conditional", "model", "batch_size", "seed", "objective",
-                 "init_from", "fm_reg", "trajectory_loss")
+IDENTITY_KEYS = ("dataset", "class_conditional", "image_size", "channels", "model", "batch_size",
+                 "seed", "objective", "init_from", "fm_reg", "trajectory_loss")
 
 
 @dataclass(frozen=True)
@@ -186,25 +188,48 @@ def upgrade(d: Mapping[str, Any]) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- model section
 
-def default_model_config(dataset: str, class_conditional: bool = False) -> Dict[str, Any]:
-    """Every :class:`~ntm_engine.models.NTM` constructor default, then the dataset's config."""
+def default_model_config(dataset: Union[str, DataConfig],
+                         class_conditional: bool = False) -> Dict[str, Any]:
+    """Every :class:`~ntm_engine.models.NTM` constructor default, then the dataset's config:
+    the digits' or the toys' own, or for other images the digits' architecture with the
+    data's shape, classes and pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`)."""
+    data = dataset if isinstance(dataset, DataConfig) else DataConfig(dataset, class_conditional)
     cfg = {k: p.default for k, p in inspect.signature(NTM.__init__).parameters.items()
            if p.default is not inspect.Parameter.empty}
-    cfg.update(NTM.digits_config(conditional=class_conditional) if dataset == "digits"
-               else NTM.toy_config())
+    if not data.is_image:
+        cfg.update(NTM.toy_config())
+    else:
+        cfg.update(NTM.digits_config(conditional=data.class_conditional))
+        if data.dataset != "digits":
+            images = run_data(data)
+            mean, std = pixel_mean_std(images)
+            cfg.update(data_shape=list(images.shape), data_mean=round(mean, 4),
+                       data_std=round(std, 4), patch_size=default_patch_size(images.shape),
+                       num_classes=images.num_classes if data.class_conditional else 0)
     cfg["data_shape"] = list(cfg["data_shape"])
     return cfg
+
+
+def _data_shape_ok(data: DataConfig, shape: List[Any]) -> bool:
+    if not data.is_image:
+        return shape == [2]
+    if data.dataset == "digits":
+        return shape == list(DIGITS_SHAPE)
+    return (len(shape) == 3 and data.channels in (None, shape[0])
+            and data.image_size in (None, shape[1]) and shape[1] == shape[2])
 
 
 def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -> Dict[str, Any]:
     """A checked copy of the model options (the constructor checks the rest, at build time)."""
     m = plain(dict(m))
-    shape = list(DIGITS_SHAPE) if data.dataset == "digits" else [2]
-    check(list(m.get("data_shape", [])) == shape, f"model data_shape {m.get('data_shape')} does "
-          f"not match dataset {data.dataset!r} of shape {shape}")
-    want = 10 if data.class_conditional else 0
-    check(m.get("num_classes", 0) == want, f"model num_classes {m.get('num_classes')} but "
-          f"class_conditional={data.class_conditional}")
+    shape = list(m.get("data_shape", []))
+    check(_data_shape_ok(data, shape), f"model data_shape {m.get('data_shape')} does "
+          f"not match dataset {data.dataset!r} (image_size {data.image_size}, channels "
+          f"{data.channels})")
+    classes = m.get("num_classes", 0)
+    want = (10 if data.dataset == "digits" else classes) if data.class_conditional else 0
+    check(classes == want and (classes > 0) == data.class_conditional,
+          f"model num_classes {classes} but class_conditional={data.class_conditional}")
     for k in ("width", "depth", "heads", "transporter_layers", "transporter_hidden"):
         check(isinstance(m.get(k), int), f"{MODEL_OPTIONS[k]} must be an integer, got {m.get(k)!r}")
     # values that are not plain numbers (several step counts, shift "auto") are the model
@@ -241,12 +266,15 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
 # ----------------------------------------------------------------------------- building
 
 def make_config(dataset: str = "digits", class_conditional: bool = False, *,
-                model: Optional[Mapping[str, Any]] = None, **train) -> TrainConfig:
+                model: Optional[Mapping[str, Any]] = None, image_size: Optional[int] = None,
+                channels: Optional[int] = None, data_workers: int = 0,
+                **train) -> TrainConfig:
     """A full, validated config: the dataset's model defaults with ``model`` entries (None
-    values ignored) and flat training entries ``train`` (unknown ones refused)."""
+    values ignored) and flat training entries ``train`` (unknown ones refused).  ``dataset``,
+    ``image_size``, ``channels``, ``data_workers``: :class:`DataConfig`."""
     reject_unknown(train, set(TRAIN_DEFAULTS), "training")
-    data = DataConfig(dataset, bool(class_conditional))
-    m = default_model_config(dataset, class_conditional)
+    data = DataConfig(dataset, bool(class_conditional), image_size, channels, data_workers)
+    m = default_model_config(data)
     given = {k: v for k, v in (model or {}).items() if v is not None}
     m.update(TRANSPORTER_SIZES.get(given.get("transporter", m["transporter"]), {}))
     m.update(given)

@@ -25,7 +25,7 @@ def _evaluate(metric, model, cfg: TrainConfig, device, *, seed: int,
     try:
         return metric(model, x, None if unconditional else y, levels=eval_levels(cfg.data),
                       batch_size=cfg.run.eval_batch, seed=seed,
-                      dequantize_data=cfg.dataset == "digits", device=device, **kw)
+                      dequantize_data=cfg.data.is_image, device=device, **kw)
     finally:
         model.train(was)
 
@@ -83,15 +83,16 @@ def eval_summary(rec: Dict[str, Any]) -> str:
 
 def save_sample_grid(model, cfg: TrainConfig, *, device, run_dir, step: int) -> Path:
     """Samples of ``model`` (fixed noise) as ``samples/step_N.png`` and ``samples.png`` of the
-    run folder; digits as a grid, toys (at least 1000 points) as a scatter over test data."""
-    n = cfg.eval_samples if cfg.dataset == "digits" else max(cfg.eval_samples, 1000)
+    run folder; images (grey or RGB) as a grid, toys (at least 1000 points) as a scatter over
+    test data."""
+    n = cfg.eval_samples if cfg.data.is_image else max(cfg.eval_samples, 1000)
     y = sample_labels(cfg.data, n)
     g = device_generator(device, 12345)
     s = model.sample(n, y=None if y is None else y.to(device), generator=g)
     folder = Path(run_dir) / "samples"
     folder.mkdir(exist_ok=True)
     path = folder / f"step_{step:08d}.png"
-    if cfg.dataset == "digits":
+    if cfg.data.is_image:
         plots.save_digit_grid(s.cpu(), path, nrow=10, title=None)
     else:
         plots.save_toy_scatter(s.cpu(), path, reference=test_data(cfg.data)[0][:n],

@@ -34,7 +34,7 @@ class Task(Protocol):
         """Held-out evaluation; sets ``state.last_eval`` and writes a metrics record."""
 
     def eval_summary(self, rec: Dict[str, Any]) -> str:
-        """One line for an evaluation record."""
+        """One line for an evaluation record (empty: nothing to say)."""
 
     def log_extras(self, rec: Dict[str, Any], mean_loss: float
                    ) -> Tuple[Dict[str, Any], Dict[str, str]]:
@@ -61,7 +61,8 @@ class StopSignals:
 
 class TrainLog:
     """The progress bar and the ``train`` records: mean loss and terms over the finite steps
-    since the last record, iterations per second."""
+    since the last record, iterations per second and, when the task's records carry
+    ``images`` (examples per iteration, all processes together), images per second."""
 
     def __init__(self, session: RunSession, *, total: Optional[int], desc: str, show: bool):
         self.session = session
@@ -89,9 +90,13 @@ class TrainLog:
                 "skipped": st.skipped, **means}
         extra_rec, extra_post = task.log_extras(rec, mean_loss)
         lrec.update(extra_rec)
+        if "images" in rec:
+            lrec["img_s"] = its * rec["images"]
         self.session.write_metrics(lrec)
         post = {"loss": f"{mean_loss:.4g}", **extra_post, "lr": f"{rec['lr']:.2e}",
                 "it/s": f"{its:.2f}"}
+        if "images" in rec:
+            post["img/s"] = f"{lrec['img_s']:.0f}"
         self.bar.set_postfix(post, refresh=False)
         self.window = []
 
@@ -110,12 +115,15 @@ def budget_spent(opt: OptimConfig, step: int, elapsed_s: float) -> Optional[str]
 
 class Loop:
     """Runs ``task`` over ``session`` until the budget of ``optim`` is spent, with the cadence
-    of ``cadence``.  ``throttle_s``: a sleep per iteration (tests of kills)."""
+    of ``cadence``.  ``throttle_s``: a sleep per iteration (tests of kills).  ``agree(
+    elapsed_s, stop) -> (elapsed_s, stop)``: what the processes of a multi-process run agree on
+    before every iteration (the training clock, whether to stop; :mod:`.distributed`)."""
 
     def __init__(self, task: Task, session: RunSession, *, optim: OptimConfig,
                  cadence: RunConfig, desc: str, progress: bool = True,
-                 log: Callable[[str], None], throttle_s: float = 0.0):
-        self.task, self.session = task, session
+                 log: Callable[[str], None], throttle_s: float = 0.0,
+                 agree: Callable[[float, bool], Tuple[float, bool]] = lambda e, s: (e, s)):
+        self.task, self.session, self.agree = task, session, agree
         self.optim, self.cadence = optim, cadence
         self.desc, self.progress, self.log, self.throttle_s = desc, progress, log, throttle_s
 
@@ -143,11 +151,12 @@ class Loop:
         st, c = self.session.state, self.cadence
         t_start, elapsed0 = time.time(), st.elapsed_s
         while True:
+            st.elapsed_s, stop = self.agree(st.elapsed_s, bool(signals.received))
             spent = budget_spent(self.optim, st.step, st.elapsed_s)
             if spent:
                 return f"budget ({spent})"
-            if signals.received:
-                return f"signal {signals.received[0]}"
+            if stop:   # (here or in another process of the run)
+                return f"signal {signals.received[0] if signals.received else int(signal.SIGTERM)}"
             if stop_after is not None and st.step - start_step >= stop_after:
                 return "stop_after"
             rec = self.task.train_step()
@@ -160,7 +169,9 @@ class Loop:
             if st.step % c.log_every == 0 or st.step == self.optim.iters:
                 log.flush(rec, self.task)
             if st.step % c.eval_every == 0:
-                log.bar.write(f"step {st.step}: {self.task.eval_summary(self.task.evaluate())}")
+                line = self.task.eval_summary(self.task.evaluate())
+                if line:
+                    log.bar.write(f"step {st.step}: {line}")
             if st.step % c.ckpt_every == 0:
                 self.session.save()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -71,14 +71,21 @@ class EMA:
 
 
 def guarded_update(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
-                   ema: EMA, *, grad_clip, ema_updates: int) -> Tuple[bool, float]:
+                   ema: EMA, *, grad_clip, ema_updates: int,
+                   loss_finite: Optional[bool] = None,
+                   sync_grads: Optional[Callable[[Iterable[Tensor]], None]] = None
+                   ) -> Tuple[bool, float]:
     """Backward of the scalar ``loss``, clip (``grad_clip`` None: no clip), AdamW step and EMA
     update -- or, for a non-finite loss or gradient norm, none of it.  Returns
-    ``(finite, grad_norm)`` (``nan`` norm when the loss was not finite)."""
+    ``(finite, grad_norm)`` (``nan`` norm when the loss was not finite).  Several processes:
+    ``loss_finite`` is the verdict on the loss of all of them, ``sync_grads(params)`` averages
+    the gradients after the backward pass (:mod:`.distributed`)."""
     optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(loss)):
+    if not (bool(torch.isfinite(loss)) if loss_finite is None else loss_finite):
         return False, float("nan")
     loss.backward()
+    if sync_grads is not None:
+        sync_grads(model.parameters())
     params = [p for p in model.parameters() if p.grad is not None]
     clip = grad_clip if grad_clip is not None else float("inf")
     gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))

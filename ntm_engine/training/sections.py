@@ -8,12 +8,16 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type
 
-from ..data import TOYS
+from ..data import BUILT_IN, TOYS
 from .errors import ConfigError
+from .precision import PRECISIONS
 
 DATASETS = ("digits",) + tuple(sorted(TOYS))
+IMAGE_NAMES = tuple(BUILT_IN)            # built-in image sets (no download)
+HANDED_IN = "python:"                   # prefix of data handed to the Trainer as an object
 
 
 def option(key: str) -> str:
@@ -39,24 +43,61 @@ def check_number(key: str, value: Any, *, integer: bool = False, optional: bool 
     check(ok, f"{option(key)} must be {kind}{' or null' if optional else ''}, got {value!r}")
 
 
+def is_path_like(name: str) -> bool:
+    """Whether dataset ``name`` names a file or folder (rather than a built-in set)."""
+    return "/" in name or "\\" in name or name.lower().endswith((".npy", ".npz")) or \
+        Path(name).expanduser().exists()
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """What is trained on: ``dataset`` (digits or a 2-D toy) and whether labels condition."""
+    """What is trained on: ``dataset`` (a 2-D toy, ``digits``, ``colour-patches``, a folder
+    of images, a CIFAR-10 python folder, a ``.npy``/``.npz`` file, or ``python:NAME`` for an
+    :class:`~ntm_engine.data.ImageData` handed to the trainer), whether labels condition,
+    ``image_size`` / ``channels`` of image data (None: as stored) and ``data_workers``
+    (``DataLoader`` processes for lazily read data)."""
     dataset: str = "digits"
     class_conditional: bool = False
+    image_size: Optional[int] = None
+    channels: Optional[int] = None
+    data_workers: int = 0
 
     def __post_init__(self):
-        check(self.dataset in DATASETS,
-              f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        check(not self.class_conditional or self.dataset == "digits",
-              f"--class-conditional needs labelled data (digits), not {self.dataset!r}")
+        check(isinstance(self.dataset, str) and (
+            self.dataset in DATASETS + IMAGE_NAMES or self.dataset.startswith(HANDED_IN)
+            or is_path_like(self.dataset)),
+            f"unknown dataset {self.dataset!r}; choose one of "
+            f"{', '.join(DATASETS + IMAGE_NAMES)}, or give a folder or .npy/.npz file")
+        check(not self.class_conditional or self.is_image,
+              f"--class-conditional needs labelled data (images), not the 2-D toy {self.dataset!r}")
+        for k in ("image_size", "channels"):
+            check_number(k, getattr(self, k), integer=True, optional=True)
+        check_number("data_workers", self.data_workers, integer=True)
+        checks = [
+            (self.image_size is None or self.image_size >= 1,
+             f"--image-size must be >= 1, got {self.image_size}"),
+            (self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}"),
+            (self.data_workers >= 0, f"--data-workers must be >= 0, got {self.data_workers}"),
+            (self.is_image or (self.image_size, self.channels) == (None, None),
+             f"--image-size/--channels apply to images, not the 2-D toy {self.dataset!r}"),
+        ]
+        for ok, msg in checks:
+            check(ok, msg)
+
+    @property
+    def is_image(self) -> bool:
+        """Images (everything but the 2-D toys)."""
+        return self.dataset not in TOYS
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr`` at the end of the
     budget (``iters`` and/or ``minutes``), EMA of the weights, gradient clipping, the seed of
-    everything random and the tolerated run of non-finite losses."""
+    everything random, the tolerated run of non-finite losses, the ``precision`` of the
+    training forward (``fp32`` or ``bf16`` autocast, :mod:`.precision`) and
+    ``checkpoint_predictor`` (recompute the predictor's blocks in the backward pass instead
+    of keeping their activations)."""
     batch_size: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.05
@@ -70,6 +111,8 @@ class OptimConfig:
     iters: Optional[int] = None
     minutes: Optional[float] = None
     max_nonfinite: int = 20
+    precision: str = "fp32"
+    checkpoint_predictor: bool = False
 
     def __post_init__(self):
         for k in ("batch_size", "warmup", "seed", "max_nonfinite"):
@@ -95,6 +138,10 @@ class OptimConfig:
             (self.minutes is None or self.minutes > 0,
              f"--minutes must be > 0, got {self.minutes}"),
             (self.max_nonfinite >= 1, f"--max-nonfinite must be >= 1, got {self.max_nonfinite}"),
+            (isinstance(self.checkpoint_predictor, bool),
+             f"--checkpoint-predictor must be true or false, got {self.checkpoint_predictor!r}"),
+            (self.precision in PRECISIONS,
+             f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, msg in checks:
             check(ok, msg)

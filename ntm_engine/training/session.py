@@ -61,7 +61,9 @@ class RunState:
 @dataclass
 class RunSession:
     """The parts of one run that checkpoints hold.  ``data`` must have ``generator(step)``
-    (:class:`~.batches.DataSource`); ``config`` is the flat JSON form."""
+    (:class:`~.batches.DataSource`); ``config`` is the flat JSON form.  ``writer``: whether
+    this process writes the folder (False on ranks other than 0 of a multi-process run:
+    they restore checkpoints but write nothing)."""
     folder: RunFolder
     config: Dict[str, Any]
     model: nn.Module
@@ -73,6 +75,7 @@ class RunSession:
     saved_step: Optional[int] = None
     saved_path: Optional[Path] = None
     code_sha: str = field(default_factory=model_code_fingerprint)
+    writer: bool = True
 
     @property
     def out(self) -> Path:
@@ -84,10 +87,11 @@ class RunSession:
         ``on_fresh_start()``); write the config."""
         if resumed is not None:
             self.restore(resumed)
-        else:
+        elif self.writer:
             self.folder.clear_metrics()
             on_fresh_start()
-        self.folder.write_config(self.config)
+        if self.writer:
+            self.folder.write_config(self.config)
 
     def restore(self, ck: ckpt.Checkpoint) -> None:
         try:
@@ -98,19 +102,34 @@ class RunSession:
         except (RuntimeError, ValueError, KeyError) as e:
             raise ConfigError(f"checkpoint {ck.path} does not fit this model: {e}") from e
         check_model_code(ck.state, ck.path, self.folder.log)
+        self._check_data(ck)
         self.state = RunState.from_state(ck.state)
         if "rng" in ck.state:
             set_rng_states(ck.state["rng"])
-        truncate_metrics(self.out, self.state.step)
+        if self.writer:
+            truncate_metrics(self.out, self.state.step)
         self.saved_step, self.saved_path = self.state.step, ck.path
         self.folder.log(f"resumed from {ck.path} at step {self.state.step}")
 
+    def _check_data(self, ck: ckpt.Checkpoint) -> None:
+        """Warn when the data changed since the checkpoint (runs before fingerprints: quiet)."""
+        stored, now = ck.state.get("data_fingerprint"), getattr(self.data, "fingerprint", None)
+        if stored is not None and now is not None and stored != now:
+            self.folder.log(f"warning: the data of {self.config.get('dataset')!r} changed since "
+                            f"{ck.path} was written (fingerprint {stored} -> {now}); resuming "
+                            "on the data as it is now")
+
     def save(self) -> Path:
-        """Checkpoint the run at its current step (and record it in the metrics)."""
+        """Checkpoint the run at its current step (and record it in the metrics); a process
+        that does not write returns the last checkpoint's path."""
         step = self.state.step
+        if not self.writer:
+            self.saved_step = step
+            return self.saved_path
         state = {"config": self.config, "optimizer": self.optimizer.state_dict(),
                  **self.state.to_state(), "rng": rng_states(self.data.generator(step)),
-                 "torch_version": str(torch.__version__), "model_code_sha256": self.code_sha}
+                 "torch_version": str(torch.__version__), "model_code_sha256": self.code_sha,
+                 "data_fingerprint": getattr(self.data, "fingerprint", None)}
         path = ckpt.save_checkpoint(self.out, step, self.model.state_dict(),
                                     self.ema.model.state_dict(), state, keep=self.keep)
         self.saved_step, self.saved_path = step, path
@@ -118,7 +137,8 @@ class RunSession:
         return path
 
     def write_metrics(self, rec: Dict[str, Any], *, sync: bool = False) -> None:
-        append_metrics(self.out, rec, sync=sync)
+        if self.writer:
+            append_metrics(self.out, rec, sync=sync)
 
 
 class SessionViews:

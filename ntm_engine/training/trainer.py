@@ -22,6 +22,7 @@ from .. import plots
 from .batches import DataSource, eval_levels
 from .config import TrainConfig, config_differences
 from .determinism import derive_seed, device_generator, seed_everything
+from .distributed import World, init_world
 from .evaluation import eval_summary, evaluate_test, save_sample_grid
 from .factory import (ModelFactory, build_model, init_reference, load_init_source,
                       make_objective, preflight, save_reference)
@@ -29,8 +30,20 @@ from .loop import Loop
 from .metrics_log import read_metrics
 from .objectives import Batch
 from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
+from .precision import autocast
 from .run_folder import RunFolder
 from .session import RunSession, SessionViews, default_device, stderr_log
+
+
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Activation checkpointing of the predictor's blocks (when the model has a predictor)."""
+    predictor = getattr(model, "predictor", None)
+    if predictor is not None and hasattr(predictor, "checkpoint_blocks"):
+        predictor.checkpoint_blocks = bool(on)
+
+
+def _quiet(msg: str) -> None:
+    """The log of ranks other than 0."""
 
 
 class Trainer(SessionViews):
@@ -40,16 +53,25 @@ class Trainer(SessionViews):
     refused, reported and moved aside); ``model_factory(cfg)`` replaces :func:`build_model`
     (tests); ``fault_nonfinite_steps``: steps (1-based, as logged) whose loss is forced to NaN
     (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills).
+
+    Under ``torchrun`` (or with ``world`` given) the run is data-parallel
+    (:mod:`.distributed`): each process trains on its rows of the global batch, rank 0 alone
+    writes the folder, logs and draws.
     """
 
     def __init__(self, cfg, out, *, resume: bool = False, device=None, progress: bool = True,
                  log: Optional[Callable[[str], None]] = None,
                  model_factory: Optional[ModelFactory] = None, plots: bool = True,
-                 fault_nonfinite_steps=(), throttle_s: float = 0.0):
+                 fault_nonfinite_steps=(), throttle_s: float = 0.0,
+                 world: Optional[World] = None):
         self.cfg = TrainConfig.coerce(cfg)
-        self.log = log or stderr_log
+        if world is None:
+            world, device = init_world(device)
+        self.world = world
+        self.rows = world.rows(self.cfg.optim.batch_size)   # (checked before any work)
+        self.log = (log or stderr_log) if world.is_main else _quiet
         self.device = default_device(device)
-        self.plots = plots
+        self.plots = plots and world.is_main
         self.fault_steps = {int(s) for s in fault_nonfinite_steps}
         self.folder = RunFolder(out, kind=None, log=self.log)
         try:
@@ -58,8 +80,8 @@ class Trainer(SessionViews):
             self.folder.release()
             raise
         self.loop = Loop(self, self.session, optim=self.cfg.optim, cadence=self.cfg.run,
-                         desc=f"train {self.cfg.dataset}", progress=progress, log=self.log,
-                         throttle_s=throttle_s)
+                         desc=f"train {self.cfg.dataset}", progress=progress and world.is_main,
+                         log=self.log, throttle_s=throttle_s, agree=world.agree)
 
     # ------------------------------------------------------------------ assembly
     def _build(self, factory: ModelFactory, resume: bool) -> RunSession:
@@ -70,11 +92,12 @@ class Trainer(SessionViews):
         if init_from is not None and not (resume and ckpt.list_checkpoints(self.folder.path)):
             fm_state = load_init_source(cfg, log=self.log)
         preflight(factory(cfg), cfg, "cpu")
-        resumed = self.folder.open(cfg.to_dict(), resume=resume, differences=config_differences)
+        resumed = self._open_folder(resume)
         if resumed is None and init_from is not None and fm_state is None:
             fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
         seed_everything(derive_seed(cfg.optim.seed, 0, "init"))   # initial weights from the seed
         self.model = factory(cfg).to(self.device)
+        set_checkpointing(self.model, cfg.optim.checkpoint_predictor)
         if self.device.type != "cpu":
             preflight(self.model, cfg, self.device)
         self.model.train()
@@ -83,12 +106,26 @@ class Trainer(SessionViews):
             self.reference = init_reference(self.model, cfg, fm_state=fm_state,
                                             run_dir=self.folder.path, device=self.device)
         self.objective = make_objective(cfg, self.model, self.reference)
+        self.world.broadcast_module(self.model)
         self.ema = EMA(self.model, cfg.optim.ema_decay)
         self.data = DataSource(cfg, device=self.device)
         session = RunSession(self.folder, cfg.to_dict(), self.model, self.ema,
-                             adamw(self.model, cfg.optim), self.data, keep=cfg.run.keep)
+                             adamw(self.model, cfg.optim), self.data, keep=cfg.run.keep,
+                             writer=self.world.is_main)
         session.begin(resumed, on_fresh_start=self._on_fresh_start)
         return session
+
+    def _open_folder(self, resume: bool) -> Optional[ckpt.Checkpoint]:
+        """Rank 0 owns the folder and picks the checkpoint to continue from; the other ranks
+        then read the same one."""
+        resumed = None
+        if self.world.is_main:
+            resumed = self.folder.open(self.cfg.to_dict(), resume=resume,
+                                       differences=config_differences)
+        self.world.barrier()
+        if not self.world.is_main and resume:
+            resumed = ckpt.load_latest(self.folder.path, map_location="cpu", log=_quiet)
+        return resumed
 
     def _on_fresh_start(self) -> None:
         if self.reference is not None:
@@ -113,19 +150,26 @@ class Trainer(SessionViews):
         step = st.step
         torch.manual_seed(derive_seed(cfg.optim.seed, step, "global"))
         x, y = self.data.batch(step)
-        g = device_generator(self.device, derive_seed(cfg.optim.seed, step, "model"))
+        if self.world.enabled:   # this rank's rows of the global batch
+            x, y = x[self.rows], None if y is None else y[self.rows]
+        g = device_generator(self.device, derive_seed(cfg.optim.seed, step,
+                                                      self.world.noise_stream()))
         lr = learning_rate(cfg.optim, step, st.elapsed_s)
         set_lr(self.session.optimizer, lr)
-        per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
-        loss = per_sample.mean()
+        with autocast(cfg.optim.precision, self.device):
+            per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
+        loss = per_sample.float().mean()
         if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
             loss = loss * float("nan")
+        global_loss = self.world.mean(loss)
         finite, gnorm = guarded_update(loss, self.model, self.session.optimizer, self.ema,
-                                       grad_clip=cfg.optim.grad_clip, ema_updates=step)
+                                       grad_clip=cfg.optim.grad_clip, ema_updates=step,
+                                       loss_finite=bool(torch.isfinite(global_loss)),
+                                       sync_grads=self.world.average_gradients)
         st.count(finite)
         st.step = step + 1
-        rec = {"step": step + 1, "lr": lr, "loss": float(loss.detach()), "grad_norm": gnorm,
-               "finite": finite}
+        rec = {"step": step + 1, "lr": lr, "loss": float(global_loss), "grad_norm": gnorm,
+               "finite": finite, "images": cfg.optim.batch_size}
         rec.update({k: v for k, v in metrics.items() if not torch.is_tensor(v)})
         rec["terms"] = {k: float(v.detach().mean()) for k, v in metrics.items()
                         if torch.is_tensor(v)}
@@ -135,6 +179,8 @@ class Trainer(SessionViews):
     def evaluate(self) -> Dict[str, Any]:
         t0 = time.time()
         rec: Dict[str, Any] = {"type": "eval", "step": self.step}
+        if not self.world.is_main:   # rank 0 evaluates for the run
+            return rec
         rec.update({f"test_{k}": v for k, v in evaluate_test(self.ema.model, self.cfg,
                                                              self.device).items()})
         if self.plots and self.cfg.eval_samples > 0:
@@ -147,10 +193,12 @@ class Trainer(SessionViews):
         return rec
 
     def eval_summary(self, rec: Dict[str, Any]) -> str:
-        return eval_summary(rec)
+        return eval_summary(rec) if self.world.is_main else ""
 
     def log_extras(self, rec: Dict[str, Any], mean_loss: float
                    ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+        if not self.world.is_main:
+            return {}, {}
         extra: Dict[str, Any] = {"loss_per_dim": mean_loss / math.prod(
             self.cfg.model["data_shape"])}
         post: Dict[str, str] = {}
