@@ -4,7 +4,7 @@
 It reads the transporter's output at the cleanest level, ``u_{t_0} = f_T(x_{t_0}; t_0, y)``,
 and estimates the clean data ``E[x | X]``; at sampling time it replaces the transporter
 inverse (:meth:`~ntm_engine.models.NTM.sample` with ``denoiser=``).  Training:
-:mod:`ntm_engine.distill`.
+:mod:`ntm_engine.training.distiller`.
 
 ``x = u + head(h)`` with ``h`` a small residual network over ``u`` whose blocks are modulated
 (shift, scale) by a context vector ``c = MLP(sinusoidal(t_0)) (+ class embedding)``.  The head

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..nn.patches import PatchTokens
 from .embedding import ClassEmbedding, TimeEmbedding
 from .schedule import flow_matching_reverse, gaussian_reverse
 
@@ -123,17 +124,10 @@ class TrajectoryPredictor(nn.Module):
         self.parameterization = parameterization
         self.data_shape = tuple(int(s) for s in data_shape)
         self.dim = math.prod(self.data_shape)
-        p = patch_size or default_patch_size(self.data_shape)
-        if len(self.data_shape) == 3:
-            C, H, W = self.data_shape
-            if H % p or W % p:
-                raise ValueError(f"patch_size {p} must divide the image size {H}x{W}")
-            self.tokens, self.patch_dim = (H // p) * (W // p), C * p * p
-        else:
-            if self.dim % p:
-                raise ValueError(f"patch_size {p} must divide the data dimension {self.dim}")
-            self.tokens, self.patch_dim = self.dim // p, p
-        self.patch_size, self.width = p, width
+        self.patches = PatchTokens(self.data_shape, patch_size or
+                                   default_patch_size(self.data_shape))
+        self.tokens, self.patch_dim = self.patches.tokens, self.patches.patch_dim
+        self.patch_size, self.width = self.patches.patch_size, width
         self.data_mean, self.data_std, self.sigma_clamp = data_mean, data_std, sigma_clamp
         self.embed = nn.Linear(self.patch_dim, width)
         self.pos = nn.Parameter(torch.randn(self.tokens, width) * 0.02)
@@ -158,20 +152,12 @@ class TrajectoryPredictor(nn.Module):
 
     # ---------------------------------------------------------------- patches
     def patchify(self, v: Tensor) -> Tensor:
-        """``[R, D] -> [R, N, patch_dim]``."""
-        R, p = v.shape[0], self.patch_size
-        if len(self.data_shape) == 3:
-            C, H, W = self.data_shape
-            v = v.reshape(R, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
-        return v.reshape(R, self.tokens, self.patch_dim)
+        """``[R, D] -> [R, N, patch_dim]`` (:class:`~ntm_engine.nn.PatchTokens`)."""
+        return self.patches.patchify(v)
 
     def unpatchify(self, v: Tensor) -> Tensor:
         """``[R, N, patch_dim] -> [R, D]`` (inverse of :meth:`patchify`)."""
-        R, p = v.shape[0], self.patch_size
-        if len(self.data_shape) == 3:
-            C, H, W = self.data_shape
-            v = v.reshape(R, H // p, W // p, C, p, p).permute(0, 3, 1, 4, 2, 5)
-        return v.reshape(R, self.dim)
+        return self.patches.unpatchify(v)
 
     # ---------------------------------------------------------------- pieces
     def condition(self, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor],

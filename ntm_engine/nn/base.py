@@ -1,6 +1,6 @@
 """The invertible-layer protocol shared by every module in :mod:`ntm_engine.nn`.
 
-Direction (DESIGN.md section 3): ``forward`` maps data to latent, ``x [B, dim] -> (y [B, dim],
+Direction (docs/design.md section 3): ``forward`` maps data to latent, ``x [B, dim] -> (y [B, dim],
 logdet [B])``; ``inverse`` maps back, ``y -> (x, logdet of the inverse [B])``.  Log-dets are
 per-sample sums in the accumulation dtype (float64 for float64 inputs, float32 otherwise).
 

@@ -1,8 +1,8 @@
 """Patch tokenisation of flat rows: ``[R, D] <-> [R, L, P]`` (images ``[C, H, W]`` cut into
 ``p x p`` patches in row-major patch order, each patch flattened channel-first; vectors cut into
-``D / p`` consecutive chunks).  The same order as
-:meth:`ntm_engine.models.predictor.TrajectoryPredictor.patchify` (a test pins it), so the
-transporter and the predictor see the same tokens."""
+``D / p`` consecutive chunks).  The transporter and the predictor
+(:meth:`ntm_engine.models.predictor.TrajectoryPredictor.patchify`) both cut their rows with it,
+so they see the same tokens."""
 from __future__ import annotations
 
 import math

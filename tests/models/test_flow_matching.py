@@ -137,7 +137,7 @@ def test_fm_initialised_ntm_is_exact_on_gaussian_data(t_min):
 
 def test_flow_matching_parameterisation_written_out():
     """mu = A u + B (u - t v), log sig = 1/2 log(C^2 + B^2 r_t^2) + clamp(delta), with the
-    DESIGN.md coefficients typed here (not schedule.py's), slots with s = 0 included."""
+    docs/design.md coefficients typed here (not schedule.py's), slots with s = 0 included."""
     model = small_ntm((1, 4, 4), steps=3, patch_size=2, std=0.3, data_std=0.6,
                       parameterization="flow_matching")
     p = model.predictor
