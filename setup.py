@@ -8,6 +8,7 @@ x86-64); the extension chooses among them at run time (NTM_CPU_CAPABILITY overri
 """
 import glob
 import os
+import platform
 import shutil
 
 from setuptools import setup
@@ -39,8 +40,6 @@ CPU_CAPABILITY_FLAGS = {
 
 def _cpu_capabilities() -> list:
     """NTM_CPU_CAPABILITIES=default,avx2,avx512 (the default on x86-64; 'default' elsewhere)."""
-    import platform
-
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     wanted = os.environ.get("NTM_CPU_CAPABILITIES", "default,avx2,avx512" if x86 else "default")
     names = [n.strip().lower() for n in wanted.split(",") if n.strip()]
