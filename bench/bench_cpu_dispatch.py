@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 
 import torch
@@ -27,6 +26,7 @@ from timing import emit_report, markdown_table, time_interleaved  # noqa: E402
 
 import ntm_engine  # noqa: E402  (op_suite put the source checkout on sys.path)
 from ntm_engine import ops  # noqa: E402
+from ntm_engine.machine import cpu_name  # noqa: E402
 
 SHAPES = [(4096, 1024), (256, 256)]
 DTYPES = [torch.float32, torch.bfloat16]
@@ -36,20 +36,9 @@ HEADER = ["threads", "kernels", "shape", "dtype", "op", "fused ms", "ns/elem", "
           "copy_/fused", "eager/fused", "compile/fused", "view/fused"]
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     info = ntm_engine.build_info()
-    return (f"{_cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; ntm kernels "
+    return (f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; ntm kernels "
             f"compiled {info['cpu_capabilities_compiled']}, supported here "
             f"{info['cpu_capabilities_supported']}; load average at start "
             f"{os.getloadavg()[0]:.1f}")

@@ -76,3 +76,15 @@ def assert_compiled_matches_eager(shape, device="cpu"):
     torch.testing.assert_close(out, eager)
     for a, b in zip(torch.autograd.grad(out, leaves), eager_grads):
         torch.testing.assert_close(a, b)
+
+
+def assert_lean_backward_writes_only_the_rest(y, shift, logits, grad_y, grad_logdet, clamp):
+    """The backward op with ``need_x=False, need_grad_shift=False`` leaves those two outputs
+    empty and writes the other two exactly as the full call does (whose ``grad_shift`` is
+    ``grad_y``)."""
+    op = torch.ops.ntm.affine_coupling_backward
+    full = op(y, shift, logits, grad_y, grad_logdet, clamp)
+    lean = op(y, shift, logits, grad_y, grad_logdet, clamp, need_x=False, need_grad_shift=False)
+    assert lean[0].shape == (0,) and lean[2].shape == (0,)
+    assert torch.equal(lean[1], full[1]) and torch.equal(lean[3], full[3])
+    assert torch.equal(full[2], grad_y)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import metrics
+from ..machine import cpu_name
 from ..models.flow_matching import architecture_differences
 from ..training import DataConfig, test_data
 from .names import SCHEDULER_NAMES, STEPS
@@ -69,21 +70,10 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> Dict[str, Any]:
     """What the timings were measured on."""
     import diffusers   # deferred: heavy, and the `ntm` parser imports this module
-    info = {"platform": platform.platform(), "cpu": _cpu_name(),
+    info = {"platform": platform.platform(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "diffusers": diffusers.__version__}
     if torch.cuda.is_available():
