@@ -14,6 +14,10 @@ predictor pass per group, so no compute is spent on padding and each group's pas
 the single-``T`` one); the predictor (and a transporter that accepts ``steps=``) then sees
 ``T`` and the model is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
 no step-count embedding (its state dict is unchanged) and may be evaluated on other grids.
+
+This module is a little over the project's ~400-line guide on purpose: it is the whole public
+surface of one class, read top to bottom like the paper; the maths behind it lives in
+:mod:`.schedule`, :mod:`.trajectory_loss`, :mod:`.likelihood` and :mod:`.sampler`.
 """
 from __future__ import annotations
 
