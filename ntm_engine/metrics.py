@@ -58,11 +58,14 @@ def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, levels: i
     ``dequantize_data`` adds uniform noise of one grey level first (the bound is on the
     dequantised density; ``levels`` sets the bin width ``2/levels``).  ``samples`` (K > 1: the
     importance-weighted bound) and ``steps`` (the grid's T; None: the model's default) are
-    passed to ``model.bits_per_dim``.
+    passed to ``model.bits_per_dim`` when they differ from those defaults, so any model with
+    ``bits_per_dim(x, y, levels=, generator=)`` can be measured.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    extra = {**({"samples": samples} if samples != 1 else {}),
+             **({"steps": steps} if steps is not None else {})}
     r = dataset_mean(lambda xb, yb, g: model.bits_per_dim(xb, yb, levels=levels, generator=g,
-                                                          samples=samples, steps=steps),
+                                                          **extra),
                      x, y, levels, batch_size, seed, dequantize_data, device)
     return {"bpd": r["mean"], "bpd_sem": r["sem"], "n": r["n"]}
 

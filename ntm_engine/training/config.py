@@ -237,7 +237,7 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
     steps = m.get("steps")
     checks = [
         (not isinstance(steps, int) or steps >= 1,
-         f"--steps (number of trajectory steps T) must be >= 1, got {steps}"),
+         f"--steps/--steps-T (number of trajectory steps T) must be >= 1, got {steps}"),
         (m["width"] >= 1 and m["depth"] >= 1 and m["heads"] >= 1,
          f"--width, --depth and --heads must be >= 1, got {m['width']}, {m['depth']}, "
          f"{m['heads']}"),
