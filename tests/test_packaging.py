@@ -66,7 +66,7 @@ def test_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
     run([py, "-m", "pip", "install", "--no-index", "-q", wheel], env=env, cwd=tmp_path)
 
     ntm = tmp_path / "venv" / "bin" / "ntm"
-    assert "{train,sample,eval,distill}" in run([ntm, "--help"], env=env, cwd=tmp_path).stdout
+    assert "{train,sample,eval,distill,compare}" in run([ntm, "--help"], env=env, cwd=tmp_path).stdout
     assert run([ntm, "--version"], env=env, cwd=tmp_path).stdout.strip() == f"ntm {__version__}"
     where = run([py, "-c", "import ntm_engine; print(ntm_engine.__file__)"], env=env,
                 cwd=tmp_path).stdout
