@@ -272,7 +272,8 @@ class AutoregressiveFlowBlock(InvertibleModule):
             out = self._net_out(xs_in, context)
         shift, logits = out.detach().to(y.dtype).chunk(2, dim=-1)
         _, gx_direct, g_shift, g_logits = ops.affine_coupling_backward(
-            self._scan(y), shift, logits, self._scan(grad_y), grad_logdet, self.clamp)
+            self._scan(y), shift, logits, self._scan(grad_y), grad_logdet, self.clamp,
+            need_x=False)   # x is known from the inverse above
         del shift, logits
         g_out = torch.cat([g_shift, g_logits], dim=-1).to(out.dtype)
         del g_shift, g_logits
