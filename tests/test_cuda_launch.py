@@ -1,6 +1,7 @@
-"""CUDA launch shapes and layouts: few long rows split to fill the GPU, row-strided inputs read
-in place, misaligned rows across chunks, graph capture on a side stream, tiny clamps, more
-than 2^31 elements, and the backward's optional outputs.  Needs a GPU (marker ``cuda``)."""
+"""CUDA launch shapes and layouts: few long rows split to fill the GPU (few medium rows get a
+block each), row-strided inputs read in place, misaligned rows across chunks, graph capture on a
+side stream, tiny clamps, more than 2^31 elements, and the backward's optional outputs.  Needs a
+GPU (marker ``cuda``)."""
 from __future__ import annotations
 
 import pytest
@@ -30,7 +31,10 @@ def _check(op, dtype, got, cpu_args):
                         _abs_sums(op, args))
 
 
-@pytest.mark.parametrize("shape", [(64, 12288), (2, 300_001), (1, 70_000)])
+# (3, 1000), (40, 259), (7, 520): rows short enough for the sub-warp path but too few to fill
+# the GPU, so they take one block per row; (3, 100): too short for that, still sub-warp.
+@pytest.mark.parametrize("shape", [(64, 12288), (2, 300_001), (1, 70_000), (3, 1000),
+                                   (40, 259), (7, 520), (3, 100)])
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("op", OPS)
 def test_few_long_rows_split_across_the_grid(op, dtype, shape):

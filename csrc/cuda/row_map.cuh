@@ -39,8 +39,11 @@ constexpr int kChunkVectors = 16;
 // The long-row path shortens its chunks (down to one vector per thread) until the grid has
 // this many blocks per SM.
 constexpr int kMinBlocksPerSM = 4;
-// Rows of at most this many vectors take the sub-warp path.
+// Rows of at most this many vectors take the sub-warp path...
 constexpr int64_t kShortRowVectors = kWarp * 8;
+// ...unless that grid would have fewer than kMinBlocksPerSM blocks per SM and the rows have at
+// least this many vectors (a quarter of a block busy): then one block per row (long-row path).
+constexpr int64_t kBlockRowMinVectors = kThreads / 4;
 
 // An Op provides:
 //   static constexpr int kIn, kOut;     per-element inputs / outputs (kOut may be 0)
@@ -256,15 +259,19 @@ bool same_phase(const RowMapLaunch<scalar_t, Op>& l) {
   return same;
 }
 
+// Streaming multiprocessors of the current device (DeviceScope made it the tensors' device).
+inline int64_t sm_count() {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  return count;
+}
+
 // Elements per chunk of a long row: at most kChunkVectors vectors per thread, at least one,
 // short enough that rows * chunks reaches kMinBlocksPerSM blocks per SM when it can.
-inline int64_t long_row_chunk(int64_t rows, int64_t n, int vec) {
+inline int64_t long_row_chunk(int64_t rows, int64_t n, int vec, int64_t sms) {
   const int64_t max_chunk = static_cast<int64_t>(kThreads) * kChunkVectors * vec;
   const int64_t min_chunk = static_cast<int64_t>(kThreads) * vec;
-  int sm_count = 0;  // of the current device (DeviceScope made it the tensors' device)
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount,
-                                        c10::cuda::current_device()));
-  const int64_t sms = sm_count;
   const int64_t want_chunks = (kMinBlocksPerSM * sms + rows - 1) / rows;
   int64_t chunk = (n + want_chunks - 1) / want_chunks;
   chunk = (chunk + vec - 1) / vec * vec;
@@ -294,15 +301,18 @@ void launch_row_map(const RowMapLaunch<scalar_t, Op>& l) {
   a.vectorized = same_phase(l);
 
   const int64_t nvec = (l.n + V - 1) / V;
-  if (nvec <= kShortRowVectors) {
-    int group = 1;  // about 4 vectors per thread, at most 8 when group == 32
-    while (group < kWarp && static_cast<int64_t>(group) * 4 < nvec) group <<= 1;
+  const int64_t sms = sm_count();
+  int group = 1;  // short rows: about 4 vectors per thread, at most 8 when group == 32
+  while (group < kWarp && static_cast<int64_t>(group) * 4 < nvec) group <<= 1;
+  const int64_t short_blocks = (l.rows + kThreads / group - 1) / (kThreads / group);
+  const bool few_blocks = short_blocks < kMinBlocksPerSM * sms && nvec >= kBlockRowMinVectors;
+  if (nvec <= kShortRowVectors && !few_blocks) {
     a.group = group;
     a.chunk = l.n;
     a.chunks = 1;
   } else {
     a.group = kThreads;
-    a.chunk = long_row_chunk(l.rows, l.n, V);
+    a.chunk = long_row_chunk(l.rows, l.n, V, sms);
     a.chunks = (l.n + a.chunk - 1) / a.chunk;
   }
 
