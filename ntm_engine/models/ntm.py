@@ -12,8 +12,8 @@ Several step counts: ``NTM(..., steps=(4, 8, 16))`` trains with the batch dealt 
 permutation into one group per count, of static near-equal sizes (:mod:`.step_groups`: no host
 sync, one graph under ``torch.compile``; each sample's expected loss is the mean over the
 counts), one transporter and one predictor pass per group, so no compute is spent on padding
-and each group's pass is exactly the single-``T`` one; the predictor (and a transporter that accepts ``steps=``) then sees
-``T`` and the model is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
+and each group's pass is exactly the single-``T`` one; the predictor (and a transporter that
+accepts ``steps=``) then sees ``T`` and the model is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
 no step-count embedding (its state dict is unchanged) and may be evaluated on other grids.
 
 This module is a little over the project's ~400-line guide on purpose: it is the whole public
