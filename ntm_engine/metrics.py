@@ -42,8 +42,8 @@ def dataset_mean(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator
         if dequantize_data:
             xb = dequantize(xb, levels, generator=g_data)
         yb = None if y is None else y[i:i + batch_size].to(device)
-        vals.append(per_sample(xb.to(device), yb, g_model).double().cpu())
-    v = torch.cat(vals)
+        vals.append(per_sample(xb.to(device), yb, g_model).double())   # no per-batch sync
+    v = torch.cat(vals).cpu()
     n = len(v)
     sem = float(v.std() / math.sqrt(n)) if n > 1 else float("nan")
     return {"mean": float(v.mean()), "sem": sem, "n": n}

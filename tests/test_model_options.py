@@ -56,6 +56,17 @@ def test_steps_T_alias_identity_transporter_and_bad_values(tmp_path, capsys):
         assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
+def test_a_batch_too_small_for_the_step_counts_is_refused_before_any_work(tmp_path):
+    """Each trained step count needs a group of at least one sample per process."""
+    with pytest.raises(SystemExit, match=r"--batch-size 2: steps: a batch of 2 sample\(s\) "
+                       r"cannot give each of the 3 trained step counts \(2, 4, 8\).*--steps"):
+        run_cli("train", "--steps", "2,4,8", *TINY, "--batch-size", "2", "--out",
+                tmp_path / "small")
+    assert not (tmp_path / "small").exists()
+    assert run_cli("train", "--steps", "2,4,8", *TINY, "--batch-size", "3",
+                   "--out", tmp_path / "three") == 0
+
+
 def test_explicit_sizes_win_over_the_autoregressive_defaults():
     m = make_config("digits", model=dict(transporter="autoregressive", transporter_layers=3),
                     iters=1).model

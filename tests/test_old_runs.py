@@ -103,3 +103,36 @@ def test_an_old_run_resumes(old_run, capsys):
          "checkpoint_predictor": False}
     steps = [r["step"] for r in read_metrics(old_run) if r["type"] == "train"]
     assert steps == [3, 6, 9] and math.isfinite(read_metrics(old_run)[-1]["test_bpd"])
+
+
+MULTI_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run_multi_steps_old"
+
+
+def test_an_old_several_step_run_loads_computes_evaluates_and_resumes(tmp_path, capsys):
+    """A run trained on T in (2, 4, 8) by the code before the static step-count groups (which
+    split the batch with ``nonzero``): its likelihood of fixed trajectories at each T and its
+    recorded test bits/dim are what that code computed, and it resumes (its later training
+    draws come from the static groups: docs/design.md section 1, "Several step counts")."""
+    run = tmp_path / "multi"
+    shutil.copytree(MULTI_FIXTURE, run)
+    expected = torch.load(run / "expected_multi_steps.pt")
+    r = load_run(run)
+    assert r.model.trained_steps == (2, 4, 8) and r.step == 4
+    for T in (2, 4, 8):
+        X, t = r.model.forward_trajectory(expected["x"], torch.Generator().manual_seed(T),
+                                          steps=T)
+        assert torch.equal(X, expected[f"X_{T}"]) and torch.equal(t, expected[f"t_{T}"])
+        with torch.no_grad():
+            torch.testing.assert_close(r.model.trajectory_log_prob(X, t),
+                                       expected[f"log_prob_{T}"])
+    assert run_cli("eval", run, "--n-samples", 0, "--bpd-samples", 1,
+                   "--out", tmp_path / "e.json") == 0
+    recorded = [m for m in read_metrics(run) if m["type"] == "eval"][-1]
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["test_bpd"] == pytest.approx(recorded["test_bpd"], rel=1e-6)
+    assert run_cli("train", "--out", run, "--resume", "--iters", 6, "--no-plots",
+                   "--no-progress") == 0
+    assert ckpt.load_latest(run).step == 6 and "resumed from" in capsys.readouterr().err
+    train = [m for m in read_metrics(run) if m["type"] == "train"]
+    assert [m["step"] for m in train] == [2, 4, 6] and all(math.isfinite(m["loss"])
+                                                             for m in train)

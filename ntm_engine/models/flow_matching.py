@@ -47,7 +47,6 @@ from torch import Tensor, nn
 from . import schedule
 from .embedding import drop_labels, resolve_labels
 from .predictor import TrajectoryPredictor, default_patch_size
-from .trajectory_loss import gather_groups
 
 __all__ = ["FlowMatchingModel", "TRAJECTORY_FRACTION", "EULER_STEPS", "ARCHITECTURE_KEYS",
            "random_grid", "velocity_targets", "architecture_differences",
@@ -282,19 +281,20 @@ def anchored_trajectory_nll(ntm: nn.Module, reference: TrajectoryPredictor, x: T
     """``(nll [B], sq [B])``: the NTM's training loss :meth:`~.ntm.NTM.trajectory_nll` (same
     draws from ``generator``, same ``trajectory_loss``, same value) and ``|mu - mu_FM|^2``
     summed over slots and dimensions, ``mu_FM`` from the frozen ``reference`` predictor on
-    the same slot inputs, times and (dropped) labels, without gradient.  Fine-tuning
+    the same slot inputs, times and (dropped) labels, without gradient; a model with several
+    step counts scales both by its groups' weights (:mod:`.step_groups`).  Fine-tuning
     minimises ``nll + lambda * sq``."""
     nll, sq = [], []
-    for idx, X, t, y_g in ntm.training_groups(x, y, generator):
+    groups = ntm.training_groups(x, y, generator)
+    for _, X, t, y_g in groups:
         levels = ntm.predict_levels(X, t, y_g)
-        nll.append((idx, ntm.loss_from_levels(X, levels, trajectory_loss=trajectory_loss,
-                                               generator=generator)))
+        nll.append(ntm.loss_from_levels(X, levels, trajectory_loss=trajectory_loss,
+                                        generator=generator))
         U, _, mu, _ = levels
         T = U.shape[1]
         tt = t.to(U.dtype)
         with torch.no_grad():
             mu_ref, _ = reference(ntm.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y_g,
                                   **ntm.predictor_steps(T, U.shape[0], U.device))
-        sq.append((idx, (mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2))))
-    B = x.shape[0]
-    return gather_groups(nll, B), gather_groups(sq, B)
+        sq.append((mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2)))
+    return groups.combine(nll), groups.combine(sq)

@@ -8,11 +8,12 @@ a trajectory ``X [B, T+1, *data_shape]`` with levels ``x_{t_0}, ..., x_{t_T}`` o
 predictor gives ``N(mu_k, sig_k^2)`` for ``u_{t_k}`` from ``u_{t_{k+1}}, ..., u_{t_T}``.
 All log-densities are per sample, in nats.
 
-Several step counts: ``NTM(..., steps=(4, 8, 16))`` trains with ``T`` drawn per example
-(uniformly from the trained counts; the batch is grouped by ``T``, one transporter and one
-predictor pass per group, so no compute is spent on padding and each group's pass is exactly
-the single-``T`` one); the predictor (and a transporter that accepts ``steps=``) then sees
-``T`` and the model is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
+Several step counts: ``NTM(..., steps=(4, 8, 16))`` trains with the batch dealt by one random
+permutation into one group per count, of static near-equal sizes (:mod:`.step_groups`: no host
+sync, one graph under ``torch.compile``; each sample's expected loss is the mean over the
+counts), one transporter and one predictor pass per group, so no compute is spent on padding
+and each group's pass is exactly the single-``T`` one; the predictor (and a transporter that
+accepts ``steps=``) then sees ``T`` and the model is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
 no step-count embedding (its state dict is unchanged) and may be evaluated on other grids.
 
 This module is a little over the project's ~400-line guide on purpose: it is the whole public
@@ -22,7 +23,7 @@ surface of one class, read top to bottom like the paper; the maths behind it liv
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -32,13 +33,13 @@ from .embedding import drop_labels, resolve_labels
 from .likelihood import log_likelihood_bound
 from .predictor import TrajectoryPredictor
 from .sampler import sample as _sample
-from .trajectory_loss import end_to_end_nll, gather_groups, trajectory_loss as _loss
+from .step_groups import StepGroups, draw_permutation, group_sizes, group_weights
+from .trajectory_loss import end_to_end_nll, trajectory_loss as _loss
 from .transporter import build_transporter
 
 __all__ = ["NTM"]
 
 Labels = Union[None, int, Tensor]
-Group = Tuple[Optional[Tensor], Tensor, Tensor, Optional[Tensor]]
 
 
 class NTM(nn.Module):
@@ -311,38 +312,40 @@ class NTM(nn.Module):
                        generator: Optional[torch.Generator] = None, *,
                        trajectory_loss: str = "end_to_end") -> Tensor:
         """The training loss: ``-log p(X) [B]`` (nats) of a forward trajectory ``X`` drawn from
-        data ``x [B, *data_shape]`` (``t_0`` random in training mode, 0 in eval mode; ``T``
-        drawn per sample for a model with several step counts).  In training mode labels are
+        data ``x [B, *data_shape]`` (``t_0`` random in training mode, 0 in eval mode).  Several
+        step counts: each sample's ``T`` from :meth:`training_groups`, its value scaled by its
+        group's weight ``B / (K s_i)`` (exactly 1 when the ``K`` counts divide ``B``), so its
+        expectation is the mean over the counts (:mod:`.step_groups`).  In training mode labels are
         replaced by the null class with probability ``label_dropout`` (drawn from
         ``generator`` after the trajectory).  One transporter pass over ``B*T`` rows and one
         predictor pass (per step count).  ``trajectory_loss="pairwise"``: one random factor
         per sample, scaled by ``T`` (same expectation, :meth:`loss_from_levels`)."""
-        parts = []
-        for idx, X, t, yg in self.training_groups(x, y, generator):
-            levels = self._predict(X, t, yg)
-            parts.append((idx, self.loss_from_levels(X, levels, generator=generator,
-                                                     trajectory_loss=trajectory_loss)))
-        return gather_groups(parts, x.shape[0])
+        groups = self.training_groups(x, y, generator)
+        return groups.combine([
+            self.loss_from_levels(X, self._predict(X, t, yg), generator=generator,
+                                  trajectory_loss=trajectory_loss)
+            for _, X, t, yg in groups])
 
     def training_groups(self, x: Tensor, y: Labels = None,
-                        generator: Optional[torch.Generator] = None) -> List[Group]:
-        """The random draws of :meth:`trajectory_nll` as groups of one step count each:
-        ``[(idx [b] or None = all, X [b, T+1, ...], t [b, T+1], y [b] or None), ...]``.
-        One step count: :meth:`training_trajectory`.  Several: first ``T`` per sample
-        (uniform over :attr:`trained_steps`), then one trajectory per group (increasing
-        ``T``), then label dropout."""
+                        generator: Optional[torch.Generator] = None) -> StepGroups:
+        """The random draws of :meth:`trajectory_nll` as groups of one step count each
+        (:class:`~.step_groups.StepGroups`: ``(idx [b] or None = all, X [b, T+1, ...],
+        t [b, T+1], y [b] or None)`` per group, and ``combine``).  One step count:
+        :meth:`training_trajectory`.  Several: first one permutation of the batch that deals
+        it into groups of static, near-equal sizes (:mod:`.step_groups`; ValueError naming
+        the batch size and the counts if ``B`` < the number of counts), then one trajectory
+        per group (increasing ``T``), then label dropout."""
         if not self.multi_steps:
-            return [(None, *self.training_trajectory(x, y, generator))]
+            return StepGroups([(None, *self.training_trajectory(x, y, generator))])
         B = x.shape[0]
-        choice = torch.randint(len(self.trained_steps), (B,), generator=generator,
-                               device=x.device)
+        sizes = group_sizes(B, self.trained_steps)
+        perm = draw_permutation(B, generator, x.device)
         groups = []
-        for i, T in enumerate(self.trained_steps):
-            idx = (choice == i).nonzero().view(-1)
-            if len(idx):
-                groups.append((idx, *self.forward_trajectory(x[idx], generator, steps=T)))
+        for idx, T in zip(perm.split(sizes), self.trained_steps):
+            groups.append((idx, *self.forward_trajectory(x[idx], generator, steps=T)))
         y = self._dropped_labels(y, B, x.device, generator)
-        return [(idx, X, t, None if y is None else y[idx]) for idx, X, t in groups]
+        return StepGroups([(idx, X, t, None if y is None else y[idx]) for idx, X, t in groups],
+                          perm, group_weights(sizes))
 
     def _dropped_labels(self, y: Labels, batch: int, device,
                         generator: Optional[torch.Generator]) -> Optional[Tensor]:

@@ -173,14 +173,16 @@ class TrajectoryPredictor(nn.Module):
 
     def step_index(self, steps: Optional[Tensor], batch: int) -> Tensor:
         """Indices ``[batch]`` into :attr:`step_counts` of the step counts ``steps [batch]``
-        (long); ValueError if ``steps`` is missing or holds an untrained count."""
+        (long); ValueError if ``steps`` is missing or (on the CPU, outside ``torch.compile``:
+        reading the values would be a host sync or a graph break) holds an untrained count."""
         if steps is None:
             raise ValueError(f"steps: this predictor was trained on step counts "
                              f"{self.step_counts} and needs the step count of each trajectory "
                              f"(a [{batch}] tensor), got None")
         steps = torch.as_tensor(steps, device=self._counts.device).long().expand(batch)
         hit = steps.unsqueeze(-1) == self._counts
-        if steps.device.type == "cpu" and not bool(hit.any(-1).all()):
+        if steps.device.type == "cpu" and not torch.compiler.is_compiling() \
+                and not bool(hit.any(-1).all()):
             bad = sorted(set(steps[~hit.any(-1)].tolist()))
             raise ValueError(f"steps: step count(s) {bad} not trained; this model was trained "
                              f"on {self.step_counts}")

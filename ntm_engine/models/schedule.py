@@ -109,7 +109,10 @@ def time_grid(batch: int, steps: int, shift: float = 1.0,
         return t
     if validate:
         _check_t_min(t_min, steps, float(shift))
-    t[:, 0] = torch.as_tensor(t_min, device=t.device, dtype=dtype)
+    if isinstance(t_min, Tensor):
+        t[:, 0] = t_min.to(device=t.device, dtype=dtype)
+    else:   # a fill, not a copy of a host scalar (on a GPU that copy is a host sync)
+        t[:, 0] = float(t_min)
     return t
 
 

@@ -14,7 +14,7 @@ Inputs: ``x1 [B, D]`` (the last level, ``x_1``) and the outputs of
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -22,7 +22,7 @@ from torch import Tensor
 from .. import ops
 
 __all__ = ["TRAJECTORY_LOSSES", "prior_nll", "end_to_end_nll", "pairwise_nll",
-           "trajectory_loss", "gather_groups"]
+           "trajectory_loss"]
 
 TRAJECTORY_LOSSES = ("end_to_end", "pairwise")
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -63,15 +63,3 @@ def trajectory_loss(kind: str, x1: Tensor, levels: Tuple[Tensor, Tensor, Tensor,
     if kind == "pairwise":
         return pairwise_nll(x1, *levels, generator=generator)
     raise ValueError(f"trajectory_loss must be one of {TRAJECTORY_LOSSES}, got {kind!r}")
-
-
-def gather_groups(parts: Sequence[Tuple[Optional[Tensor], Tensor]], batch: int) -> Tensor:
-    """Per-sample values ``[batch]`` from ``(idx [b] or None = all, values [b])`` groups (the
-    step-count groups of :meth:`NTM.training_groups <ntm_engine.models.NTM.training_groups>`),
-    in the batch's order."""
-    if len(parts) == 1 and parts[0][0] is None:
-        return parts[0][1]
-    out = parts[0][1].new_empty(batch)
-    for idx, v in parts:
-        out = out.index_put((idx,), v)
-    return out

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .. import checkpoint as ckpt
 from ..models import NTM, FlowMatchingModel
 from ..models.flow_matching import architecture_differences, frozen_copy, load_predictor_weights
+from ..models.step_groups import group_sizes
 from .batches import DataSource
 from .config import TrainConfig, upgrade
 from .determinism import device_generator
@@ -58,15 +59,25 @@ def make_objective(cfg: TrainConfig, model: nn.Module, reference: Optional[nn.Mo
         cfg, step, elapsed), trajectory_loss=loss)
 
 
-def preflight(model: nn.Module, cfg: TrainConfig, device) -> None:
-    """One tiny loss evaluation, so bad shapes fail before any work starts."""
-    x, y = DataSource(cfg, device=torch.device("cpu")).batch(0, n=2)
+def preflight(model: nn.Module, cfg: TrainConfig, device, *, rows: Optional[int] = None
+              ) -> None:
+    """One tiny loss evaluation, so bad shapes fail before any work starts; ``rows`` (each
+    process's batch size) must give every trained step count of ``model`` a group
+    (:func:`~ntm_engine.models.step_groups.group_sizes`)."""
+    counts = getattr(model, "trained_steps", ())
+    if rows is not None and len(counts) > 1:
+        try:
+            group_sizes(rows, counts)
+        except ValueError as e:
+            raise ConfigError(f"--batch-size {cfg.optim.batch_size}: {e}") from e
+    n = max(2, len(counts))
+    x, y = DataSource(cfg, device=torch.device("cpu")).batch(0, n=n)
     batch = Batch(x.to(device), None if y is None else y.to(device), device_generator(device, 0))
     try:
         with torch.no_grad():
             loss, _ = make_objective(cfg, model).loss(batch)
-        if loss.shape != (2,):
-            raise ValueError(f"the loss has shape {list(loss.shape)}, expected [2]")
+        if loss.shape != (n,):
+            raise ValueError(f"the loss has shape {list(loss.shape)}, expected [{n}]")
     except (ValueError, RuntimeError, TypeError) as e:
         raise ConfigError(f"model and data do not fit together: {e}") from e
 

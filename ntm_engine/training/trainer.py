@@ -91,7 +91,7 @@ class Trainer(SessionViews):
         fm_state = None
         if init_from is not None and not (resume and ckpt.list_checkpoints(self.folder.path)):
             fm_state = load_init_source(cfg, log=self.log)
-        preflight(factory(cfg), cfg, "cpu")
+        preflight(factory(cfg), cfg, "cpu", rows=self.rows.stop - self.rows.start)
         resumed = self._open_folder(resume)
         if resumed is None and init_from is not None and fm_state is None:
             fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left

@@ -18,6 +18,9 @@ from ntm_engine.models import NTM, schedule
 from ntm_engine.nn import InvertibleSequential
 
 KINDS = ("coupling", "autoregressive")
+# (trained step counts, batch): one T, and several with unequal groups (sizes 3, 2, 2: the
+# weights 7/9, 7/6, 7/6 take part)
+STEPS = {"one_T": (4, 6), "T_2_4_8": ((2, 4, 8), 7)}
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +30,11 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _model(kind: str, dtype=torch.float32) -> NTM:
-    """A small digits NTM in training mode whose transporter is not the identity (so its
-    gradients and log-dets take part)."""
+def _model(kind: str, dtype=torch.float32, steps=4) -> NTM:
+    """A small digits NTM trained on ``steps``, in training mode, whose transporter is not the
+    identity (so its gradients and log-dets take part)."""
     torch.manual_seed(0)
-    model = NTM.for_digits(transporter=kind, width=32, depth=1, heads=2,
+    model = NTM.for_digits(transporter=kind, width=32, depth=1, heads=2, steps=steps,
                            transporter_hidden=32, transporter_layers=2).to(dtype)
     with torch.no_grad():
         for p in model.transporter.parameters():
@@ -39,10 +42,10 @@ def _model(kind: str, dtype=torch.float32) -> NTM:
     return model.train()
 
 
-def _batch(dtype=torch.float32):
+def _batch(dtype=torch.float32, n: int = 6):
     g = torch.Generator().manual_seed(1)
-    return (torch.rand(6, 1, 8, 8, generator=g, dtype=dtype) * 2 - 1,
-            torch.randint(10, (6,), generator=g))
+    return (torch.rand(n, 1, 8, 8, generator=g, dtype=dtype) * 2 - 1,
+            torch.randint(10, (n,), generator=g))
 
 
 def _loss_and_grads(model: NTM, fn, x, y, *, seed: int = 3):
@@ -63,11 +66,14 @@ def _assert_close_to(got, want, *, rtol: float) -> None:
         assert err <= rtol * scale, f"tensor {name}: max |diff| {err:.3g} vs scale {scale:.3g}"
 
 
+@pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_training_step_has_no_graph_break(kind):
-    model = _model(kind)
+def test_training_step_has_no_graph_break(kind, steps):
+    """Also with several step counts: the groups have static sizes (no ``nonzero``)."""
+    counts, n = STEPS[steps]
+    model = _model(kind, steps=counts)
     assert model.transporter.flow.reversible
-    x, y = _batch()
+    x, y = _batch(n=n)
     explained = torch._dynamo.explain(model.trajectory_nll)(x, y)
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
     assert explained.graph_count == 1
@@ -152,13 +158,15 @@ def test_compiled_training_step_equals_eager_coupling():
     _assert_close_to(got[1], want[1], rtol=1e-4)
 
 
+@pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_traced_training_step_equals_eager(kind):
+def test_traced_training_step_equals_eager(kind, steps):
     """The step through dynamo and AOTAutograd (``aot_eager``: the traced forward and backward
     graphs, no code generation; the transporter as a checkpoint) gives the eager reversible
-    step's losses and gradients in float64."""
-    model = _model(kind, torch.float64)
-    x, y = _batch(torch.float64)
+    step's losses and gradients in float64, with one step count or several."""
+    counts, n = STEPS[steps]
+    model = _model(kind, torch.float64, steps=counts)
+    x, y = _batch(torch.float64, n=n)
     want = _loss_and_grads(model, model.trajectory_nll, x, y)
     traced = torch.compile(model.trajectory_nll, fullgraph=True, backend="aot_eager")
     got = _loss_and_grads(model, traced, x, y)
