@@ -3,6 +3,7 @@ the single-process step of the same global batch (float64), a checkpoint of a sh
 loads in one process, a killed sharded run resumes to the weights of an uninterrupted one, and
 ``--parallel fsdp`` without torchrun is refused."""
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ntm_engine.training import ConfigError, DataSource, build_model, derive_seed, make_config
+from ntm_engine import checkpoint as ckpt
+from ntm_engine.training import (ConfigError, DataSource, build_model, derive_seed, load_run,
+                                 make_config)
 from ntm_engine.training.determinism import seed_everything
 from ntm_engine.training.distributed import World
 from ntm_engine.training.factory import make_objective
@@ -18,7 +21,7 @@ from ntm_engine.training.fsdp import FullStates
 from ntm_engine.training.objectives import Batch
 from ntm_engine.training.optim import EMA, adamw, guarded_update, learning_rate, set_lr
 from tests.run_testutils import TINY, trainer
-from tests.test_scale_distributed import WORLD, _free_port
+from tests.test_scale_distributed import WORLD, _free_port, _kill_tree, _torchrun
 
 # depth 2: two sharded predictor blocks, recomputed in the backward (checkpointing + FSDP)
 MODEL = dict(TINY, depth=2)
@@ -121,3 +124,41 @@ def test_parallel_fsdp_without_torchrun_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()   # refused before anything was written
     with pytest.raises(ConfigError, match="--parallel must be one of ddp, fsdp, got 'zero'"):
         trainer(cfg, tmp_path / "run", parallel="zero")
+
+
+@pytest.mark.slow
+def test_a_killed_sharded_run_resumes_and_its_checkpoint_serves_one_process(tmp_path):
+    fsdp = ("--parallel", "fsdp")
+    whole = _torchrun(tmp_path / "whole", *fsdp)
+    assert whole.wait(timeout=300) == 0, whole.stdout.read().decode()[-3000:]
+    killed = _torchrun(tmp_path / "killed", *fsdp, throttle=0.4)
+    deadline = time.time() + 240
+    while not any(s >= 4 for s, _ in ckpt.list_checkpoints(tmp_path / "killed")):
+        assert killed.poll() is None and time.time() < deadline, killed.stdout.read().decode()
+        time.sleep(0.2)
+    _kill_tree(killed.pid)
+    killed.wait()
+    stopped_at = ckpt.list_checkpoints(tmp_path / "killed")[-1][0]
+    assert stopped_at < 12
+    resumed = _torchrun(tmp_path / "killed", *fsdp, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()[-3000:]
+    a, b = ckpt.load_latest(tmp_path / "whole"), ckpt.load_latest(tmp_path / "killed")
+    assert a.step == b.step == 12
+    for part in ("model", "ema"):
+        for k, v in getattr(a, part).items():
+            assert v.dtype == torch.float32 and torch.equal(v, getattr(b, part)[k]), (part, k)
+    assert a.state["optimizer"]["state"].keys() == b.state["optimizer"]["state"].keys()
+
+    # the checkpoint is what one process writes: it loads, samples, and trains on unsharded
+    run = load_run(tmp_path / "whole", log=lambda m: None)
+    model = build_model(run.config)
+    assert set(a.model) == set(model.state_dict())
+    optimizer = adamw(model, run.config.optim)
+    optimizer.load_state_dict(a.state["optimizer"])   # integer keys, single-process layout
+    assert len(optimizer.state) == len(list(model.parameters()))
+    x = run.model.sample(6, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (6, 1, 8, 8) and bool(torch.isfinite(x).all())
+    t = trainer(run.config.replace(iters=13), tmp_path / "whole", resume=True)
+    assert t.step == 12
+    summary = t.run()
+    assert summary["step"] == 13 and summary["skipped"] == 0

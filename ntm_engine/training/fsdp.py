@@ -31,6 +31,7 @@ resume, so a run continues with or without FSDP.
 """
 from __future__ import annotations
 
+import warnings
 from itertools import chain
 from typing import Any, Dict, List
 
@@ -72,6 +73,10 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     of the default process group on ``device``'s type; returns ``model``."""
     if not dist.is_initialized():
         raise ConfigError("--parallel fsdp needs a process group (launch with torchrun)")
+    # FSDP warns once per unit that returns a view (the blocks' keys and values, slices of
+    # the predictor's output): nothing here modifies a unit's output in place
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor",
+                            category=UserWarning)
     mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
     predictor = getattr(model, "predictor", None)
     if predictor is not None:
@@ -106,10 +111,10 @@ def optimizer_state_by_index(named: Dict[str, Any]) -> Dict[str, Any]:
 
 def optimizer_state_by_name(indexed: Dict[str, Any], names: List[str]) -> Dict[str, Any]:
     """The inverse of :func:`optimizer_state_by_index` for an optimiser whose parameters are
-    named ``names`` (in its order)."""
+    named ``names`` (in its order); entries in parameter order (the same on every rank)."""
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in indexed["param_groups"]]
-    return {"state": {names[int(i)]: s for i, s in indexed["state"].items()},
-            "param_groups": groups}
+    ordered = sorted(indexed["state"].items(), key=lambda item: int(item[0]))  # (as above)
+    return {"state": {names[int(i)]: s for i, s in ordered}, "param_groups": groups}
 
 
 class FullStates:
@@ -123,7 +128,9 @@ class FullStates:
         return get_model_state_dict(model, options=_GATHER)
 
     def load_model(self, model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
-        set_model_state_dict(model, state, options=_SCATTER)
+        # every rank scatters the entries in the order of the dict it is given, and
+        # safetensors hands them out in an order of its own per process: sort them
+        set_model_state_dict(model, dict(sorted(state.items())), options=_SCATTER)
 
     def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer
                         ) -> Dict[str, Any]:
