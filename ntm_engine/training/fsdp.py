@@ -56,6 +56,7 @@ UNIT_METHODS = {"predictor": ("step", "head_outputs"), "transporter": ("inverse"
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)   # full, on rank 0
 _SCATTER = StateDictOptions(full_state_dict=True)   # every rank passes the full dict
+_FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -138,6 +139,11 @@ class FullStates:
             return optimizer.state_dict()
         named = get_optimizer_state_dict(model, optimizer, options=_GATHER)
         return optimizer_state_by_index(named) if named else {}
+
+    def copy_from_rank0(self, model: nn.Module) -> None:
+        """Rank 0's weights in every rank's shards (the ranks build the same model from the
+        seed, on the CPU; this makes sure, as the replicated path's broadcast does)."""
+        set_model_state_dict(model, self.model_state(model), options=_FROM_RANK0)
 
     def load_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                        state: Dict[str, Any]) -> None:

@@ -104,21 +104,26 @@ class Trainer(SessionViews):
         if resumed is None and init_from is not None and fm_state is None:
             fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
         seed_everything(derive_seed(cfg.optim.seed, 0, "init"))   # initial weights from the seed
-        self.model = factory(cfg).to(self.device)
+        # (a sharded model stays on the CPU until FSDP moves its shards: the device never
+        # holds it whole)
+        self.model = factory(cfg) if self.sharded else factory(cfg).to(self.device)
         set_checkpointing(self.model, cfg.optim.checkpoint_predictor)
-        if self.device.type != "cpu":
-            preflight(self.model, cfg, self.device)
         self.model.train()
         self.reference: Optional[nn.Module] = None   # the frozen FM predictor (init_from)
         if init_from is not None:
             self.reference = init_reference(self.model, cfg, fm_state=fm_state,
                                             run_dir=self.folder.path, device=self.device)
         self.objective = make_objective(cfg, self.model, self.reference)
-        self.world.broadcast_module(self.model)
-        self.ema = EMA(self.model, cfg.optim.ema_decay)
-        if self.sharded:   # (the EMA model is sharded like the model; AdamW comes after)
-            shard_model(self.model, self.device)
-            shard_model(self.ema.model, self.device)
+        if self.sharded:   # the EMA model is sharded like the model (AdamW comes after)
+            self.ema = EMA(self.model, cfg.optim.ema_decay)
+            for m in (self.model, self.ema.model):
+                shard_model(m, self.device)
+                FullStates().copy_from_rank0(m)
+        else:
+            self.world.broadcast_module(self.model)
+            self.ema = EMA(self.model, cfg.optim.ema_decay)
+        if self.device.type != "cpu":
+            preflight(self.model, cfg, self.device)
         self.data = DataSource(cfg, device=self.device,
                                rows=self.rows if self.world.enabled else None)
         session = RunSession(self.folder, cfg.to_dict(), self.model, self.ema,
