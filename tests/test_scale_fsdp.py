@@ -27,11 +27,12 @@ from tests.test_scale_distributed import WORLD, _free_port, _kill_tree, _torchru
 MODEL = dict(TINY, depth=2)
 
 
-def _step_config():
+def _step_config(transporter):
     """A toy run (its data and model follow the default dtype: float64 in these tests), with
     a clip that binds, so the step depends on the global gradient norm."""
-    return make_config("two_moons", model=MODEL, batch_size=16, iters=1, warmup=1,
-                       eval_samples=0, grad_clip=0.05, checkpoint_predictor=True)
+    return make_config("two_moons", model=dict(MODEL, transporter=transporter), batch_size=16,
+                       iters=1, warmup=1, eval_samples=0, grad_clip=0.05,
+                       checkpoint_predictor=True)
 
 
 def _sharded_step(rank, port, cfg, out, result):
@@ -86,8 +87,9 @@ def _close(got, want, what):
 
 
 @pytest.mark.slow
-def test_one_sharded_step_equals_the_single_process_step(tmp_path):
-    cfg = _step_config()
+@pytest.mark.parametrize("transporter", ["coupling", "autoregressive"])
+def test_one_sharded_step_equals_the_single_process_step(tmp_path, transporter):
+    cfg = _step_config(transporter)
     mp.spawn(_sharded_step, args=(_free_port(), cfg.to_dict(), str(tmp_path / "run"),
                                   str(tmp_path)), nprocs=WORLD)
     default = torch.get_default_dtype()
@@ -115,7 +117,8 @@ def test_one_sharded_step_equals_the_single_process_step(tmp_path):
     assert got["local"] + other["local"] == total and got["local"] < 0.6 * total
 
 
-def test_parallel_fsdp_without_torchrun_is_refused(tmp_path, monkeypatch):
+def test_parallel_fsdp_without_torchrun_or_with_several_step_counts_is_refused(tmp_path,
+                                                                              monkeypatch):
     for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(v, raising=False)
     cfg = make_config("two_moons", model=TINY, batch_size=8, iters=1)
@@ -124,6 +127,10 @@ def test_parallel_fsdp_without_torchrun_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()   # refused before anything was written
     with pytest.raises(ConfigError, match="--parallel must be one of ddp, fsdp, got 'zero'"):
         trainer(cfg, tmp_path / "run", parallel="zero")
+    several = make_config("two_moons", model=dict(TINY, steps=[2, 4]), batch_size=8, iters=1)
+    with pytest.raises(ConfigError, match="--parallel fsdp trains one step count, got --steps "
+                                          "2,4 .* use one --steps, or --parallel ddp"):
+        trainer(several, tmp_path / "run", parallel="fsdp")
 
 
 @pytest.mark.slow

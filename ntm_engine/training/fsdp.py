@@ -45,6 +45,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
+from .distributed import check_parallel
 from .errors import ConfigError
 
 # methods of the root model that the objectives, evaluation, metrics and sampling call
@@ -57,6 +58,20 @@ UNIT_METHODS = {"predictor": ("step", "head_outputs"), "transporter": ("inverse"
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)   # full, on rank 0
 _SCATTER = StateDictOptions(full_state_dict=True)   # every rank passes the full dict
 _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+
+
+def check_sharding(cfg, parallel: str) -> None:
+    """``parallel`` is known (:func:`~.distributed.check_parallel`), and ``"fsdp"`` is asked
+    for a run it can shard: one trained step count.  (With several, each rank draws ``T`` per
+    row and runs one pass per ``T`` it drew; ranks whose rows drew other ``T`` would make
+    different numbers of calls to the sharded units, whose collectives must match.)"""
+    check_parallel(parallel)
+    steps = cfg.model.get("steps")
+    if parallel == "fsdp" and isinstance(steps, (list, tuple)) and len(steps) > 1:
+        raise ConfigError(f"--parallel fsdp trains one step count, got --steps "
+                          f"{','.join(map(str, steps))} (each rank runs one pass per step count "
+                          "its rows drew, and the sharded passes must match across ranks); "
+                          "use one --steps, or --parallel ddp")
 
 
 def _has_parameters(module: nn.Module) -> bool:

@@ -22,11 +22,11 @@ from .. import plots
 from .batches import DataSource, eval_levels
 from .config import TrainConfig, config_differences
 from .determinism import derive_seed, device_generator, seed_everything
-from .distributed import World, check_parallel, init_world
+from .distributed import World, init_world
 from .evaluation import eval_summary, evaluate_test, grid_samples, save_sample_grid
 from .factory import (ModelFactory, build_model, init_reference, load_init_source,
                       make_objective, preflight, save_reference)
-from .fsdp import FullStates, shard_model
+from .fsdp import FullStates, check_sharding, shard_model
 from .loop import Loop
 from .metrics_log import read_metrics
 from .objectives import Batch
@@ -69,7 +69,7 @@ class Trainer(SessionViews):
                  fault_nonfinite_steps=(), throttle_s: float = 0.0,
                  world: Optional[World] = None, parallel: str = "ddp"):
         self.cfg = TrainConfig.coerce(cfg)
-        check_parallel(parallel)
+        check_sharding(self.cfg, parallel)
         if world is None:
             world, device = init_world(device, parallel)
         self.world, self.parallel, self.sharded = world, parallel, parallel == "fsdp"
