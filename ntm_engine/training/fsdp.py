@@ -15,11 +15,16 @@ over the ranks, all-gathered for the unit's own forward and backward and freed a
   process in float64).  Its layers are not units of their own: their hooks would fire
   inside the Function, outside autograd, and the backward's re-run of a layer would meet its
   sharded parameters (tried: "got mixed torch.Tensor and DTensor");
-* the root (the NTM or flow-matching model), which then holds no parameter itself.
+* the root (the NTM or flow-matching model), which then holds no parameter itself (FSDP
+  takes the first unit to run as its tree's root, so the root's methods must run first).
 
 The objectives, the evaluation and the sampler call model methods other than ``forward``;
 :data:`ROOT_METHODS` and :data:`UNIT_METHODS` are registered with
-``register_fsdp_forward_method`` so that they gather and free like ``forward``.  Gradients
+``register_fsdp_forward_method`` so that they gather and free like ``forward``.  Every rank
+must call each unit equally often (its collectives pair up across ranks): evaluation and
+sampling run on every rank, and a model of several step counts is refused
+(:func:`check_sharding`).  The ranks build the model on the CPU from the seed; rank 0's
+weights are then copied into every shard (:meth:`FullStates.copy_from_rank0`).  Gradients
 are reduce-scattered (averaged) by FSDP during the backward; clipping uses the global norm
 (``clip_grad_norm_`` on the sharded gradients); AdamW keeps sharded state.
 
