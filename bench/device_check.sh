@@ -18,6 +18,9 @@
 #      NTM_BENCH_COMPILE=1; the markdown table lines ("| ... |") each prints are collected
 #   6. the CPU op tests under the AVX-512 kernels when this CPU has them (this project's dev
 #      machines do not, so the lent machine is where that variant runs)
+#   7. FSDP smoke on NCCL: `torchrun ... train --parallel fsdp` (2 processes with 2 GPUs, else
+#      1: FSDP2 still shards, gathers and checkpoints through NCCL) for a few digits steps with
+#      an evaluation and a sample grid, then `ntm sample` of its checkpoint in one process
 # A failing step is reported and the script goes on.  Everything is written under $OUT (else
 # a temporary folder); a short table of the steps is printed LAST.
 # Environment: PYTHON (default python, else python3), NTM_CHECK_BUDGET_S, NTM_SKIP_BUILD=1,
@@ -194,6 +197,20 @@ if "$PY" -c 'import sys, ntm_engine; sys.exit("avx512" not in ntm_engine.build_i
 else
   SUMMARY+=("| cpu tests (avx512 kernels) | skipped (no AVX-512 here) | 0 | - |")
 fi
+
+# ----------------------------------------------------------------------------- 7. FSDP on NCCL
+NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+NPROC=1
+[ "${NGPU:-0}" -ge 2 ] && NPROC=2
+FSDP_RUN="$LOGDIR/fsdp_run"
+step "fsdp smoke (nccl, $NPROC process)" 90 fsdp_smoke.log -- bash -c "
+  \"\$0\" -m torch.distributed.run --standalone --nproc_per_node=$NPROC -m ntm_engine train \
+    --parallel fsdp --dataset digits --iters 6 --batch-size 32 --width 64 --depth 2 \
+    --heads 2 --transporter-layers 2 --transporter-hidden 32 --ckpt-every 3 --eval-every 6 \
+    --eval-samples 20 --log-every 2 --no-progress --out '$FSDP_RUN' &&
+  \"\$0\" -m ntm_engine sample '$FSDP_RUN' -n 8 --device cuda --out '$FSDP_RUN/one_process.png'
+" "$PY"
+grep -E "^ntm train|^step|\"event\": \"end\"|error|Error" "$LOGDIR/fsdp_smoke.log" 2>/dev/null | head -12
 
 # ----------------------------------------------------------------------------- summary (last)
 echo

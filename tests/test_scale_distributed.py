@@ -92,6 +92,19 @@ def test_the_global_batch_must_split_evenly():
         trainer(cfg, "/nonexistent/never-written", world=World(rank=0, size=2))
 
 
+@pytest.mark.parametrize("dataset", ["digits", "checkerboard"])
+def test_each_rank_reads_its_rows_of_the_global_batch(dataset):
+    cfg = make_config(dataset, dataset == "digits", model=TINY, batch_size=12, iters=1)
+    whole = DataSource(cfg)
+    for step in (0, 7):
+        x, y = whole.batch(step)
+        for r in range(3):
+            rows = World(rank=r, size=3).rows(12)
+            xr, yr = DataSource(cfg, rows=rows).batch(step)
+            assert xr.shape[0] == 4 and torch.equal(xr, x[rows]), (dataset, step, r)
+            assert (yr is None) == (y is None) and (y is None or torch.equal(yr, y[rows]))
+
+
 def _torchrun(out, *extra, throttle=0.0):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={WORLD}", "-m", "ntm_engine", "train", "--dataset", "digits",

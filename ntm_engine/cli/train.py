@@ -15,6 +15,7 @@ from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_
                         ConfigError, TrainConfig, Trainer, config_differences, make_config,
                         run_command)
 from ..training.config import TRAJECTORY_LOSSES
+from ..training.distributed import PARALLEL
 from .common import (add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
 
@@ -39,6 +40,11 @@ def add_parser(sub) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint in --out (start fresh if none)")
     add_device_options(t)
+    t.add_argument("--parallel", choices=PARALLEL, default="ddp",
+                   help="under torchrun: ddp (every process holds the whole model, gradients "
+                   "all-reduced) or fsdp (FSDP2: model, gradients, optimiser state and EMA "
+                   "sharded over the processes; needs torchrun, also for one process). Not "
+                   "stored: a run resumes with either")
     t.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     t.add_argument("--no-plots", action="store_true", help="no sample grids / curves")
     _add_model_options(t.add_argument_group("model (default: the dataset's NTM config)"))
@@ -203,9 +209,11 @@ def run(args, parser) -> int:
     trainer = Trainer(cfg, args.out, resume=args.resume, device=device,
                       progress=not args.no_progress, log=log, plots=not args.no_plots,
                       fault_nonfinite_steps=args.fault_nonfinite_at or (),
-                      throttle_s=args.throttle)
+                      throttle_s=args.throttle, parallel=args.parallel)
     nparams = sum(p.numel() for p in trainer.model.parameters())
     procs = f", {trainer.world.size} processes" if trainer.world.enabled else ""
+    if trainer.sharded:
+        procs += f" ({trainer.world.size} FSDP shard{'s' * (trainer.world.size > 1)})"
     if trainer.world.is_main:
         log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}, "
             f"T={cfg.model['steps']}, transporter {cfg.model['transporter']}, {nparams / 1e6:.2f}M parameters, device "

@@ -3,7 +3,8 @@
 Epoch ``e`` visits the split in the order ``randperm(N)`` seeded by ``seeds(e, "epoch")``;
 batch ``step`` is positions ``[step * B, step * B + n)`` of the concatenated epochs,
 dequantised (``levels`` bins) with noise seeded by ``seeds(step, "data")``.  So a run resumed
-at any step sees the same batches, whichever path reads them:
+at any step sees the same batches, whichever path reads them, and one process of several can
+read only its rows of a batch (``rows``; the same values as those rows of the whole batch):
 
 - in memory (:class:`~ntm_engine.data.core.ImageSet`): :meth:`ImageBatches.batch` gathers rows
   of the code tensor directly (the fast path for small sets);
@@ -26,7 +27,7 @@ Batch = Tuple[Tensor, Optional[Tensor]]
 
 
 class _Noisy(Dataset):
-    """Item ``(i, noise_seed)`` -> ``(image, label, noise_seed)``."""
+    """Item ``(i, noise_seed, share)`` -> ``(image, label, noise_seed, share)``."""
 
     def __init__(self, ds: Dataset):
         self.ds = ds
@@ -36,11 +37,12 @@ class _Noisy(Dataset):
 
     def __getitem__(self, key):
         x, y = self.ds[key[0]]
-        return x, y, key[1]
+        return x, y, key[1], key[2]
 
 
 class _Collate:
-    """Stacks one batch and dequantises it with the generator of its noise seed."""
+    """Stacks one batch (or one share of it) and dequantises it with the generator of its
+    noise seed (:func:`~.core.dequantize`, ``share``)."""
 
     def __init__(self, levels: int):
         self.levels = levels
@@ -49,20 +51,22 @@ class _Collate:
         x = torch.stack([it[0] for it in items])
         y = torch.tensor([it[1] for it in items], dtype=torch.long)
         g = torch.Generator().manual_seed(items[0][2])
-        return dequantize(x, self.levels, generator=g), y
+        return dequantize(x, self.levels, generator=g, share=items[0][3]), y
 
 
 class _Steps(Sampler):
-    """Batches ``[(index, noise_seed), ...]`` of steps ``start, start + 1, ...`` (endless)."""
+    """Batches ``[(index, noise_seed, share), ...]`` of steps ``start, start + 1, ...``
+    (endless; only ``rows`` of each when given)."""
 
-    def __init__(self, batches: "ImageBatches", start: int):
-        self.batches, self.start = batches, start
+    def __init__(self, batches: "ImageBatches", start: int, rows: Optional[slice]):
+        self.batches, self.start, self.rows = batches, start, rows
 
     def __iter__(self):
         step = self.start
         while True:
             seed = self.batches.noise_seed(step)
-            yield [(i, seed) for i in self.batches.indices(step).tolist()]
+            idx, share = self.batches.share(step, self.rows)
+            yield [(i, seed, share) for i in idx.tolist()]
             step += 1
 
 
@@ -125,9 +129,26 @@ class ImageBatches:
         """The dequantisation generator of batch ``step``."""
         return torch.Generator().manual_seed(self.noise_seed(step))
 
-    def batch(self, step: int, n: Optional[int] = None) -> Batch:
-        """Batch ``step`` (first ``n`` rows when given), read in this process."""
+    def share(self, step: int, rows: Optional[slice] = None, n: Optional[int] = None
+              ) -> Tuple[Tensor, Optional[Tuple[int, int]]]:
+        """``(indices, share)`` of ``rows`` (a slice, None: all) of batch ``step`` (of ``n``
+        rows, default ``batch_size``): their indices into the split, and ``(start, total)``
+        for :func:`~.core.dequantize` (None for the whole batch)."""
         idx = self.indices(step, n)
+        if rows is None:
+            return idx, None
+        start, stop, stride = rows.indices(len(idx))
+        if stride != 1 or (rows.start is not None and rows.start != start) or \
+                (rows.stop is not None and rows.stop != stop):
+            raise DataError(f"rows: expected a slice of consecutive rows within the batch of "
+                            f"{len(idx)}, got {rows}")
+        return idx[start:stop], (start, len(idx))
+
+    def batch(self, step: int, n: Optional[int] = None, *, rows: Optional[slice] = None
+              ) -> Batch:
+        """Batch ``step`` (first ``n`` rows when given), read in this process; ``rows``: only
+        those rows of it are read and dequantised (equal to ``batch(step, n)`` sliced)."""
+        idx, share = self.share(step, rows, n)
         if self.in_memory:
             x, y = self.ds.images(idx), self.ds.labels
             y = None if y is None else y.index_select(0, idx)
@@ -135,15 +156,16 @@ class ImageBatches:
             items = [self.ds[i] for i in idx.tolist()]
             x = torch.stack([it[0] for it in items])
             y = torch.tensor([it[1] for it in items], dtype=torch.long)
-        x = dequantize(x, self.levels, generator=self.generator(step))
+        x = dequantize(x, self.levels, generator=self.generator(step), share=share)
         return self._place(x, y)
 
-    def stream(self, start: int = 0) -> Iterator[Batch]:
-        """Batches ``start, start + 1, ...`` (endless); equal to :meth:`batch` of each step."""
+    def stream(self, start: int = 0, *, rows: Optional[slice] = None) -> Iterator[Batch]:
+        """Batches ``start, start + 1, ...`` (endless; only ``rows`` of each when given);
+        equal to :meth:`batch` of each step."""
         if self.in_memory or self.num_workers == 0:
-            yield from (self.batch(step) for step in itertools.count(start))
+            yield from (self.batch(step, rows=rows) for step in itertools.count(start))
             return
-        loader = DataLoader(_Noisy(self.ds), batch_sampler=_Steps(self, start),
+        loader = DataLoader(_Noisy(self.ds), batch_sampler=_Steps(self, start, rows),
                             collate_fn=_Collate(self.levels), num_workers=self.num_workers,
                             pin_memory=self.pin_memory)
         for x, y in loader:

@@ -34,10 +34,22 @@ def codes_to_unit(codes: Tensor, levels: int) -> Tensor:
     return torch.add(codes.float(), 0.5).div_(levels).mul_(2).sub_(1)  # (v + .5) / L * 2 - 1
 
 
-def dequantize(x: Tensor, levels: int, generator: Optional[torch.Generator] = None) -> Tensor:
+def dequantize(x: Tensor, levels: int, generator: Optional[torch.Generator] = None, *,
+               share: Optional[Tuple[int, int]] = None) -> Tensor:
     """Uniform dequantisation of bin-centred data in [-1, 1] with ``levels`` bins (width
-    ``2 / levels``): the same shape, each value uniform within its bin."""
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    ``2 / levels``): the same shape, each value uniform within its bin.  ``share = (start,
+    total)``: ``x [n, ...]`` is rows ``[start, start + n)`` of a batch of ``total`` rows; the
+    noise is drawn for the whole batch and those rows kept, so the result equals the same
+    rows of the whole batch's dequantisation (one process's share of a global batch)."""
+    if share is None:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    else:
+        start, total = share
+        if not 0 <= start <= start + x.shape[0] <= total:
+            raise DataError(f"share: rows [{start}, {start + x.shape[0]}) must lie in a batch "
+                            f"of {total} rows, got share={share} for {x.shape[0]} rows")
+        noise = torch.rand((total, *x.shape[1:]), generator=generator, dtype=x.dtype,
+                           device=x.device)[start:start + x.shape[0]]
     return x + noise.sub_(0.5).mul_(2.0 / levels)
 
 

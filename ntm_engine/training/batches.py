@@ -64,11 +64,17 @@ class DataSource:
     ``x [B, *shape]`` and labels ``y [B]`` (or None).  Lazily read images with
     ``data_workers > 0`` come from a ``DataLoader`` stream (restarted when a step other than
     the next one is asked for); the same batches either way.
+
+    ``rows`` (a slice of the global batch; one process's share under torchrun): :meth:`batch`
+    gives only those rows, and image data reads and dequantises only them (the indices of the
+    whole batch are a function of ``(seed, step)``, so each process knows its own); toys are
+    drawn whole and sliced.  Either way the rows equal those of the whole batch.
     """
 
-    def __init__(self, cfg, device=None):
+    def __init__(self, cfg, device=None, *, rows: Optional[slice] = None):
         self.dataset, self.seed = cfg.data.dataset, int(cfg.optim.seed)
         self.batch_size = int(cfg.optim.batch_size)
+        self.rows = rows
         self.device = torch.device(device or "cpu")
         self.images = run_data(cfg.data)
         self.batches = None if self.images is None else ImageBatches(
@@ -91,18 +97,20 @@ class DataSource:
         return torch.Generator().manual_seed(derive_seed(self.seed, step, "data"))
 
     def batch(self, step: int, n: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """This source's rows of batch ``step`` (``x [b, *shape]``, ``y [b]`` or None); with
+        ``n``: the first ``n`` rows of the whole batch instead (checks before a run)."""
+        rows = self.rows if n is None else None
         if self._streaming and n is None:
             return self._streamed(step)
         if self.batches is not None:
-            return self.batches.batch(step, n)
-        n = n or self.batch_size
-        return sample_toy(self.dataset, n, generator=self.generator(step)).to(self.device), None
-
+            return self.batches.batch(step, n, rows=rows)
+        x = sample_toy(self.dataset, n or self.batch_size, generator=self.generator(step))
+        return (x if rows is None else x[rows]).to(self.device), None
 
     def _streamed(self, step: int) -> Tuple[Tensor, Optional[Tensor]]:
         if self._last[0] != step:
             if self._stream is None or self._next_step != step:
-                self._stream = self.batches.stream(step)
+                self._stream = self.batches.stream(step, rows=self.rows)
             self._last, self._next_step = (step, next(self._stream)), step + 1
         return self._last[1]
 

@@ -2,16 +2,20 @@
 train ...``): gloo on the CPU, NCCL on GPUs.
 
 Every rank builds the same model from the same seed (rank 0's weights are broadcast anyway),
-computes the whole global batch of step ``s`` (:class:`~.batches.DataSource`, a pure function
-of ``(seed, s)``) and trains on its rows ``[r * B / N, (r + 1) * B / N)`` with model noise
-seeded by ``(seed, s, rank)``.  After the backward pass the gradients are averaged over the
+reads only its rows ``[r * B / N, (r + 1) * B / N)`` of the global batch of step ``s``
+(:class:`~.batches.DataSource`: the batch is a pure function of ``(seed, s)``, so each rank
+knows the whole batch's indices and loads its share) and trains on them with model noise
+seeded by ``(seed, s, rank)``.  ``--parallel ddp`` (the default): every rank holds the whole
+model, and after the backward pass the gradients are averaged over the
 ranks in one flattened all-reduce (what ``DistributedDataParallel`` does, minus the overlap
 with the backward pass): the objectives call model methods other than ``forward`` and the
 reversible backward computes parameter gradients inside its own autograd functions, so the
 gradients are reduced once they are all there rather than by DDP's per-parameter hooks.
-Every rank then makes the same AdamW step and EMA update.  Rank 0 alone writes the run
-folder (checkpoints, metrics, pictures); the others read its checkpoint on ``--resume``.
-Stop decisions (budget, signals) and the training clock are agreed on every iteration.
+Every rank then makes the same AdamW step and EMA update.  ``--parallel fsdp``: the model,
+its gradients, the optimiser state and the EMA are sharded over the ranks instead
+(:mod:`.fsdp`).  Rank 0 alone writes the run folder (checkpoints, metrics, pictures); the
+others read its checkpoint on ``--resume``.  Stop decisions (budget, signals) and the
+training clock are agreed on every iteration.
 """
 from __future__ import annotations
 
@@ -51,10 +55,10 @@ class World:
         n = batch_size // self.size
         return slice(self.rank * n, (self.rank + 1) * n)
 
-    def noise_stream(self) -> str:
-        """The seed stream of this rank's model noise (``"model"`` in one process, so a
-        single-process run is unchanged)."""
-        return "model" if not self.enabled else f"model/rank{self.rank}"
+    def noise_stream(self, name: str = "model") -> str:
+        """The seed stream ``name`` of this rank (``name`` itself in one process, so a
+        single-process run is unchanged; ``"model"``: the model noise of a training step)."""
+        return name if not self.enabled else f"{name}/rank{self.rank}"
 
     # ------------------------------------------------------------------ collectives
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
@@ -102,14 +106,35 @@ class World:
             if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def init_world(device=None) -> Tuple[World, Optional[torch.device]]:
+PARALLEL = ("ddp", "fsdp")   # --parallel: replicated model + all-reduce, or FSDP2 sharding
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def check_parallel(parallel: str) -> None:
+    """``parallel`` is one of :data:`PARALLEL` (:class:`ConfigError` naming ``--parallel``)."""
+    if parallel not in PARALLEL:
+        raise ConfigError(f"--parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
+
+
+def init_world(device=None, parallel: str = "ddp") -> Tuple[World, Optional[torch.device]]:
     """The :class:`World` of this process, joining the process group that ``torchrun``
-    describes in the environment (``WORLD_SIZE`` > 1); returns it and the device to use
-    (``cuda:LOCAL_RANK`` when ``device`` is CUDA or None with CUDA present, else ``device``)."""
+    describes in the environment (``WORLD_SIZE`` > 1, or any size with ``parallel="fsdp"``,
+    which needs a process group even for one process); returns it and the device to use
+    (``cuda:LOCAL_RANK`` when ``device`` is CUDA or None with CUDA present, else ``device``).
+    ``parallel="fsdp"`` without torchrun's environment is a :class:`ConfigError`."""
+    check_parallel(parallel)
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
+    if parallel == "fsdp":
+        missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
+        if missing and not dist.is_initialized():
+            raise ConfigError(
+                "--parallel fsdp shards the model over the processes of a torchrun launch "
+                f"(torchrun --nproc_per_node=N -m ntm_engine train ...); this is a single "
+                f"process without a process group (environment lacks {', '.join(missing)}). "
+                "Launch it with torchrun, or drop --parallel fsdp to train in one process.")
+    elif size <= 1:
         return World(), None if device is None else torch.device(device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     want = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want.type == "cuda":

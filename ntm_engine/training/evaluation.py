@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from torch import Tensor
+
 from .. import checkpoint as ckpt
 from .. import plots
 from ..data import load_digits
@@ -81,14 +83,22 @@ def eval_summary(rec: Dict[str, Any]) -> str:
     return f"test flow-matching loss {rec['test_fm_loss']:.4f}"
 
 
-def save_sample_grid(model, cfg: TrainConfig, *, device, run_dir, step: int) -> Path:
-    """Samples of ``model`` (fixed noise) as ``samples/step_N.png`` and ``samples.png`` of the
-    run folder; images (grey or RGB) as a grid, toys (at least 1000 points) as a scatter over
-    test data."""
+def grid_samples(model, cfg: TrainConfig, *, device) -> Tensor:
+    """The samples of a run's grid (fixed noise): ``[n, *data_shape]`` with ``n`` the
+    config's ``eval_samples`` (toys: at least 1000), labels cycled for a conditional run."""
     n = cfg.eval_samples if cfg.data.is_image else max(cfg.eval_samples, 1000)
     y = sample_labels(cfg.data, n)
     g = device_generator(device, 12345)
-    s = model.sample(n, y=None if y is None else y.to(device), generator=g)
+    return model.sample(n, y=None if y is None else y.to(device), generator=g)
+
+
+def save_sample_grid(model, cfg: TrainConfig, *, device, run_dir, step: int,
+                     samples: Optional[Tensor] = None) -> Path:
+    """Samples of ``model`` (:func:`grid_samples`, or ``samples`` already drawn) as
+    ``samples/step_N.png`` and ``samples.png`` of the run folder; images (grey or RGB) as a
+    grid, toys (at least 1000 points) as a scatter over test data."""
+    s = grid_samples(model, cfg, device=device) if samples is None else samples
+    n = s.shape[0]
     folder = Path(run_dir) / "samples"
     folder.mkdir(exist_ok=True)
     path = folder / f"step_{step:08d}.png"

@@ -114,7 +114,7 @@ def init_reference(model: nn.Module, cfg: TrainConfig, *, fm_state: Optional[Dic
     try:
         if fm_state is not None:
             load_predictor_weights(model, fm_state)
-            return frozen_copy(model.predictor)
+            return frozen_copy(model.predictor).to(device)   # (a sharded model is on the CPU)
         path = Path(run_dir) / REFERENCE_FILE
         if not path.is_file():
             raise ValueError(f"{path} (the frozen flow-matching predictor of this "

@@ -8,8 +8,21 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from .sections import OptimConfig
+
+
+def local(t: Tensor) -> Tensor:
+    """This process's shard of a sharded tensor (a ``DTensor`` under ``--parallel fsdp``),
+    else ``t`` itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def full(t: Tensor) -> Tensor:
+    """The whole value of a sharded tensor (a collective: every rank must call), else
+    ``t`` itself."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def budget_progress(opt: OptimConfig, step: int, elapsed_s: float = 0.0, *,
@@ -47,7 +60,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 class EMA:
     """Exponential moving average of a model's floating-point parameters and buffers;
-    ``decay`` ramps up as ``min(decay, (1+n)/(10+n))`` over the first updates."""
+    ``decay`` ramps up as ``min(decay, (1+n)/(10+n))`` over the first updates.  A sharded
+    model (``--parallel fsdp``) needs an EMA model sharded the same way: the update works on
+    the local shards."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -61,11 +76,12 @@ class EMA:
         src = model.state_dict()
         avg, new = [], []
         for k, v in self.model.state_dict().items():
+            v, s = local(v), local(src[k])
             if v.dtype.is_floating_point:
                 avg.append(v)
-                new.append(src[k])
+                new.append(s)
             else:
-                v.copy_(src[k])
+                v.copy_(s)
         if avg:
             torch._foreach_lerp_(avg, new, 1 - d)
 
@@ -79,7 +95,8 @@ def guarded_update(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimi
     update -- or, for a non-finite loss or gradient norm, none of it.  Returns
     ``(finite, grad_norm)`` (``nan`` norm when the loss was not finite).  Several processes:
     ``loss_finite`` is the verdict on the loss of all of them, ``sync_grads(params)`` averages
-    the gradients after the backward pass (:mod:`.distributed`)."""
+    the gradients after the backward pass (:mod:`.distributed`; None when the backward
+    already did, as FSDP's does); the norm of sharded gradients is the global one."""
     optimizer.zero_grad(set_to_none=True)
     if not (bool(torch.isfinite(loss)) if loss_finite is None else loss_finite):
         return False, float("nan")
@@ -88,7 +105,7 @@ def guarded_update(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimi
         sync_grads(model.parameters())
     params = [p for p in model.parameters() if p.grad is not None]
     clip = grad_clip if grad_clip is not None else float("inf")
-    gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    gnorm = float(full(torch.nn.utils.clip_grad_norm_(params, clip)))
     if not math.isfinite(gnorm):
         optimizer.zero_grad(set_to_none=True)
         return False, gnorm

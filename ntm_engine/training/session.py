@@ -58,12 +58,36 @@ class RunState:
                    last_eval=dict(st.get("last_eval", {})))
 
 
+class ProcessStates:
+    """Checkpoint state of a model this process holds whole (one process, or ``--parallel
+    ddp``): ``state_dict`` and ``load_state_dict``.  :class:`~.fsdp.FullStates` is the
+    sharded counterpart (same methods, same dicts)."""
+
+    collective = False   # whether every process must take part in getting the state
+
+    def model_state(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        return model.state_dict()
+
+    def load_model(self, model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+        model.load_state_dict(state, strict=True)
+
+    def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                        ) -> Dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       state: Dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
+
 @dataclass
 class RunSession:
     """The parts of one run that checkpoints hold.  ``data`` must have ``generator(step)``
     (:class:`~.batches.DataSource`); ``config`` is the flat JSON form.  ``writer``: whether
     this process writes the folder (False on ranks other than 0 of a multi-process run:
-    they restore checkpoints but write nothing)."""
+    they restore checkpoints but write nothing).  ``states``: how the model, EMA and
+    optimiser states are got and loaded (:class:`ProcessStates`, or gathered from and
+    scattered to shards by every rank, :class:`~.fsdp.FullStates`)."""
     folder: RunFolder
     config: Dict[str, Any]
     model: nn.Module
@@ -76,6 +100,7 @@ class RunSession:
     saved_path: Optional[Path] = None
     code_sha: str = field(default_factory=model_code_fingerprint)
     writer: bool = True
+    states: Any = field(default_factory=ProcessStates)
 
     @property
     def out(self) -> Path:
@@ -94,12 +119,13 @@ class RunSession:
             self.folder.write_config(self.config)
 
     def restore(self, ck: ckpt.Checkpoint) -> None:
+        io = self.states
         try:
-            self.model.load_state_dict(ck.model, strict=True)
+            io.load_model(self.model, ck.model)
             if ck.ema is not None:
-                self.ema.model.load_state_dict(ck.ema, strict=True)
-            self.optimizer.load_state_dict(ck.state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
+                io.load_model(self.ema.model, ck.ema)
+            io.load_optimizer(self.model, self.optimizer, ck.state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, IndexError) as e:
             raise ConfigError(f"checkpoint {ck.path} does not fit this model: {e}") from e
         check_model_code(ck.state, ck.path, self.folder.log)
         self._check_data(ck)
@@ -123,15 +149,20 @@ class RunSession:
         """Checkpoint the run at its current step (and record it in the metrics); a process
         that does not write returns the last checkpoint's path."""
         step = self.state.step
+        io = self.states
+        if not (self.writer or io.collective):
+            self.saved_step = step
+            return self.saved_path
+        model, ema = io.model_state(self.model), io.model_state(self.ema.model)
+        optimizer = io.optimizer_state(self.model, self.optimizer)
         if not self.writer:
             self.saved_step = step
             return self.saved_path
-        state = {"config": self.config, "optimizer": self.optimizer.state_dict(),
+        state = {"config": self.config, "optimizer": optimizer,
                  **self.state.to_state(), "rng": rng_states(self.data.generator(step)),
                  "torch_version": str(torch.__version__), "model_code_sha256": self.code_sha,
                  "data_fingerprint": getattr(self.data, "fingerprint", None)}
-        path = ckpt.save_checkpoint(self.out, step, self.model.state_dict(),
-                                    self.ema.model.state_dict(), state, keep=self.keep)
+        path = ckpt.save_checkpoint(self.out, step, model, ema, state, keep=self.keep)
         self.saved_step, self.saved_path = step, path
         self.write_metrics({"type": "checkpoint", "step": step, "path": str(path)}, sync=True)
         return path

@@ -23,16 +23,17 @@ from .batches import DataSource, eval_levels
 from .config import TrainConfig, config_differences
 from .determinism import derive_seed, device_generator, seed_everything
 from .distributed import World, init_world
-from .evaluation import eval_summary, evaluate_test, save_sample_grid
+from .evaluation import eval_summary, evaluate_test, grid_samples, save_sample_grid
 from .factory import (ModelFactory, build_model, init_reference, load_init_source,
                       make_objective, preflight, save_reference)
+from .fsdp import FullStates, check_sharding, shard_model
 from .loop import Loop
 from .metrics_log import read_metrics
 from .objectives import Batch
 from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
 from .precision import autocast
 from .run_folder import RunFolder
-from .session import RunSession, SessionViews, default_device, stderr_log
+from .session import ProcessStates, RunSession, SessionViews, default_device, stderr_log
 
 
 def set_checkpointing(model: nn.Module, on: bool) -> None:
@@ -55,22 +56,29 @@ class Trainer(SessionViews):
     (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills).
 
     Under ``torchrun`` (or with ``world`` given) the run is data-parallel
-    (:mod:`.distributed`): each process trains on its rows of the global batch, rank 0 alone
-    writes the folder, logs and draws.
+    (:mod:`.distributed`): each process reads and trains on its rows of the global batch,
+    rank 0 alone writes the folder, logs and draws.  ``parallel``: ``"ddp"`` (every process
+    holds the whole model; gradients all-reduced) or ``"fsdp"`` (model, gradients, optimiser
+    state and EMA sharded, :mod:`.fsdp`; needs torchrun, even for one process).  It is not
+    part of the config: a run resumes with either.
     """
 
     def __init__(self, cfg, out, *, resume: bool = False, device=None, progress: bool = True,
                  log: Optional[Callable[[str], None]] = None,
                  model_factory: Optional[ModelFactory] = None, plots: bool = True,
                  fault_nonfinite_steps=(), throttle_s: float = 0.0,
-                 world: Optional[World] = None):
+                 world: Optional[World] = None, parallel: str = "ddp"):
         self.cfg = TrainConfig.coerce(cfg)
+        check_sharding(self.cfg, parallel)
         if world is None:
-            world, device = init_world(device)
-        self.world = world
+            world, device = init_world(device, parallel)
+        self.world, self.parallel, self.sharded = world, parallel, parallel == "fsdp"
         self.rows = world.rows(self.cfg.optim.batch_size)   # (checked before any work)
         self.log = (log or stderr_log) if world.is_main else _quiet
         self.device = default_device(device)
+        # sample grids: drawn by every rank of a sharded model (its collectives need them
+        # all), by rank 0 alone otherwise; written (and curves drawn) by rank 0
+        self.draws = plots and (world.is_main or self.sharded)
         self.plots = plots and world.is_main
         self.fault_steps = {int(s) for s in fault_nonfinite_steps}
         self.folder = RunFolder(out, kind=None, log=self.log)
@@ -96,22 +104,32 @@ class Trainer(SessionViews):
         if resumed is None and init_from is not None and fm_state is None:
             fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
         seed_everything(derive_seed(cfg.optim.seed, 0, "init"))   # initial weights from the seed
-        self.model = factory(cfg).to(self.device)
+        # (a sharded model stays on the CPU until FSDP moves its shards: the device never
+        # holds it whole)
+        self.model = factory(cfg) if self.sharded else factory(cfg).to(self.device)
         set_checkpointing(self.model, cfg.optim.checkpoint_predictor)
-        if self.device.type != "cpu":
-            preflight(self.model, cfg, self.device)
         self.model.train()
         self.reference: Optional[nn.Module] = None   # the frozen FM predictor (init_from)
         if init_from is not None:
             self.reference = init_reference(self.model, cfg, fm_state=fm_state,
                                             run_dir=self.folder.path, device=self.device)
         self.objective = make_objective(cfg, self.model, self.reference)
-        self.world.broadcast_module(self.model)
-        self.ema = EMA(self.model, cfg.optim.ema_decay)
-        self.data = DataSource(cfg, device=self.device)
+        if self.sharded:   # the EMA model is sharded like the model (AdamW comes after)
+            self.ema = EMA(self.model, cfg.optim.ema_decay)
+            for m in (self.model, self.ema.model):
+                shard_model(m, self.device)
+                FullStates().copy_from_rank0(m)
+        else:
+            self.world.broadcast_module(self.model)
+            self.ema = EMA(self.model, cfg.optim.ema_decay)
+        if self.device.type != "cpu":
+            preflight(self.model, cfg, self.device)
+        self.data = DataSource(cfg, device=self.device,
+                               rows=self.rows if self.world.enabled else None)
         session = RunSession(self.folder, cfg.to_dict(), self.model, self.ema,
                              adamw(self.model, cfg.optim), self.data, keep=cfg.run.keep,
-                             writer=self.world.is_main)
+                             writer=self.world.is_main,
+                             states=FullStates() if self.sharded else ProcessStates())
         session.begin(resumed, on_fresh_start=self._on_fresh_start)
         return session
 
@@ -149,9 +167,7 @@ class Trainer(SessionViews):
         cfg, st = self.cfg, self.state
         step = st.step
         torch.manual_seed(derive_seed(cfg.optim.seed, step, "global"))
-        x, y = self.data.batch(step)
-        if self.world.enabled:   # this rank's rows of the global batch
-            x, y = x[self.rows], None if y is None else y[self.rows]
+        x, y = self.data.batch(step)   # this rank's rows of the global batch
         g = device_generator(self.device, derive_seed(cfg.optim.seed, step,
                                                       self.world.noise_stream()))
         lr = learning_rate(cfg.optim, step, st.elapsed_s)
@@ -165,7 +181,8 @@ class Trainer(SessionViews):
         finite, gnorm = guarded_update(loss, self.model, self.session.optimizer, self.ema,
                                        grad_clip=cfg.optim.grad_clip, ema_updates=step,
                                        loss_finite=bool(torch.isfinite(global_loss)),
-                                       sync_grads=self.world.average_gradients)
+                                       sync_grads=None if self.sharded else
+                                       self.world.average_gradients)
         st.count(finite)
         st.step = step + 1
         rec = {"step": step + 1, "lr": lr, "loss": float(global_loss), "grad_norm": gnorm,
@@ -179,14 +196,17 @@ class Trainer(SessionViews):
     def evaluate(self) -> Dict[str, Any]:
         t0 = time.time()
         rec: Dict[str, Any] = {"type": "eval", "step": self.step}
-        if not self.world.is_main:   # rank 0 evaluates for the run
-            return rec
-        rec.update({f"test_{k}": v for k, v in evaluate_test(self.ema.model, self.cfg,
+        if not (self.world.is_main or self.sharded):   # rank 0 evaluates for the run; every
+            return rec                                 # rank runs a sharded model (same numbers)
+        model = self.ema.model
+        rec.update({f"test_{k}": v for k, v in evaluate_test(model, self.cfg,
                                                              self.device).items()})
-        if self.plots and self.cfg.eval_samples > 0:
-            rec["samples_png"] = str(save_sample_grid(self.ema.model, self.cfg,
-                                                      device=self.device, run_dir=self.out,
-                                                      step=self.step))
+        if self.draws and self.cfg.eval_samples > 0:
+            samples = grid_samples(model, self.cfg, device=self.device)
+            if self.world.is_main:
+                rec["samples_png"] = str(save_sample_grid(model, self.cfg, device=self.device,
+                                                          run_dir=self.out, step=self.step,
+                                                          samples=samples))
         rec["eval_s"] = round(time.time() - t0, 3)
         self.state.last_eval = {k: v for k, v in rec.items() if isinstance(v, (int, float))}
         self.session.write_metrics(rec)
@@ -197,6 +217,8 @@ class Trainer(SessionViews):
 
     def log_extras(self, rec: Dict[str, Any], mean_loss: float
                    ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+        ntm = self.cfg.objective.objective == "ntm"
+        train_bpd = self._train_bpd() if ntm else None   # (every rank: a collective)
         if not self.world.is_main:
             return {}, {}
         extra: Dict[str, Any] = {"loss_per_dim": mean_loss / math.prod(
@@ -204,21 +226,24 @@ class Trainer(SessionViews):
         post: Dict[str, str] = {}
         if "fm_reg_weight" in rec:
             extra["fm_reg_weight"] = rec["fm_reg_weight"]
-        if self.cfg.objective.objective == "ntm":
-            extra["train_bpd"] = self._train_bpd()
-            post["bpd"] = f"{extra['train_bpd']:.3f}"
+        if ntm:
+            extra["train_bpd"] = train_bpd
+            post["bpd"] = f"{train_bpd:.3f}"
         if "test_bpd" in self.last_eval:
             post["test_bpd"] = f"{self.last_eval['test_bpd']:.3f}"
         return extra, post
 
     @torch.no_grad()
     def _train_bpd(self) -> float:
-        """bits/dim (t_0 = 0 bound) of the current model on this step's batch (cheap proxy)."""
+        """bits/dim (t_0 = 0 bound) of the current model on this step's batch (cheap proxy;
+        several processes: each on its rows, averaged)."""
         x, y = self.data.batch(self.step)
         self.model.eval()
         try:
-            g = device_generator(self.device, derive_seed(self.cfg.optim.seed, self.step, "bpd"))
-            return float(self.model.bits_per_dim(x, y, levels=eval_levels(self.cfg.data),
-                                                 generator=g).mean())
+            g = device_generator(self.device, derive_seed(self.cfg.optim.seed, self.step,
+                                                          self.world.noise_stream("bpd")))
+            bpd = self.model.bits_per_dim(x, y, levels=eval_levels(self.cfg.data),
+                                          generator=g).mean()
+            return float(self.world.mean(bpd))
         finally:
             self.model.train()

@@ -13,10 +13,10 @@ def seeds(i, stream):
     return int(hashlib.sha256(f"{i}/{stream}".encode()).hexdigest()[:15], 16)
 
 
-def _data(in_memory, n=23):
+def _data(in_memory, n=23, items=Items):
     g = torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g)
-    ds = Items([(im, i % 4) for i, im in enumerate(imgs)], classes=list("abcd"))
+    ds = items([(im, i % 4) for i, im in enumerate(imgs)], classes=list("abcd"))
     return open_dataset(ds, in_memory=in_memory, test_fraction=0.0)
 
 
@@ -69,6 +69,61 @@ def test_stream_of_the_fast_path_is_its_batches():
     b = ImageBatches(_data(True), batch_size=4, seeds=seeds)
     for step, (x, _) in zip(range(2, 5), b.stream(2)):
         assert torch.equal(x, b.batch(step)[0])
+
+
+class _CountingItems(Items):
+    """Items that record which ones were read."""
+
+    def __init__(self, items, classes=None):
+        super().__init__(items, classes)
+        self.reads = []
+
+    def __getitem__(self, i):
+        self.reads.append(i)
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_share_of_a_batch_reads_only_its_rows_and_equals_them(in_memory):
+    data = _data(in_memory, items=_CountingItems)
+    b = ImageBatches(data, batch_size=8, seeds=seeds, conditional=True)
+    for step in (0, 2, 5):   # step 2 spans the end of epoch 0 (23 images, batches of 8)
+        x, y = b.batch(step)
+        for rows in (slice(0, 4), slice(4, 8), slice(3, 6)):
+            xs, ys = b.batch(step, rows=rows)
+            assert torch.equal(xs, x[rows]) and torch.equal(ys, y[rows]), (step, rows)
+    if not in_memory:   # a lazy split reads the share's items only
+        items = b.ds.source
+        items.reads.clear()
+        b.batch(3, rows=slice(2, 5))
+        assert sorted(items.reads) == sorted(b.indices(3)[2:5].tolist())
+
+
+def test_worker_stream_of_a_share_equals_the_share_of_each_batch():
+    fast = ImageBatches(_data(True), batch_size=8, seeds=seeds, conditional=True)
+    lazy = ImageBatches(_data(False), batch_size=8, seeds=seeds, conditional=True,
+                        num_workers=2)
+    for step, (x, y) in zip(range(2, 6), lazy.stream(start=2, rows=slice(4, 8))):
+        xf, yf = fast.batch(step)
+        assert torch.equal(x, xf[4:8]) and torch.equal(y, yf[4:8])
+
+
+@pytest.mark.parametrize("rows", [slice(0, 8, 2), slice(2, 12), slice(-4, None)])
+def test_a_share_must_be_consecutive_rows_of_the_batch(rows):
+    b = ImageBatches(_data(True), batch_size=8, seeds=seeds)
+    with pytest.raises(DataError, match=r"rows: expected a slice of consecutive rows within "
+                                        r"the batch of 8, got slice"):
+        b.batch(0, rows=rows)
+
+
+def test_dequantising_a_share_checks_that_it_lies_in_the_batch():
+    x = torch.zeros(3, 2)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(dequantize(x, 4, generator=g, share=(2, 5)),
+                       dequantize(torch.zeros(5, 2), 4, generator=torch.Generator()
+                                  .manual_seed(0))[2:5])
+    with pytest.raises(DataError, match=r"share: rows \[3, 6\) must lie in a batch of 5 rows"):
+        dequantize(x, 4, share=(3, 5))
 
 
 def test_digits_batches_use_17_levels():
