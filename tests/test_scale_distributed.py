@@ -117,7 +117,6 @@ def _torchrun(out, *extra, throttle=0.0):
                             stderr=subprocess.STDOUT)
 
 
-@pytest.mark.slow
 def _kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and its descendants (torchrun starts its workers in sessions of their
     own, so killing its process group would leave them running)."""
@@ -136,6 +135,7 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes(tmp_path):
     whole = _torchrun(tmp_path / "whole")
     assert whole.wait(timeout=300) == 0, whole.stdout.read().decode()[-2000:]

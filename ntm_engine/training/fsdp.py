@@ -22,8 +22,9 @@ The objectives, the evaluation and the sampler call model methods other than ``f
 :data:`ROOT_METHODS` and :data:`UNIT_METHODS` are registered with
 ``register_fsdp_forward_method`` so that they gather and free like ``forward``.  Every rank
 must call each unit equally often (its collectives pair up across ranks): evaluation and
-sampling run on every rank, and a model of several step counts is refused
-(:func:`check_sharding`).  The ranks build the model on the CPU from the seed; rank 0's
+sampling run on every rank, and a model of several step counts makes one pass per trained
+``T`` on every rank (its step groups have sizes fixed by the per-rank batch,
+:mod:`~ntm_engine.models.step_groups`, never empty).  The ranks build the model on the CPU from the seed; rank 0's
 weights are then copied into every shard (:meth:`FullStates.copy_from_rank0`).  Gradients
 are reduce-scattered (averaged) by FSDP during the backward; clipping uses the global norm
 (``clip_grad_norm_`` on the sharded gradients); AdamW keeps sharded state.
@@ -66,17 +67,10 @@ _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
 
 def check_sharding(cfg, parallel: str) -> None:
-    """``parallel`` is known (:func:`~.distributed.check_parallel`), and ``"fsdp"`` is asked
-    for a run it can shard: one trained step count.  (With several, each rank draws ``T`` per
-    row and runs one pass per ``T`` it drew; ranks whose rows drew other ``T`` would make
-    different numbers of calls to the sharded units, whose collectives must match.)"""
+    """``parallel`` is known (:func:`~.distributed.check_parallel`).  Every run can be
+    sharded: with several step counts each rank runs one pass per trained ``T`` (static step
+    groups), so the ranks' calls to the sharded units match."""
     check_parallel(parallel)
-    steps = cfg.model.get("steps")
-    if parallel == "fsdp" and isinstance(steps, (list, tuple)) and len(steps) > 1:
-        raise ConfigError(f"--parallel fsdp trains one step count, got --steps "
-                          f"{','.join(map(str, steps))} (each rank runs one pass per step count "
-                          "its rows drew, and the sharded passes must match across ranks); "
-                          "use one --steps, or --parallel ddp")
 
 
 def _has_parameters(module: nn.Module) -> bool:
