@@ -135,11 +135,12 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-@pytest.mark.slow
-def test_a_killed_two_process_run_resumes(tmp_path):
-    whole = _torchrun(tmp_path / "whole")
-    assert whole.wait(timeout=300) == 0, whole.stdout.read().decode()[-2000:]
-    killed = _torchrun(tmp_path / "killed", throttle=0.4)
+def run_killed_and_resumed(tmp_path, *extra) -> int:
+    """A 12-step 2-process run in ``whole``; the same run in ``killed``, SIGKILLed after its
+    checkpoint of step 4 and resumed to the end.  Returns the step the killed run stopped at."""
+    whole = _torchrun(tmp_path / "whole", *extra)
+    assert whole.wait(timeout=300) == 0, whole.stdout.read().decode()[-3000:]
+    killed = _torchrun(tmp_path / "killed", *extra, throttle=0.4)
     deadline = time.time() + 240
     while not any(s >= 4 for s, _ in ckpt.list_checkpoints(tmp_path / "killed")):
         assert killed.poll() is None and time.time() < deadline, killed.stdout.read().decode()
@@ -148,8 +149,14 @@ def test_a_killed_two_process_run_resumes(tmp_path):
     killed.wait()
     stopped_at = ckpt.list_checkpoints(tmp_path / "killed")[-1][0]
     assert stopped_at < 12
-    resumed = _torchrun(tmp_path / "killed", "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()[-2000:]
+    resumed = _torchrun(tmp_path / "killed", *extra, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()[-3000:]
+    return stopped_at
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes(tmp_path):
+    stopped_at = run_killed_and_resumed(tmp_path)
     a, b = ckpt.load_latest(tmp_path / "whole"), ckpt.load_latest(tmp_path / "killed")
     assert a.step == b.step == 12
     for k in a.model:

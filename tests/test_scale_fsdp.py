@@ -3,7 +3,6 @@ the single-process step of the same global batch (float64), a checkpoint of a sh
 loads in one process, a killed sharded run resumes to the weights of an uninterrupted one, and
 ``--parallel fsdp`` without torchrun is refused."""
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from ntm_engine.training.fsdp import FullStates
 from ntm_engine.training.objectives import Batch
 from ntm_engine.training.optim import EMA, adamw, guarded_update, learning_rate, set_lr
 from tests.run_testutils import TINY, trainer
-from tests.test_scale_distributed import WORLD, _free_port, _kill_tree, _torchrun
+from tests.test_scale_distributed import WORLD, _free_port, run_killed_and_resumed
 
 # depth 2: two sharded predictor blocks, recomputed in the backward (checkpointing + FSDP)
 MODEL = dict(TINY, depth=2)
@@ -134,20 +133,7 @@ def test_parallel_fsdp_without_torchrun_or_an_unknown_parallel_is_refused(tmp_pa
 
 @pytest.mark.slow
 def test_a_killed_sharded_run_resumes_and_its_checkpoint_serves_one_process(tmp_path):
-    fsdp = ("--parallel", "fsdp")
-    whole = _torchrun(tmp_path / "whole", *fsdp)
-    assert whole.wait(timeout=300) == 0, whole.stdout.read().decode()[-3000:]
-    killed = _torchrun(tmp_path / "killed", *fsdp, throttle=0.4)
-    deadline = time.time() + 240
-    while not any(s >= 4 for s, _ in ckpt.list_checkpoints(tmp_path / "killed")):
-        assert killed.poll() is None and time.time() < deadline, killed.stdout.read().decode()
-        time.sleep(0.2)
-    _kill_tree(killed.pid)
-    killed.wait()
-    stopped_at = ckpt.list_checkpoints(tmp_path / "killed")[-1][0]
-    assert stopped_at < 12
-    resumed = _torchrun(tmp_path / "killed", *fsdp, "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()[-3000:]
+    run_killed_and_resumed(tmp_path, "--parallel", "fsdp")
     a, b = ckpt.load_latest(tmp_path / "whole"), ckpt.load_latest(tmp_path / "killed")
     assert a.step == b.step == 12
     for part in ("model", "ema"):
