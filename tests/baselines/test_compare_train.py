@@ -3,6 +3,12 @@ resumed rather than retrained, the report on colour images rated by the raw-pixe
 distance of ``ntm eval``, and the option errors (before any work)."""
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +25,7 @@ from ntm_engine.training import test_data  # noqa: E402
 TINY = "--width 16 --depth 1 --heads 2 --batch-size 16 --ckpt-every 2 --eval-every 2 " \
        "--eval-samples 0 --no-plots --steps 2"
 BACKBONE = ("width", "depth", "heads", "patch_size")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def compare(out, *extra, dataset="two_moons", iters=2, options=TINY, n=8):
@@ -83,6 +90,43 @@ def test_a_larger_budget_resumes_each_run(tmp_path):
         assert events(out / r)[-2:] == [("resume", 2), ("end", 4)]
         assert ckpt.list_checkpoints(out / r)[-1][0] == 4
     assert all(report(out)["meta"][f"{r}_run"]["step"] == 4 for r in ("ntm", "fm", "ablation"))
+
+
+def test_a_killed_compare_continues_where_it_stopped(tmp_path):
+    """SIGKILL while the flow-matching run trains; run again, the NTM is kept, the FM run
+    resumes from its last checkpoint and the ablation is trained."""
+    out = tmp_path / "cmp"
+    options = TINY + " --ckpt-every 4 --eval-every 100 --throttle 0.05"
+    argv = ["compare", "--train", "--dataset", "two_moons", "--iters", "20", "--train-options",
+            options, "--n", "8", "--steps", "1", "--schedulers", "flow_euler", "--no-progress",
+            "--device", "cpu", "--threads", "1", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "ntm_engine", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.list_checkpoints(out / "fm"):
+                break   # the NTM is finished, the FM run has a checkpoint
+            time.sleep(0.02)
+        assert proc.poll() is None, "compare ended before it could be killed: " + \
+            proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    ntm_events = events(out / "ntm")
+    fm_step = ckpt.load_latest(out / "fm").step
+    assert ntm_events[-1] == ("end", 20) and 4 <= fm_step < 20
+    assert not (out / "ablation").exists()
+
+    assert compare(out, iters=20, options=options) == 0
+    assert events(out / "ntm") == ntm_events
+    assert events(out / "fm")[-2:] == [("resume", fm_step), ("end", 20)]
+    assert events(out / "ablation") == [("start", 0), ("end", 20)]
+    assert {report(out)["meta"][f"{r}_run"]["step"] for r in ("ntm", "fm", "ablation")} == {20}
 
 
 def test_colour_patches_are_rated_by_the_raw_pixel_distance(tmp_path):
