@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from .. import checkpoint as ckpt
-from ..training import NonFiniteLossError, TrainConfig, Trainer
+from ..training import ConfigError, NonFiniteLossError, TrainConfig, Trainer
 from ..training.loop import budget_spent
 
 __all__ = ["ROLES", "RunPlan", "plan_runs", "train_runs", "budget_of"]
@@ -97,7 +97,11 @@ def plan_runs(args, out: Path, error: Callable[[str], None]) -> List[RunPlan]:
         ns.out, ns.resume = str(out / role), True
         for k, v in overrides.items():
             setattr(ns, k, v)
-        plans.append(RunPlan(role, out / role, train_config(ns), plots=not given.no_plots))
+        try:
+            cfg = train_config(ns)
+        except ConfigError as e:
+            raise ConfigError(f"{ROLES[role][0]} ({out / role}): {e}") from e
+        plans.append(RunPlan(role, out / role, cfg, plots=not given.no_plots))
     return plans
 
 

@@ -183,6 +183,7 @@ def test_runs_of_other_image_sizes_are_refused():
 def test_changed_run_options_are_refused_before_training(trained, capsys):
     with pytest.raises(SystemExit) as exc:
         compare(trained, options=TINY.replace("--width 16", "--width 32"))
+    assert f"the NTM ({trained / 'ntm'}): --resume: the checkpoint" in str(exc.value)
     assert "model.width: checkpoint 16 vs requested 32" in str(exc.value)
 
 
