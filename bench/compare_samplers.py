@@ -3,6 +3,8 @@ flow-matching run (and the identity-transporter ablation), as ``ntm compare``.
 
     python bench/compare_samplers.py NTM_RUN --fm FM_RUN [--ablation RUN] [--n 1000] \\
         [--out DIR]                   # writes DIR/quality_vs_steps.{md,png,json}
+    python bench/compare_samplers.py --train --dataset colour-patches --minutes 7 --out DIR
+                                      # trains DIR/ntm, DIR/fm, DIR/ablation first
 
 Options: ``python bench/compare_samplers.py --help`` (:mod:`ntm_engine.baselines.cli`).
 """

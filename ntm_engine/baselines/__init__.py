@@ -4,6 +4,8 @@ comparison of samplers by quality against steps and time.
 * :mod:`.schedulers` -- :func:`sample_with_scheduler` (needs ``diffusers``)
 * :mod:`.gaussian` -- the exact velocity of Gaussian data (the convention check)
 * :mod:`.compare` -- :func:`compare_samplers`; :mod:`.report` -- its table and plot
+* :mod:`.quality` -- how samples are rated (the metrics of ``ntm eval``)
+* :mod:`.train_runs` -- ``ntm compare --train``: the three runs, trained or resumed
 * :mod:`.cli` -- the ``ntm compare`` options and command (:mod:`.names`: diffusers-free names)
 
 The names below are imported on first use (PEP 562), so that ``ntm`` builds its parser
@@ -13,7 +15,8 @@ import importlib
 
 _HOMES = {
     "STEPS": "names", "SCHEDULER_NAMES": "names",
-    "compare_samplers": "compare", "digits_quality": "compare", "samplers_for": "compare",
+    "compare_samplers": "compare", "samplers_for": "compare",
+    "digits_quality": "quality", "rating_for": "quality", "held_out_examples": "quality",
     "gaussian_velocity": "gaussian", "moment_errors": "gaussian",
     "SCHEDULERS": "schedulers", "fm_velocity": "schedulers", "make_scheduler": "schedulers",
     "sample_with_scheduler": "schedulers",

@@ -3,8 +3,8 @@ flow-matching model (``docs/design.md`` section 6 for how we time).
 
 :func:`compare_samplers` draws ``n`` samples from each sampler (the same labels and seed for
 all), times them (ms per sample after a warm-up, NFE), rates them with a ``quality`` callable
-(for digits :func:`digits_quality`: the classifier accuracy and Frechet distance of ``ntm
-eval``) and writes ``quality_vs_steps.{md,png,json}`` (:mod:`.report`).
+(:mod:`.quality`: the metrics of ``ntm eval``) and writes ``quality_vs_steps.{md,png,json}``
+(:mod:`.report`).
 """
 from __future__ import annotations
 
@@ -17,14 +17,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import metrics
-from ..data import load_digits
 from .names import STEPS
 from .report import write_report
 from .schedulers import SCHEDULERS, fm_velocity, sample_with_scheduler
 
-__all__ = ["STEPS", "Sampler", "compare_samplers", "samplers_for", "digits_quality",
-           "time_sampler"]
+__all__ = ["STEPS", "Sampler", "compare_samplers", "samplers_for", "time_sampler"]
 
 WARMUP = 2   # samples drawn once before timing (first-call allocations)
 Quality = Callable[[Tensor], Dict[str, float]]
@@ -101,21 +98,6 @@ def time_sampler(sampler: Sampler, n: int, y: Optional[Tensor], *, seed: int,
     _sync(device)
     wall = time.perf_counter() - t0
     return x.cpu(), {"nfe": int(nfe), "ms_per_sample": 1e3 * wall / n, "wall_s": wall}
-
-
-def digits_quality(labels: Optional[Tensor], classifier_path=None,
-                   log=None) -> Tuple[Quality, float]:
-    """``(quality, reference)``: the digits rating of ``ntm eval``
-    (:func:`~ntm_engine.metrics.sample_quality`: the cached classifier's accuracy on
-    ``labels`` and the Frechet distance of its features to the test split), and that distance
-    for the training split (what real digits score)."""
-    net, _ = metrics.load_or_train_classifier(classifier_path, log=log)
-    x_test, _ = load_digits("test")
-    x_train, _ = load_digits("train")
-    with torch.no_grad():
-        reference = metrics.frechet_distance_features(net.features(x_train),
-                                                      net.features(x_test))
-    return (lambda s: metrics.sample_quality(net, s, labels, x_test)), reference
 
 
 def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,

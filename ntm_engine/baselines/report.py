@@ -22,6 +22,11 @@ COLUMNS = (("sampler", "sampler", "{}"), ("model", "model", "{}"), ("steps", "st
            ("samples_nonfinite", "non-finite", "{}"))
 
 
+# the y-axis label of each Frechet distance: which features it compares
+AXIS_LABELS = {"frechet_distance": "Frechet distance, digits-classifier features",
+               "frechet_distance_raw": "Frechet distance, raw values (pixels)"}
+
+
 def quality_key(rows: Sequence[Dict[str, Any]]) -> str:
     """The Frechet distance the rows carry: features (digits) or raw values (toys)."""
     for k in ("frechet_distance", "frechet_distance_raw"):
@@ -59,12 +64,12 @@ def plot_quality(rows: Sequence[Dict[str, Any]], path, title: str = "",
             ax.plot([r[xkey] for r in rs], [max(r[key], 1e-6) for r in rs], **style)
     for ax, xlabel in zip(axes, ("function evaluations (NFE)", "ms per sample")):
         if reference is not None:
-            ax.axhline(reference, color="grey", linestyle="--", label="real data")
+            ax.axhline(reference, color="grey", linestyle="--", label="real data (held out)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel(key.replace("_", " ").replace("frechet", "Frechet") + " (lower: better)")
+    axes[0].set_ylabel(f"{AXIS_LABELS[key]} (lower: better)")
     axes[0].legend(fontsize=8)
     fig.subplots_adjust(wspace=0.15)
     if title:

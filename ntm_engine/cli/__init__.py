@@ -6,6 +6,7 @@
     ntm eval    RUN [--n-samples N] [--guidance W] [--classifier PATH] [--denoiser DIR]
     ntm distill RUN [--out DIR] [--t-min T] [--iters N] [--minutes M] [--resume]
     ntm compare RUN --fm FM_RUN [--ablation RUN] [--n N] [--steps 1,2,4] [--out DIR]
+    ntm compare --train --dataset D [--iters N] [--minutes M] [--train-options "..."] [--out DIR]
     ntm --version
 
 Flow-matching pretraining and the NTM started from it, and self-distillation: see

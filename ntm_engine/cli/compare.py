@@ -1,6 +1,7 @@
 """``ntm compare``: an NTM run against diffusers' flow-matching schedulers on a flow-matching
-run (and the identity-transporter ablation), quality against steps and time; the options and
-the command are :mod:`ntm_engine.baselines.cli`'s, the run loading and device are the CLI's."""
+run (and the identity-transporter ablation), quality against steps and time, of existing runs
+or of runs it trains first (``--train``); the options and the command are
+:mod:`ntm_engine.baselines.cli`'s, the run loading and device are the CLI's."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ def add_parser(sub) -> None:
         "compare", help="NTM against diffusers' schedulers on a flow-matching run",
         description="Sample --n images from each sampler (diffusers' flow-matching schedulers "
         "on the --fm run at each --steps; the NTM at its trained steps; the --ablation run), "
-        "time them and rate them like `ntm eval`; write quality_vs_steps.{md,png,json}.",
+        "time them and rate them like `ntm eval`; write quality_vs_steps.{md,png,json}. "
+        "With --train --dataset D: first train (or resume) the three runs with one budget "
+        "into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_compare_arguments(c)
     c.set_defaults(handler=run)

@@ -13,10 +13,10 @@ import torch
 
 from .. import metrics
 from ..checkpoint import atomic_write_text
-from ..data import eight_gaussian_modes, load_digits
+from ..data import load_digits
 from ..training import (Run, default_sample_steps, denoiser_for, eval_levels, evaluate_bpd,
                         evaluate_test, histogram_bpd, load_run, model_code_fingerprint,
-                        test_data)
+                        raw_quality)
 from .common import (add_device_options, log, nonneg_float, nonneg_int, positive_int, setup_device,
                      timed_samples)
 
@@ -105,16 +105,7 @@ def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
         res["frechet_distance_train_vs_test"] = metrics.frechet_distance_features(
             net.features(xtr), net.features(xt))
         return lambda s: metrics.sample_quality(net, s, y, xt)
-    xt, _ = test_data(cfg.data)
-
-    def toy_quality(s):
-        out = {"frechet_distance_raw": metrics.frechet_distance_features(s.flatten(1),
-                                                                         xt.flatten(1))}
-        if cfg.dataset == "eight_gaussians":
-            d = torch.cdist(s, eight_gaussian_modes()).min(1).values
-            out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
-        return out
-    return toy_quality
+    return raw_quality(cfg.data)
 
 
 def eval_sampler(model, n: int, y, device, args, quality, **sample_kw) -> Dict[str, Any]:

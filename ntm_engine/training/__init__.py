@@ -21,7 +21,7 @@ from .distill_config import DISTILL_DEFAULTS, KIND, DistillConfig, make_distill_
 from .distiller import Distiller
 from .errors import ConfigError, NonFiniteLossError
 from .evaluation import (default_sample_steps, eval_summary, evaluate_bpd, evaluate_test,
-                         histogram_bpd)
+                         histogram_bpd, raw_quality)
 from .factory import REFERENCE_FILE, build_model, fm_reg_weight
 from .loop import Loop, run_command
 from .metrics_log import METRICS_FILE, read_metrics

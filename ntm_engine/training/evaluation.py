@@ -3,20 +3,24 @@ flow-matching model, the sample grid of a run, and the one-line summaries."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import Tensor
 
 from torch import Tensor
 
 from .. import checkpoint as ckpt
 from .. import plots
-from ..data import load_digits
-from ..metrics import dataset_bits_per_dim, dataset_fm_loss
+from ..data import eight_gaussian_modes, load_digits
+from ..metrics import dataset_bits_per_dim, dataset_fm_loss, frechet_distance_features
 from ..models import histogram_bits_per_dim
 from ..models.flow_matching import EULER_STEPS
 from ..models.schedule import step_counts
 from .batches import eval_levels, sample_labels, test_data
 from .config import TrainConfig
 from .determinism import device_generator
+from .sections import DataConfig
 
 
 def _evaluate(metric, model, cfg: TrainConfig, device, *, seed: int,
@@ -65,6 +69,23 @@ def evaluate_test(model, cfg, device, *, seed: int = 0) -> Dict[str, float]:
     if cfg.objective.objective == "flow_matching":
         return _evaluate(dataset_fm_loss, model, cfg, device, seed=seed)
     return _evaluate(dataset_bits_per_dim, model, cfg, device, seed=seed)
+
+
+def raw_quality(data: DataConfig) -> Callable[[Tensor], Dict[str, float]]:
+    """The rating ``ntm eval`` gives samples of data other than digits (images without a
+    classifier, toys): ``quality(s [n, *shape]) -> {"frechet_distance_raw": ...}``, the
+    Frechet distance between the raw values (flattened to ``[n, prod(shape)]``) of ``s`` and
+    of the test split (:func:`~.batches.test_data`; lower is closer); eight Gaussians also get
+    ``fraction_within_3std_of_a_mode``."""
+    x_test = test_data(data)[0].flatten(1)
+
+    def quality(s: Tensor) -> Dict[str, float]:
+        out = {"frechet_distance_raw": frechet_distance_features(s.flatten(1), x_test)}
+        if data.dataset == "eight_gaussians":
+            d = torch.cdist(s, eight_gaussian_modes()).min(1).values
+            out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
+        return out
+    return quality
 
 
 def default_sample_steps(cfg) -> int:

@@ -56,7 +56,10 @@ def test_compare_writes_the_report(tmp_path, capsys):
     assert all("frechet_distance_raw" in r for r in data["rows"])
     assert data["meta"]["machine"]["torch"] == torch.__version__
     assert data["meta"]["ntm_run"]["step"] == 1
-    assert "reference_frechet_distance" not in data["meta"]   # toys: no real-data line
+    # toys: the raw-value distance, and what as many fresh real samples score on it
+    assert data["meta"]["metric"].startswith("Frechet distance of the raw values (image pixels")
+    assert 0 < data["meta"]["reference_frechet_distance"] < min(
+        r["frechet_distance_raw"] for r in data["rows"])
     assert "| unipc | flow_matching | 2 | 2 |" in capsys.readouterr().out
 
 

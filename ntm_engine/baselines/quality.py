@@ -1,0 +1,104 @@
+"""How ``ntm compare`` rates samples: the same metrics as ``ntm eval``, chosen by the data the
+runs share.
+
+* digits: the cached classifier's accuracy and the Frechet distance of its features to the
+  test split (:func:`digits_quality`; reference: the training digits' distance);
+* everything else (colour patches, image folders, arrays, the 2-D toys): the Frechet distance
+  of the raw values to the test split (:func:`~ntm_engine.training.raw_quality`, the one
+  ``ntm eval`` uses; reference: ``n`` held-out real training examples, so that it carries the
+  same small-sample bias as ``n`` samples).
+
+None of this imports diffusers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import metrics
+from ..data import load_digits, sample_toy
+from ..training import DataConfig, raw_quality, run_data, sample_labels
+from ..training.sections import section_from
+
+__all__ = ["Rating", "METRICS", "digits_quality", "held_out_examples", "rating_for",
+           "shared_data"]
+
+Quality = Callable[[Tensor], Dict[str, float]]
+# the row key of each rating -> what the report says it is
+METRICS = {
+    "frechet_distance": "Frechet distance of the digits classifier's features to the test "
+                        "split (as `ntm eval`)",
+    "frechet_distance_raw": "Frechet distance of the raw values (image pixels, toy "
+                            "coordinates) to the test split (as `ntm eval` rates data other "
+                            "than digits)",
+}
+REFERENCE_SEED = 4321   # which held-out real examples make the reference
+
+
+class Rating(NamedTuple):
+    """``labels [n]`` (or None), ``quality(samples) -> {metric: value, ...}``, ``metric``
+    (the Frechet-distance key of :data:`METRICS`), ``reference`` (what real data scores on
+    it) and ``reference_note`` (which real data)."""
+    labels: Optional[Tensor]
+    quality: Quality
+    metric: str
+    reference: float
+    reference_note: str
+
+
+def shared_data(configs: Mapping[str, Mapping[str, Any]]) -> DataConfig:
+    """The data config of runs whose (flat) configs are ``configs`` (role -> config); they
+    must share the dataset, the class conditioning and the model's data shape (which holds
+    the image size and channels), else a ValueError names the key and each run's value."""
+    for key in ("dataset", "class_conditional", "data_shape"):
+        vals = {role: (list(cfg["model"]["data_shape"]) if key == "data_shape" else cfg[key])
+                for role, cfg in configs.items()}
+        if len({repr(v) for v in vals.values()}) > 1:
+            raise ValueError(f"the runs must share {key}, got {vals}")
+    return section_from(DataConfig, next(iter(configs.values())))
+
+
+def digits_quality(labels: Optional[Tensor], classifier_path=None,
+                   log=None) -> Tuple[Quality, float]:
+    """``(quality, reference)``: the digits rating of ``ntm eval``
+    (:func:`~ntm_engine.metrics.sample_quality`: the cached classifier's accuracy on
+    ``labels`` and the Frechet distance of its features to the test split), and that distance
+    for the training split (what real digits score)."""
+    net, _ = metrics.load_or_train_classifier(classifier_path, log=log)
+    x_test, _ = load_digits("test")
+    x_train, _ = load_digits("train")
+    with torch.no_grad():
+        reference = metrics.frechet_distance_features(net.features(x_train),
+                                                      net.features(x_test))
+    return (lambda s: metrics.sample_quality(net, s, labels, x_test)), reference
+
+
+def held_out_examples(data: DataConfig, n: int, seed: int = REFERENCE_SEED) -> Tensor:
+    """``n`` real examples ``[n, *shape]`` that are not in the test split: a random
+    (``seed``) subset of the training images (all of them if fewer), or fresh toy samples."""
+    images = run_data(data)
+    g = torch.Generator().manual_seed(seed)
+    if images is None:
+        return sample_toy(data.dataset, n, generator=g)
+    train = images.split("train")
+    idx = torch.randperm(len(train), generator=g)[:n]
+    return torch.stack([train[int(i)][0] for i in idx])
+
+
+def rating_for(configs: Mapping[str, Mapping[str, Any]], n: int, *, classifier=None,
+               log=None) -> Rating:
+    """The :class:`Rating` of ``n`` samples of runs with these (flat) configs (role ->
+    config; :func:`shared_data`): digits by the classifier, other data by the raw-value
+    Frechet distance, the reference from ``n`` held-out real examples."""
+    data = shared_data(configs)
+    labels = sample_labels(data, n)
+    if data.dataset == "digits":
+        quality, reference = digits_quality(labels, classifier, log=log)
+        return Rating(labels, quality, "frechet_distance", reference,
+                      "the training digits against the test split")
+    quality = raw_quality(data)
+    reference = quality(held_out_examples(data, n))["frechet_distance_raw"]
+    return Rating(labels, quality, "frechet_distance_raw", reference,
+                  f"{n} held-out real examples (training split) against the test split")
