@@ -3,10 +3,8 @@ checkpoints, non-finite losses and configuration errors.  Tiny models; most runs
 (``cli.main``), the kill test and the module entry point in subprocesses."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from ntm_engine import checkpoint as ckpt
 from ntm_engine import cli, metrics
 from ntm_engine.training import read_metrics
+from tests.run_testutils import sigkill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--width", "32", "--depth", "1", "--heads", "2", "--transporter-layers", "2",
@@ -126,6 +125,13 @@ def test_digits_conditional_train_sample_eval(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- faults
 
+def _past_first_checkpoint(run: Path, steps: int) -> bool:
+    """The run has a complete first checkpoint and has trained ``steps`` more iterations."""
+    done = ckpt.list_checkpoints(run)
+    return bool(done) and (done[0][1] / ckpt.MANIFEST_FILE).exists() and \
+        max(train_steps(run) or [0]) >= done[0][0] + steps
+
+
 def test_sigkill_then_resume_continues_the_run(tmp_path):
     run = tmp_path / "killed"
     args = ["train", "--dataset", "two_moons", *TINY, "--iters", "60", "--ckpt-every", "10",
@@ -133,22 +139,7 @@ def test_sigkill_then_resume_continues_the_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ntm_engine", *args, "--threads", "1",
                              "--throttle", "0.03"], cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            done = ckpt.list_checkpoints(run)
-            if done and (done[0][1] / ckpt.MANIFEST_FILE).exists() and max(
-                    train_steps(run) or [0]) >= done[0][0] + 5:
-                break  # past the first checkpoint: kill mid-segment
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed: " + \
-            proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    sigkill_when(proc, lambda: _past_first_checkpoint(run, 5), timeout=120)
     killed_at = max(train_steps(run))
     last_ckpt = ckpt.load_latest(run).step
     assert 10 <= last_ckpt < killed_at < 60

@@ -4,10 +4,8 @@ distance of ``ntm eval``, and the option errors (before any work)."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from ntm_engine import cli  # noqa: E402
 from ntm_engine.baselines.quality import (held_out_examples, rating_for,  # noqa: E402
                                           shared_data)
 from ntm_engine.training import test_data  # noqa: E402
+from tests.run_testutils import sigkill_when  # noqa: E402
 
 TINY = "--width 16 --depth 1 --heads 2 --batch-size 16 --ckpt-every 2 --eval-every 2 " \
        "--eval-samples 0 --no-plots --steps 2"
@@ -103,20 +102,8 @@ def test_a_killed_compare_continues_where_it_stopped(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "ntm_engine", *argv], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if ckpt.list_checkpoints(out / "fm"):
-                break   # the NTM is finished, the FM run has a checkpoint
-            time.sleep(0.02)
-        assert proc.poll() is None, "compare ended before it could be killed: " + \
-            proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    # killed once the NTM is finished and the FM run has a checkpoint
+    sigkill_when(proc, lambda: bool(ckpt.list_checkpoints(out / "fm")), timeout=300)
     ntm_events = events(out / "ntm")
     fm_step = ckpt.load_latest(out / "fm").step
     assert ntm_events[-1] == ("end", 20) and 4 <= fm_step < 20
