@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ntm_engine.models import NTM, schedule
-from ntm_engine.models.flow_matching import anchored_trajectory_nll, frozen_copy
+from ntm_engine.models.flow_matching import frozen_copy
+from ntm_engine.models.loss import anchored_trajectory_nll
 from ntm_engine.models.transporter import AutoregressiveTransporter, IdentityTransporter
 from ntm_engine.training import (ConfigError, build_model, default_sample_steps, load_run,
                                  make_config)

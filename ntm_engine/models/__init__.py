@@ -7,11 +7,12 @@
 * :mod:`.tarflow` -- :class:`TarFlow`: a standalone normalizing flow from the autoregressive blocks
 * :mod:`.predictor` -- ``f_P``: block-causal Transformer over all levels, with a KV cache
 * :mod:`.guidance` -- classifier-free guidance of Gaussian steps
-* :mod:`.ntm` -- :class:`NTM`: likelihood, bits/dim bound, sampling, trajectory scores; one or
-  several step counts
-* :mod:`.trajectory_loss` -- end-to-end and pair-wise trajectory losses
-* :mod:`.likelihood` -- one-trajectory and importance-weighted bounds on ``log p(x)``
-* :mod:`.sampler` -- the sampling steps: grid, reverse levels (guided), decoders
+* :mod:`.ntm` -- :class:`NTM`: configuration, modules, forward process; ``forward`` (the
+  training loss), ``log_prob``, ``sample``; one or several step counts
+* :mod:`.loss` -- the training loss: trajectory losses, step-count groups, the anchored loss
+* :mod:`.likelihood` -- exact trajectory log-density, bounds on ``log p(x)``, bits/dim,
+  trajectory score and Tweedie posterior mean
+* :mod:`.sampler` -- the sampling loop: grid, reverse levels (guided), decoders
   (transporter inverse, learned denoiser, trajectory denoising)
 * :mod:`.baselines` -- per-pixel histogram bits/dim
 * :mod:`.flow_matching` -- :class:`FlowMatchingModel`: the predictor pretrained as a velocity
@@ -25,7 +26,7 @@ from .guidance import guide
 from .ntm import NTM
 from .predictor import TrajectoryPredictor, block_causal_mask
 from .sampler import SAMPLERS
-from .trajectory_loss import TRAJECTORY_LOSSES
+from .loss import TRAJECTORY_LOSSES
 from .tarflow import TarFlow
 from .transporter import Transporter, build_transporter
 

@@ -31,7 +31,7 @@ levels (``[B*T, 1]``, each slot attending to itself only):
 * the targets do not depend on the presentation: by the Markov property the noisier levels
   carry no information on ``x`` beyond ``x_{t_{k+1}}``, so both optima are ``E[e - x | x_t]``.
 
-Fine-tuning adds ``lambda |mu - mu_FM|^2`` (:func:`anchored_trajectory_nll`), ``mu_FM`` from
+Fine-tuning adds ``lambda |mu - mu_FM|^2`` (:func:`~.loss.anchored_trajectory_nll`), ``mu_FM`` from
 a frozen copy of the FM predictor on the NTM's own slot inputs.
 """
 from __future__ import annotations
@@ -50,8 +50,7 @@ from .predictor import TrajectoryPredictor, default_patch_size
 
 __all__ = ["FlowMatchingModel", "TRAJECTORY_FRACTION", "EULER_STEPS", "ARCHITECTURE_KEYS",
            "random_grid", "velocity_targets", "architecture_differences",
-           "load_predictor_weights", "ntm_from_flow_matching", "frozen_copy",
-           "anchored_trajectory_nll"]
+           "load_predictor_weights", "ntm_from_flow_matching", "frozen_copy"]
 
 TRAJECTORY_FRACTION = 0.5   # samples presented as whole trajectories (the rest: single levels)
 EULER_STEPS = 32            # default steps of the FM model's own sampler
@@ -273,28 +272,3 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
-
-
-def anchored_trajectory_nll(ntm: nn.Module, reference: TrajectoryPredictor, x: Tensor,
-                            y: Labels = None, generator: Optional[torch.Generator] = None, *,
-                            trajectory_loss: str = "end_to_end") -> Tuple[Tensor, Tensor]:
-    """``(nll [B], sq [B])``: the NTM's training loss :meth:`~.ntm.NTM.trajectory_nll` (same
-    draws from ``generator``, same ``trajectory_loss``, same value) and ``|mu - mu_FM|^2``
-    summed over slots and dimensions, ``mu_FM`` from the frozen ``reference`` predictor on
-    the same slot inputs, times and (dropped) labels, without gradient; a model with several
-    step counts scales both by its groups' weights (:mod:`.step_groups`).  Fine-tuning
-    minimises ``nll + lambda * sq``."""
-    nll, sq = [], []
-    groups = ntm.training_groups(x, y, generator)
-    for _, X, t, y_g in groups:
-        levels = ntm.predict_levels(X, t, y_g)
-        nll.append(ntm.loss_from_levels(X, levels, trajectory_loss=trajectory_loss,
-                                        generator=generator))
-        U, _, mu, _ = levels
-        T = U.shape[1]
-        tt = t.to(U.dtype)
-        with torch.no_grad():
-            mu_ref, _ = reference(ntm.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y_g,
-                                  **ntm.predictor_steps(T, U.shape[0], U.device))
-        sq.append((mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2)))
-    return groups.combine(nll), groups.combine(sq)

@@ -1,5 +1,6 @@
-"""Bounds on ``log p(x)`` of an NTM from forward trajectories (docs/design.md section 1,
-"Bound on the data").
+"""Where the NTM's likelihood lives (docs/design.md section 1, "Likelihood", "Bits/dim",
+"Trajectory denoising"): the exact log-density of a trajectory, bounds on ``log p(x)`` of the
+data, bits/dim, and the trajectory score with the Tweedie posterior mean built on it.
 
 With ``t_0 = 0`` (``x_{t_0} = x``) and forward trajectories ``X_i ~ q(. | x)``:
 
@@ -13,18 +14,31 @@ With ``t_0 = 0`` (``x_{t_0} = x``) and forward trajectories ``X_i ~ q(. | x)``:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor
 
 from . import schedule
+from .loss import end_to_end_nll
 
-__all__ = ["log_likelihood_bound"]
+if TYPE_CHECKING:   # the NTM imports this module
+    from .ntm import NTM
+
+__all__ = ["trajectory_log_prob", "log_likelihood_bound", "bits_per_dim", "trajectory_score",
+           "posterior_mean"]
 
 
-def log_likelihood_bound(model, x: Tensor, y: Optional[Tensor] = None, *, samples: int = 1,
-                         generator: Optional[torch.Generator] = None,
+def trajectory_log_prob(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:
+    """Exact ``log p(X) [B]`` (nats) of a trajectory ``X [B, T+1, *data_shape]`` on the grid
+    ``t [B, T+1]``: ``-L`` with ``L`` the end-to-end trajectory NLL of one teacher-forced pass
+    (no label dropout)."""
+    levels = model.predict_levels(X, t, y)
+    return -end_to_end_nll(model.last_level(X), *levels)
+
+
+def log_likelihood_bound(model: "NTM", x: Tensor, y: Optional[Tensor] = None, *,
+                         samples: int = 1, generator: Optional[torch.Generator] = None,
                          steps: Optional[int] = None) -> Tensor:
     """A bound ``[B]`` (nats) on ``log p(x)`` of data ``x [B, *data_shape]`` (labels ``y [B]``
     or None) with ``samples = K`` forward trajectories of ``steps`` (None: the model's
@@ -41,3 +55,43 @@ def log_likelihood_bound(model, x: Tensor, y: Optional[Tensor] = None, *, sample
         log_q = schedule.forward_log_prob(X.reshape(*X.shape[:2], model.dim), t)
         log_w.append(log_p - log_q.to(log_p.dtype))
     return torch.logsumexp(torch.stack(log_w, dim=1), dim=1) - math.log(samples)
+
+
+def bits_per_dim(model: "NTM", x: Tensor, y=None, levels: int = 256,
+                 generator: Optional[torch.Generator] = None, *, dequantize: bool = False,
+                 samples: int = 1, steps: Optional[int] = None) -> Tensor:
+    """Per-sample bound ``[B]`` on bits/dim of discrete data with ``levels`` bins on [-1, 1]
+    (digits: 17; 8-bit: 256), with ``t_0 = 0`` on the grid of ``steps`` (None: the model's
+    default): :func:`log_likelihood_bound` over ``samples = K`` forward trajectories
+    (``K = 1``: ``(L - H_q) / (D ln 2)``; ``K > 1``: importance-weighted, tighter), in
+    bits/dim, plus ``log2(levels / 2)``.  The mean over data bounds the bits/dim of the
+    dequantised model.  ``x`` must already be uniformly dequantised
+    (:func:`ntm_engine.data.dequantize`), unless ``dequantize=True``, which adds the noise here
+    (drawn from ``generator`` before the trajectories).  No label dropout."""
+    if dequantize:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x + (noise - 0.5) * (2.0 / levels)
+    log_px = log_likelihood_bound(model, x, model.resolve_labels(y, x.shape[0], x.device),
+                                  samples=samples, generator=generator, steps=steps)
+    return -log_px / (model.dim * math.log(2)) + math.log2(levels / 2)
+
+
+def trajectory_score(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:
+    """``grad_X log p(X)`` ``[B, T+1, *data_shape]`` (exact, by autograd through ``L``)."""
+    with torch.enable_grad():
+        Xg = X.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(trajectory_log_prob(model, Xg, t, y).sum(), Xg)
+    return g
+
+
+def posterior_mean(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:
+    """Tweedie estimate ``E[x | X] [B, *data_shape]`` of the clean data from a trajectory:
+    ``(X_0 + [S grad_X log p(X)]_0) / (1 - t_0)`` with ``S`` the level covariance of
+    :func:`~.schedule.level_covariance` over levels ``t_0..t_{T-1}``.  (With ``t_0 = 0`` it is
+    ``X_0``; it is informative for ``t_0 > 0``.)"""
+    B, T = X.shape[0], X.shape[1] - 1
+    score = trajectory_score(model, X, t, y).reshape(B, T + 1, model.dim)[:, :T]
+    S = schedule.level_covariance(t.to(X.dtype))                 # [B, T, T]
+    corr = torch.einsum("bj,bjd->bd", S[:, 0], score)
+    x0 = X.reshape(B, T + 1, model.dim)[:, 0]
+    return ((x0 + corr) / (1 - t[:, :1].to(X.dtype))).view(B, *model.data_shape)

@@ -9,16 +9,17 @@ predictor gives ``N(mu_k, sig_k^2)`` for ``u_{t_k}`` from ``u_{t_{k+1}}, ..., u_
 All log-densities are per sample, in nats.
 
 Several step counts: ``NTM(..., steps=(4, 8, 16))`` trains with the batch dealt by one random
-permutation into one group per count, of static near-equal sizes (:mod:`.step_groups`: no host
+permutation into one group per count, of static near-equal sizes (:mod:`.loss`: no host
 sync, one graph under ``torch.compile``; each sample's expected loss is the mean over the
 counts), one transporter and one predictor pass per group, so no compute is spent on padding
 and each group's pass is exactly the single-``T`` one; the predictor (and a transporter that
 accepts ``steps=``) then sees ``T`` and the model is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
 no step-count embedding (its state dict is unchanged) and may be evaluated on other grids.
 
-This module is a little over the project's ~400-line guide on purpose: it is the whole public
-surface of one class, read top to bottom like the paper; the maths behind it lives in
-:mod:`.schedule`, :mod:`.trajectory_loss`, :mod:`.likelihood` and :mod:`.sampler`.
+This file holds the configuration, the modules and the forward process; the rest is one
+file each, functions of an :class:`NTM`: the training loss (:mod:`.loss`, :meth:`NTM.forward`),
+the likelihood and its bounds (:mod:`.likelihood`, :meth:`NTM.log_prob`) and sampling
+(:mod:`.sampler`, :meth:`NTM.sample`).  The schedule's maths is in :mod:`.schedule`.
 """
 from __future__ import annotations
 
@@ -28,13 +29,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from . import schedule
-from .embedding import drop_labels, resolve_labels
-from .likelihood import log_likelihood_bound
+from . import likelihood, loss, schedule
+from .embedding import resolve_labels
 from .predictor import TrajectoryPredictor
 from .sampler import sample as _sample
-from .step_groups import StepGroups, draw_permutation, group_sizes, group_weights
-from .trajectory_loss import end_to_end_nll, trajectory_loss as _loss
 from .transporter import build_transporter
 
 __all__ = ["NTM"]
@@ -204,8 +202,6 @@ class NTM(nn.Module):
         """Labels ``y`` (None, an int, or ``[batch]``) as a long tensor ``[batch]`` or None."""
         return resolve_labels(y, batch, self.num_classes, device)
 
-    _labels = resolve_labels
-
     def check_denoiser(self, denoiser: Optional[nn.Module]) -> None:
         """A denoiser that declares ``data_shape``/``num_classes`` must declare this model's."""
         if denoiser is None:
@@ -256,10 +252,8 @@ class NTM(nn.Module):
         ``(U [B, T, D], logdet [B, T], mu [B, T, D], log_sigma [B, T, D])`` with
         ``U[:, k] = f_T(x_{t_k}; t_k)``, its log-det, and the predicted Gaussian of
         ``U[:, k]`` (from ``U[:, k+1:]`` and ``x_1`` only).  ``D`` = flat data size."""
-        return self._predict(X, t, self._labels(y, X.shape[0], X.device))
-
-    def _predict(self, X: Tensor, t: Tensor, y: Optional[Tensor]):
         B, T = X.shape[0], X.shape[1] - 1
+        y = self.resolve_labels(y, B, X.device)
         D = self.dim
         if T < 1 or tuple(X.shape[2:]) != self.data_shape or t.shape != (B, T + 1):
             raise ValueError(f"X must be [B, T+1, {', '.join(map(str, self.data_shape))}] with "
@@ -282,86 +276,45 @@ class NTM(nn.Module):
         B, T, D = U.shape
         return torch.cat([U[:, 1:], X.reshape(B, T + 1, D)[:, T:]], dim=1)
 
-    def _nll(self, X: Tensor, t: Tensor, y: Optional[Tensor]) -> Tensor:
-        """``L [B]`` (docs/design.md section 1) of trajectory ``X [B, T+1, ...]`` on ``t [B, T+1]``."""
-        return self.nll_from_levels(X, *self._predict(X, t, y))
-
-    def nll_from_levels(self, X: Tensor, U: Tensor, logdet: Tensor, mu: Tensor,
-                        log_sigma: Tensor) -> Tensor:
-        """``L [B]`` of trajectory ``X`` from the outputs of :meth:`predict_levels` on it."""
-        return end_to_end_nll(self._last_level(X), U, logdet, mu, log_sigma)
-
-    def _last_level(self, X: Tensor) -> Tensor:
+    def last_level(self, X: Tensor) -> Tensor:
+        """``x_1 [B, D]``: the last level of a trajectory ``X [B, T+1, ...]``, flat."""
         return X.reshape(X.shape[0], X.shape[1], self.dim)[:, -1]
-
-    def loss_from_levels(self, X: Tensor, levels: Tuple[Tensor, Tensor, Tensor, Tensor], *,
-                         trajectory_loss: str = "end_to_end",
-                         generator: Optional[torch.Generator] = None) -> Tensor:
-        """The training loss ``[B]`` from the outputs of :meth:`predict_levels` on ``X``:
-        ``trajectory_loss`` ``"end_to_end"`` (``L``) or ``"pairwise"`` (one factor per sample,
-        drawn from ``generator``, times ``T``; same expectation), :mod:`.trajectory_loss`."""
-        return _loss(trajectory_loss, self._last_level(X), levels, generator)
 
     def trajectory_log_prob(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:
         """Exact ``log p(X) [B]`` (nats) of a trajectory ``X [B, T+1, *data_shape]`` on the grid
-        ``t [B, T+1]`` (any ``T >= 1``; the model's own grid is ``forward_trajectory``'s).
-        No label dropout."""
-        return -self._nll(X, t, self._labels(y, X.shape[0], X.device))
+        ``t [B, T+1]`` (any ``T >= 1``; the model's own grid is :meth:`forward_trajectory`'s).
+        No label dropout (:func:`~.likelihood.trajectory_log_prob`)."""
+        return likelihood.trajectory_log_prob(self, X, t, y)
 
-    def trajectory_nll(self, x: Tensor, y: Labels = None,
-                       generator: Optional[torch.Generator] = None, *,
-                       trajectory_loss: str = "end_to_end") -> Tensor:
-        """The training loss: ``-log p(X) [B]`` (nats) of a forward trajectory ``X`` drawn from
-        data ``x [B, *data_shape]`` (``t_0`` random in training mode, 0 in eval mode).  Several
-        step counts: each sample's ``T`` from :meth:`training_groups`, its value scaled by its
-        group's weight ``B / (K s_i)`` (exactly 1 when the ``K`` counts divide ``B``), so its
-        expectation is the mean over the counts (:mod:`.step_groups`).  In training mode labels are
-        replaced by the null class with probability ``label_dropout`` (drawn from
-        ``generator`` after the trajectory).  One transporter pass over ``B*T`` rows and one
-        predictor pass (per step count).  ``trajectory_loss="pairwise"``: one random factor
-        per sample, scaled by ``T`` (same expectation, :meth:`loss_from_levels`)."""
-        groups = self.training_groups(x, y, generator)
-        return groups.combine([
-            self.loss_from_levels(X, self._predict(X, t, yg), generator=generator,
-                                  trajectory_loss=trajectory_loss)
-            for _, X, t, yg in groups])
+    # ------------------------------------------------------------------ training loss
+    def forward(self, x: Tensor, y: Labels = None, generator: Optional[torch.Generator] = None,
+                *, trajectory_loss: str = "end_to_end") -> Tensor:
+        """The training loss ``[B]`` (nats per sample; the Trainer minimises its mean): the
+        negative log-likelihood of a forward trajectory drawn from data ``x [B,
+        *data_shape]`` (labels ``y [B]``, an int or None), :func:`~.loss.trajectory_nll`.
 
-    def training_groups(self, x: Tensor, y: Labels = None,
-                        generator: Optional[torch.Generator] = None) -> StepGroups:
-        """The random draws of :meth:`trajectory_nll` as groups of one step count each
-        (:class:`~.step_groups.StepGroups`: ``(idx [b] or None = all, X [b, T+1, ...],
-        t [b, T+1], y [b] or None)`` per group, and ``combine``).  One step count:
-        :meth:`training_trajectory`.  Several: first one permutation of the batch that deals
-        it into groups of static, near-equal sizes (:mod:`.step_groups`; ValueError naming
-        the batch size and the counts if ``B`` < the number of counts), then one trajectory
-        per group (increasing ``T``), then label dropout."""
-        if not self.multi_steps:
-            return StepGroups([(None, *self.training_trajectory(x, y, generator))])
-        B = x.shape[0]
-        sizes = group_sizes(B, self.trained_steps)
-        perm = draw_permutation(B, generator, x.device)
-        groups = []
-        for idx, T in zip(perm.split(sizes), self.trained_steps):
-            groups.append((idx, *self.forward_trajectory(x[idx], generator, steps=T)))
-        y = self._dropped_labels(y, B, x.device, generator)
-        return StepGroups([(idx, X, t, None if y is None else y[idx]) for idx, X, t in groups],
-                          perm, group_weights(sizes))
+        >>> import torch
+        >>> from ntm_engine.models import NTM
+        >>> model = NTM((2,), steps=2, width=32, depth=1, heads=2, transporter_layers=1)
+        >>> model(torch.randn(5, 2)).shape
+        torch.Size([5])
+        """
+        return loss.trajectory_nll(self, x, y, generator, trajectory_loss=trajectory_loss)
 
-    def _dropped_labels(self, y: Labels, batch: int, device,
-                        generator: Optional[torch.Generator]) -> Optional[Tensor]:
-        y = self._labels(y, batch, device)
-        if self.training:
-            y = drop_labels(y, self.label_dropout, self.num_classes, generator)
-        return y
+    trajectory_nll = forward
 
-    def training_trajectory(self, x: Tensor, y: Labels = None,
-                            generator: Optional[torch.Generator] = None
-                            ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """The random draws of :meth:`trajectory_nll`, in its order: ``(X [B, T+1, ...],
-        t [B, T+1], y [B] or None)``, a forward trajectory of ``x`` and the labels after
-        label dropout (training mode only)."""
-        X, t = self.forward_trajectory(x, generator)
-        return X, t, self._dropped_labels(y, x.shape[0], x.device, generator)
+    # ------------------------------------------------------------------ likelihood
+    def log_prob(self, x: Tensor, y: Labels = None, samples: int = 1, *,
+                 generator: Optional[torch.Generator] = None,
+                 steps: Optional[int] = None) -> Tensor:
+        """A lower bound ``[B]`` (nats) on ``log p(x)`` of data ``x [B, *data_shape]`` with
+        ``t_0 = 0``, importance-weighted over ``samples`` forward trajectories (tighter as it
+        grows) on the grid of ``steps`` (None: :attr:`steps`); differentiable in ``x`` and the
+        weights.  :func:`~.likelihood.log_likelihood_bound`."""
+        self._check_data(x)
+        return likelihood.log_likelihood_bound(self, x, self.resolve_labels(y, x.shape[0], x.device),
+                                               samples=samples, generator=generator,
+                                               steps=steps)
 
     def forward_entropy(self, t: Tensor) -> Tensor:
         """``H_q [B]`` (nats) of the forward process on grid ``t [B, T+1]``."""
@@ -372,20 +325,11 @@ class NTM(nn.Module):
                      dequantize: bool = False, samples: int = 1,
                      steps: Optional[int] = None) -> Tensor:
         """Per-sample bound ``[B]`` on bits/dim of discrete data with ``levels`` bins on [-1, 1]
-        (digits: 17; 8-bit: 256), with ``t_0 = 0`` on the grid of ``steps`` (None:
-        :attr:`steps`): :func:`~.likelihood.log_likelihood_bound` over ``samples = K``
-        forward trajectories (``K = 1``: ``(L - H_q) / (D ln 2)``; ``K > 1``: importance-
-        weighted, tighter), in bits/dim, plus ``log2(levels / 2)``.  The mean over data
-        bounds the bits/dim of the dequantised model.  ``x`` must already be uniformly dequantised
-        (:func:`ntm_engine.data.dequantize`), unless ``dequantize=True``, which adds the
-        noise here (drawn from ``generator`` before the trajectories).  No label dropout."""
+        (:func:`~.likelihood.bits_per_dim`; ``dequantize=True`` adds the uniform noise
+        here)."""
         self._check_data(x)
-        if dequantize:
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + (noise - 0.5) * (2.0 / levels)
-        log_px = log_likelihood_bound(self, x, self._labels(y, x.shape[0], x.device),
-                                      samples=samples, generator=generator, steps=steps)
-        return -log_px / (self.dim * math.log(2)) + math.log2(levels / 2)
+        return likelihood.bits_per_dim(self, x, y, levels, generator, dequantize=dequantize,
+                                       samples=samples, steps=steps)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, y: Labels = None, steps: Optional[int] = None, *,
@@ -419,21 +363,10 @@ class NTM(nn.Module):
 
     # ------------------------------------------------------------------ trajectory scores
     def trajectory_score(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:
-        """``grad_X log p(X)`` ``[B, T+1, *data_shape]`` (exact, by autograd through ``L``)."""
-        with torch.enable_grad():
-            Xg = X.detach().requires_grad_(True)
-            L = self._nll(Xg, t, self._labels(y, X.shape[0], X.device))
-            (g,) = torch.autograd.grad(L.sum(), Xg)
-        return -g
+        """``grad_X log p(X)`` ``[B, T+1, *data_shape]`` (:func:`~.likelihood.trajectory_score`)."""
+        return likelihood.trajectory_score(self, X, t, y)
 
     def posterior_mean(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:
-        """Tweedie estimate ``E[x | X] [B, *data_shape]`` of the clean data from a trajectory:
-        ``(X_0 + [S grad_X log p(X)]_0) / (1 - t_0)`` with ``S`` the level covariance of
-        :func:`~.schedule.level_covariance` over levels ``t_0..t_{T-1}``.  (With ``t_0 = 0``
-        it is ``X_0``; it is informative for ``t_0 > 0``.)"""
-        B, T = X.shape[0], X.shape[1] - 1
-        score = self.trajectory_score(X, t, y).reshape(B, T + 1, self.dim)[:, :T]
-        S = schedule.level_covariance(t.to(X.dtype))                 # [B, T, T]
-        corr = torch.einsum("bj,bjd->bd", S[:, 0], score)
-        x0 = X.reshape(B, T + 1, self.dim)[:, 0]
-        return ((x0 + corr) / (1 - t[:, :1].to(X.dtype))).view(B, *self.data_shape)
+        """Tweedie estimate ``E[x | X] [B, *data_shape]`` of the clean data from a trajectory
+        (:func:`~.likelihood.posterior_mean`)."""
+        return likelihood.posterior_mean(self, X, t, y)

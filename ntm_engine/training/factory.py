@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .. import checkpoint as ckpt
 from ..models import NTM, FlowMatchingModel
 from ..models.flow_matching import architecture_differences, frozen_copy, load_predictor_weights
-from ..models.step_groups import group_sizes
+from ..models.loss import group_sizes
 from .batches import DataSource
 from .config import TrainConfig, upgrade
 from .determinism import device_generator
@@ -63,7 +63,7 @@ def preflight(model: nn.Module, cfg: TrainConfig, device, *, rows: Optional[int]
               ) -> None:
     """One tiny loss evaluation, so bad shapes fail before any work starts; ``rows`` (each
     process's batch size) must give every trained step count of ``model`` a group
-    (:func:`~ntm_engine.models.step_groups.group_sizes`)."""
+    (:func:`~ntm_engine.models.loss.group_sizes`)."""
     counts = getattr(model, "trained_steps", ())
     if rows is not None and len(counts) > 1:
         try:

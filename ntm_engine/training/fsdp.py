@@ -18,13 +18,14 @@ over the ranks, all-gathered for the unit's own forward and backward and freed a
 * the root (the NTM or flow-matching model), which then holds no parameter itself (FSDP
   takes the first unit to run as its tree's root, so the root's methods must run first).
 
-The objectives, the evaluation and the sampler call model methods other than ``forward``;
-:data:`ROOT_METHODS` and :data:`UNIT_METHODS` are registered with
-``register_fsdp_forward_method`` so that they gather and free like ``forward``.  Every rank
+Training calls the root's ``forward`` (the per-sample loss).  Evaluation and sampling call
+other public methods of the root (``log_prob``, ``sample``, ...): every public method its class
+defines (:func:`root_methods`) is registered with ``register_fsdp_forward_method`` so that it
+gathers and frees like ``forward``, as are the submodule methods in :data:`UNIT_METHODS`.  Every rank
 must call each unit equally often (its collectives pair up across ranks): evaluation and
 sampling run on every rank, and a model of several step counts makes one pass per trained
 ``T`` on every rank (its step groups have sizes fixed by the per-rank batch,
-:mod:`~ntm_engine.models.step_groups`, never empty).  The ranks build the model on the CPU from the seed; rank 0's
+:mod:`~ntm_engine.models.loss`, never empty).  The ranks build the model on the CPU from the seed; rank 0's
 weights are then copied into every shard (:meth:`FullStates.copy_from_rank0`).  Gradients
 are reduce-scattered (averaged) by FSDP during the backward; clipping uses the global norm
 (``clip_grad_norm_`` on the sharded gradients); AdamW keeps sharded state.
@@ -54,10 +55,6 @@ from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from .distributed import check_parallel
 from .errors import ConfigError
 
-# methods of the root model that the objectives, evaluation, metrics and sampling call
-ROOT_METHODS = ("trajectory_nll", "predict_levels", "trajectory_log_prob", "bits_per_dim",
-                "sample", "posterior_mean", "trajectory_score", "transport",
-                "transport_inverse", "loss", "velocity")
 # methods of the sharded submodules called from outside them (besides forward)
 UNIT_METHODS = {"predictor": ("step", "head_outputs"), "transporter": ("inverse",)}
 
@@ -75,6 +72,19 @@ def check_sharding(cfg, parallel: str) -> None:
 
 def _has_parameters(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None
+
+
+def root_methods(model: nn.Module) -> List[str]:
+    """The public methods that ``model``'s own classes define (those of :class:`nn.Module`
+    excluded), e.g. an NTM's ``log_prob``, ``sample``, ``predict_levels``."""
+    names = set()
+    for cls in type(model).__mro__:
+        if cls is nn.Module or not issubclass(cls, nn.Module):
+            continue
+        names.update(n for n, v in vars(cls).items()
+                     if not n.startswith("_") and n != "forward" and callable(v)
+                     and not isinstance(v, (staticmethod, classmethod, type)))
+    return sorted(names)
 
 
 def _register(module: nn.Module, names) -> None:
@@ -103,7 +113,7 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
             fully_shard(unit, mesh=mesh)
             _register(unit, methods)
     fully_shard(model, mesh=mesh)
-    _register(model, ROOT_METHODS)
+    _register(model, root_methods(model))
     return model
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.embedding import drop_labels, resolve_labels
-from ..models.flow_matching import anchored_trajectory_nll
+from ..models.loss import anchored_trajectory_nll
 
 Metrics = Dict[str, Union[Tensor, float]]
 
@@ -38,8 +38,8 @@ class NTMLikelihood:
         self.model, self.trajectory_loss = model, trajectory_loss
 
     def loss(self, batch: Batch) -> Tuple[Tensor, Metrics]:
-        nll = self.model.trajectory_nll(batch.x, batch.y, generator=batch.generator,
-                                        trajectory_loss=self.trajectory_loss)
+        nll = self.model(batch.x, batch.y, generator=batch.generator,
+                         trajectory_loss=self.trajectory_loss)
         return nll, {"nll": nll}
 
 

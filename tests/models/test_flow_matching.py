@@ -10,9 +10,10 @@ import torch
 from ntm_engine.data import sample_toy
 from ntm_engine.metrics import frechet_distance_features
 from ntm_engine.models import NTM, FlowMatchingModel, schedule
-from ntm_engine.models.flow_matching import (TRAJECTORY_FRACTION, anchored_trajectory_nll,
-                                             frozen_copy, ntm_from_flow_matching, random_grid,
+from ntm_engine.models.flow_matching import (TRAJECTORY_FRACTION, frozen_copy,
+                                             ntm_from_flow_matching, random_grid,
                                              velocity_targets)
+from ntm_engine.models.loss import anchored_trajectory_nll, training_trajectory
 
 from _ntm_testutils import brute_force_nll, joint_covariance, perturb, small_ntm
 
@@ -218,7 +219,7 @@ def test_anchored_nll_is_the_training_nll_plus_the_distance_to_the_reference():
     assert torch.equal(sq, torch.zeros_like(sq))          # the reference is the model
     perturb(model.predictor, std=0.05, seed=9)
     nll, sq = anchored_trajectory_nll(model, ref, x, y, torch.Generator().manual_seed(3))
-    X, t, yd = model.training_trajectory(x, y, torch.Generator().manual_seed(3))
+    X, t, yd = training_trajectory(model, x, y, torch.Generator().manual_seed(3))
     assert (yd == 3).any() and (yd < 3).any()             # dropped labels reach both predictors
     U, _, mu, _ = model.predict_levels(X, t, yd)
     u_in = torch.cat([U[:, 1:], X[:, 3:].reshape(6, 1, 16)], dim=1)

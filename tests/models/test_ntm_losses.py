@@ -4,6 +4,8 @@ import math
 import pytest
 import torch
 
+from ntm_engine.models.loss import loss_from_levels
+
 from _ntm_testutils import small_ntm
 
 
@@ -31,18 +33,18 @@ def test_pairwise_loss_is_one_factor_times_T():
                                     generator=g)
     with torch.no_grad():
         levels = model.predict_levels(X, t)
-        pw = model.loss_from_levels(X, levels, trajectory_loss="pairwise",
+        pw = loss_from_levels(model, X, levels, trajectory_loss="pairwise",
                                     generator=torch.Generator().manual_seed(2))
         U, logdet, mu, ls = levels
         factors = (0.5 * ((U - mu) / ls.exp()) ** 2 + ls + 0.5 * math.log(2 * math.pi)
                    ).sum(-1) - logdet                                          # [B, T]
         x1 = X[:, -1].reshape(50, -1)
         prior = 0.5 * x1.pow(2).sum(1) + 16 * 0.5 * math.log(2 * math.pi)
-        e2e = model.loss_from_levels(X, levels)
+        e2e = loss_from_levels(model, X, levels)
     assert torch.allclose(e2e, factors.sum(1) + prior, rtol=1e-12)
     picked = ((pw - prior) / 3).unsqueeze(1)
     hits = torch.isclose(picked, factors, rtol=1e-10, atol=1e-10)
     assert (hits.sum(1) == 1).all()
     assert len(set(hits.long().argmax(1).tolist())) == 3     # every slot gets drawn
     with pytest.raises(ValueError, match="trajectory_loss"):
-        model.loss_from_levels(X, levels, trajectory_loss="pairs")
+        loss_from_levels(model, X, levels, trajectory_loss="pairs")

@@ -1,4 +1,4 @@
-"""The static step-count groups of a training batch (``ntm_engine.models.step_groups``): sizes
+"""The static step-count groups of a training batch (``ntm_engine.models.loss``): sizes
 fixed by ``(B, K)``, samples dealt by a random permutation, weights that keep every sample's
 expected loss the mean over the trained counts."""
 import math
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ntm_engine.models import NTM
-from ntm_engine.models.step_groups import StepGroups, group_sizes, group_weights
+from ntm_engine.models.loss import (StepGroups, group_sizes, group_weights, training_groups,
+                                    training_trajectory)
 
 COUNTS = (2, 4, 8)
 
@@ -51,7 +52,7 @@ def test_a_batch_smaller_than_the_number_of_counts_is_refused(batch):
 def test_each_batch_deals_every_sample_once_to_groups_of_the_static_sizes():
     model = toy_ntm()
     x = torch.randn(7, 2, dtype=torch.float64)
-    groups = model.training_groups(x, generator=torch.Generator().manual_seed(0))
+    groups = training_groups(model, x, generator=torch.Generator().manual_seed(0))
     assert [len(g[0]) for g in groups] == [3, 2, 2]
     assert [g[1].shape[1] - 1 for g in groups] == list(COUNTS)
     assert sorted(torch.cat([g[0] for g in groups]).tolist()) == list(range(7))
@@ -70,7 +71,7 @@ def test_each_sample_meets_each_count_with_the_expected_frequency():
     total = torch.zeros(B, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     for _ in range(N):
-        groups = model.training_groups(x, generator=g)
+        groups = training_groups(model, x, generator=g)
         for i, (idx, *_rest) in enumerate(groups):
             hits[idx, i] += 1
         total += groups.combine([c[idx, i] for i, (idx, *_r) in enumerate(groups)])
@@ -88,7 +89,7 @@ def test_loss_is_each_groups_trajectory_nll_times_its_weight():
     model = toy_ntm()
     x = torch.randn(7, 2, dtype=torch.float64)
     loss = model.trajectory_nll(x, generator=torch.Generator().manual_seed(0))
-    groups = model.training_groups(x, generator=torch.Generator().manual_seed(0))
+    groups = training_groups(model, x, generator=torch.Generator().manual_seed(0))
     for (i, X, t, _), w in zip(groups, groups.weights):
         torch.testing.assert_close(loss[i], -w * model.trajectory_log_prob(X, t),
                                    rtol=1e-12, atol=0)
@@ -98,11 +99,11 @@ def test_loss_is_each_groups_trajectory_nll_times_its_weight():
 
 def test_a_single_step_count_keeps_its_draws_and_values():
     """One count: one group of the whole batch, values passed through untouched, and the same
-    random draws as :meth:`NTM.training_trajectory` (no permutation drawn)."""
+    random draws as :func:`training_trajectory` (no permutation drawn)."""
     model = toy_ntm(steps=4)
     x = torch.randn(5, 2, dtype=torch.float64)
-    groups = model.training_groups(x, generator=torch.Generator().manual_seed(0))
-    X, t, _ = model.training_trajectory(x, generator=torch.Generator().manual_seed(0))
+    groups = training_groups(model, x, generator=torch.Generator().manual_seed(0))
+    X, t, _ = training_trajectory(model, x, generator=torch.Generator().manual_seed(0))
     assert len(groups) == 1 and groups[0][0] is None and groups.perm is None
     assert torch.equal(groups[0][1], X) and torch.equal(groups[0][2], t)
     v = torch.randn(5)

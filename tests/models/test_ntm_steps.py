@@ -6,6 +6,7 @@ import torch
 
 from ntm_engine.models import NTM, FlowMatchingModel, schedule
 from ntm_engine.models.flow_matching import ntm_from_flow_matching
+from ntm_engine.models.loss import training_groups
 
 from _ntm_testutils import perturb, small_ntm
 
@@ -89,7 +90,7 @@ def test_training_draws_the_step_count_per_example():
     model.transporter = _RecordingIdentity()
     x = torch.randn(40, 1, 4, 4, dtype=torch.float64)
     y = torch.arange(40) % 3
-    groups = model.training_groups(x, y, torch.Generator().manual_seed(0))
+    groups = training_groups(model, x, y, torch.Generator().manual_seed(0))
     idx = torch.cat([g[0] for g in groups])
     assert sorted(idx.tolist()) == list(range(40))               # each example once
     assert [g[1].shape[1] - 1 for g in groups] == [2, 3]         # both T drawn
@@ -100,7 +101,7 @@ def test_training_draws_the_step_count_per_example():
     # the loss is each group's trajectory NLL in the batch's order, with the same draws
     loss = model.trajectory_nll(x, y, generator=torch.Generator().manual_seed(0))
     model.transporter.seen.clear()
-    for i, X, t, yg in model.training_groups(x, y, torch.Generator().manual_seed(0)):
+    for i, X, t, yg in training_groups(model, x, y, torch.Generator().manual_seed(0)):
         assert torch.allclose(loss[i], -model.trajectory_log_prob(X, t, yg), rtol=1e-12)
     rows = [s for s in model.transporter.seen if s is not None]
     assert {int(s.unique()) for s in rows} == {2, 3}             # the transporter got T
