@@ -7,6 +7,7 @@
     ntm distill RUN [--out DIR] [--t-min T] [--iters N] [--minutes M] [--resume]
     ntm compare RUN --fm FM_RUN [--ablation RUN] [--n N] [--steps 1,2,4] [--out DIR]
     ntm compare --train --dataset D [--iters N] [--minutes M] [--train-options "..."] [--out DIR]
+    ntm export  RUN DIR [--no-ema]          (a pretrained folder: NTM.from_pretrained(DIR))
     ntm --version
 
 Flow-matching pretraining and the NTM started from it, and self-distillation: see
@@ -23,9 +24,9 @@ from typing import List, Optional
 from .. import __version__
 from ..checkpoint import CheckpointError
 from ..training import ConfigError
-from . import compare, distill, evaluate, sample, train
+from . import compare, distill, evaluate, export, sample, train
 
-SUBCOMMANDS = (train, sample, evaluate, distill, compare)
+SUBCOMMANDS = (train, sample, evaluate, distill, compare, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ntm", description="Train, sample and evaluate Normalizing Trajectory Models.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,sample,eval,distill,compare}")
+                           metavar="{train,sample,eval,distill,compare,export}")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     return p

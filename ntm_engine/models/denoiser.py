@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embedding import ClassEmbedding, TimeEmbedding, resolve_labels
+from .pretrained import PretrainedMixin
 
 __all__ = ["Denoiser"]
 
@@ -54,7 +55,7 @@ class _ModulatedBlock(nn.Module):
         return h + self.fc2(F.silu(self.fc1(self.norm(h) * (1 + scale) + shift)))
 
 
-class Denoiser(nn.Module):
+class Denoiser(PretrainedMixin, nn.Module):
     """``g(u, t_0, y)``: ``u [B, *data_shape]``, ``t_0`` a number or ``[B]``, labels ``y [B]``
     (long, ``0..num_classes-1``, or ``num_classes`` = the null class) or None (the null class)
     -> ``x [B, *data_shape]``.

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from . import schedule
 from .embedding import drop_labels, resolve_labels
 from .predictor import TrajectoryPredictor, default_patch_size
+from .pretrained import PretrainedMixin
 
 __all__ = ["FlowMatchingModel", "TRAJECTORY_FRACTION", "EULER_STEPS", "ARCHITECTURE_KEYS",
            "random_grid", "velocity_targets", "architecture_differences",
@@ -85,7 +86,7 @@ def velocity_targets(X: Tensor, x: Tensor, t: Tensor) -> Tensor:
     return (X[:, 1:] - (1 - th) * x) / th - x
 
 
-class FlowMatchingModel(nn.Module):
+class FlowMatchingModel(PretrainedMixin, nn.Module):
     """A velocity model ``v(x_t, t)`` whose network is the NTM predictor (module docstring).
 
     Arguments as :class:`~.ntm.NTM` (the predictor's and the grid's; ``steps`` = slots per

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from . import likelihood, loss, schedule
 from .embedding import resolve_labels
 from .predictor import TrajectoryPredictor
+from .pretrained import PretrainedMixin
 from .sampler import sample as _sample
 from .transporter import build_transporter
 
@@ -40,7 +41,7 @@ __all__ = ["NTM"]
 Labels = Union[None, int, Tensor]
 
 
-class NTM(nn.Module):
+class NTM(PretrainedMixin, nn.Module):
     """Normalizing Trajectory Model for data of shape ``data_shape`` (``[D]`` or ``[C,H,W]``).
 
     ``steps`` (T) levels below ``t = 1``, an int or several (e.g. ``(4, 8, 16)``: ``T`` drawn per

@@ -13,11 +13,12 @@ from torch import Tensor, nn
 
 from ..nn import JacobiReport, PatchTokens, autoregressive_stack, decode
 from .predictor import default_patch_size
+from .pretrained import PretrainedMixin
 
 __all__ = ["TarFlow"]
 
 
-class TarFlow(nn.Module):
+class TarFlow(PretrainedMixin, nn.Module):
     """Unconditional flow on data of ``data_shape`` (``[C, H, W]`` or ``[D]``).
 
     ``patch_size`` (None: :func:`~.predictor.default_patch_size`), ``blocks`` autoregressive
@@ -30,6 +31,9 @@ class TarFlow(nn.Module):
                  mlp_ratio: float = 4.0, clamp: Optional[float] = 2.0, reversible: bool = True):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
+        self.config = dict(data_shape=list(self.data_shape), patch_size=patch_size, blocks=blocks,
+                           width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio,
+                           clamp=clamp, reversible=reversible)
         self.patches = PatchTokens(self.data_shape,
                                    patch_size or default_patch_size(self.data_shape))
         self.dim = self.patches.dim

@@ -29,7 +29,7 @@ from .objectives import DistillBatch, distillation_batch
 from .optim import EMA, budget_progress, learning_rate
 from .precision import PRECISIONS
 from .run_folder import CONFIG_FILE
-from .runs import Run, check_denoiser_fits, denoiser_for, load_denoiser, load_run
+from .runs import Run, check_denoiser_fits, denoiser_for, export_run, load_denoiser, load_run
 from .sections import DATASETS, IMAGE_NAMES, DataConfig, OptimConfig, RunConfig
 from .trainer import Trainer
 

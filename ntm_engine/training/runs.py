@@ -1,8 +1,10 @@
 """Loading what runs produced, for Python users and the command line: a trained model
-(:func:`load_run`) and a distilled denoiser (:func:`load_denoiser`, checked against the model it
+(:func:`load_run`, from a run folder, a checkpoint or a pretrained folder written by
+``save_pretrained``/``ntm export``; :func:`export_run` writes one) and a distilled denoiser (:func:`load_denoiser`, checked against the model it
 serves by :func:`check_denoiser_fits`)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Tuple, Union
@@ -11,6 +13,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from ..models import NTM, Denoiser
+from ..models import pretrained
 from .config import TrainConfig, upgrade
 from .determinism import check_model_code
 from .distill_config import KIND
@@ -34,16 +37,21 @@ class Run:
 
     @property
     def run_dir(self) -> Path:
-        """The run folder (``<run>/checkpoints/step_N`` -> ``<run>``)."""
+        """The run folder (``<run>/checkpoints/step_N`` -> ``<run>``; a pretrained folder is its
+        own)."""
+        if pretrained.is_pretrained(self.checkpoint.path):
+            return self.checkpoint.path
         return self.checkpoint.path.parent.parent
 
 
 def load_run(path: Union[str, Path], device="cpu", ema: bool = True, *,
              log: Optional[Callable[[str], None]] = None) -> Run:
     """The model of a run folder, its ``checkpoints/`` folder or one checkpoint (the newest
-    valid one; EMA weights unless ``ema=False``), on ``device``, in eval mode."""
+    valid one; EMA weights unless ``ema=False``), or of a pretrained folder that carries its
+    training config (``ntm export``), on ``device``, in eval mode."""
     log = log or stderr_log
-    ck = ckpt.resolve(path, log=log)
+    ck = _pretrained_checkpoint(path) if pretrained.is_pretrained(path) else \
+        ckpt.resolve(path, log=log)
     if ck.config.get("kind") == KIND:
         raise ConfigError(f"{ck.path} is a denoiser (made by `ntm distill`), not a model run; "
                           "give its teacher run and pass it as --denoiser")
@@ -56,6 +64,51 @@ def load_run(path: Union[str, Path], device="cpu", ema: bool = True, *,
     except RuntimeError as e:
         raise ConfigError(f"checkpoint {ck.path} does not fit the model of its config: {e}")
     return Run(model.to(device).eval(), cfg, ck)
+
+
+def _pretrained_checkpoint(path) -> ckpt.Checkpoint:
+    """A pretrained folder seen as a checkpoint (its weights as the model's, no EMA)."""
+    try:
+        meta, state = pretrained.read_pretrained(path)
+    except pretrained.PretrainedError as e:
+        raise ConfigError(str(e)) from None
+    if "train_config" not in meta:
+        raise ConfigError(f"{path} holds a {meta['class']} saved without a training config; "
+                          f"load it in Python with {meta['class']}.from_pretrained, or write "
+                          "the folder with `ntm export RUN DIR`")
+    card = meta.get("card", {})
+    return ckpt.Checkpoint(Path(path), int(card.get("step", 0)), state, None,
+                           {"config": meta["train_config"],
+                            "elapsed_s": card.get("train_seconds"),
+                            "model_code_sha256": card.get("model_code_sha256")})
+
+
+def export_run(path, out, *, ema: bool = True, log: Optional[Callable[[str], None]] = None
+               ) -> Path:
+    """Write the model of run ``path`` (EMA weights unless ``ema=False``) as a pretrained
+    folder ``out`` (:mod:`ntm_engine.models.pretrained`): its config, its training config, and
+    a model card with the run's data, budget and, when ``eval.json`` is in the run folder, its
+    figures.  Returns ``out``."""
+    run = load_run(path, "cpu", ema=ema, log=log)
+    cfg = run.config
+    card = {"dataset": cfg.dataset, "class_conditional": cfg.conditional, "step": run.step,
+            "train_seconds": run.checkpoint.state.get("elapsed_s"), "weights":
+            "EMA" if ema and run.checkpoint.ema is not None else "model",
+            "model_code_sha256": run.checkpoint.state.get("model_code_sha256")}
+    figures = _eval_figures(run.run_dir / "eval.json")
+    if figures:
+        card["eval"] = figures
+    return run.model.save_pretrained(out, card=card, train_config=cfg.to_dict())
+
+
+def _eval_figures(path: Path) -> dict:
+    """The top-level numbers of an ``eval.json`` (none if absent or unreadable)."""
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in res.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def load_denoiser(path, device=None, *, use_ema: bool = True, log=None
