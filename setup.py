@@ -5,6 +5,8 @@ the PATH); FORCE_CUDA=0 forces a CPU-only build.  A GPU is never needed to build
 TORCH_CUDA_ARCH_LIST picks the GPU architectures (default here: "9.0", the H200).
 NTM_CPU_CAPABILITIES=default,avx2,avx512 picks the CPU kernel variants compiled (all three on
 x86-64); the extension chooses among them at run time (NTM_CPU_CAPABILITY overrides).
+NTM_BUILD_EXTENSION=0 builds no extension at all: a pure-Python package whose ops run their
+reference twins (ntm_engine/reference_ops.py).
 """
 import glob
 import os
@@ -88,7 +90,8 @@ def _extension():
 
 
 # Metadata, dependencies, the version and the `ntm` entry point live in pyproject.toml.
+_BUILD_EXTENSION = os.environ.get("NTM_BUILD_EXTENSION", "1").strip() not in ("0", "false", "False")
 setup(
-    ext_modules=[_extension()],
+    ext_modules=[_extension()] if _BUILD_EXTENSION else [],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
