@@ -6,7 +6,7 @@ flow-matching run (and the identity-transporter ablation), as ``ntm compare``.
     python bench/compare_samplers.py --train --dataset colour-patches --minutes 7 --out DIR
                                       # trains DIR/ntm, DIR/fm, DIR/ablation first
 
-Options: ``python bench/compare_samplers.py --help`` (:mod:`ntm_engine.baselines.cli`).
+Options: ``python bench/compare_samplers.py --help`` (:mod:`ntm_engine.cli.compare`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the source checkout
 
-from ntm_engine.baselines.cli import add_compare_arguments, cmd_compare  # noqa: E402
+from ntm_engine.cli.compare import add_compare_arguments, cmd_compare  # noqa: E402
 from ntm_engine.cli.common import device_named, log  # noqa: E402
 from ntm_engine.cli.compare import load_model  # noqa: E402
 

@@ -21,7 +21,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .. import __version__
+from .. import __version__, logs
 from ..checkpoint import CheckpointError
 from ..training import ConfigError
 from . import compare, distill, evaluate, export, sample, train
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    logs.cli_handler()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from typing import List
 
 import torch
+
+from .. import logs
 
 
 def positive_int(s: str) -> int:
@@ -72,8 +73,7 @@ def device_named(name: str) -> torch.device:
     return dev
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = logs.log
 
 
 def timed_samples(model, n: int, y, device, **kw):

@@ -14,12 +14,12 @@
   trajectory score and Tweedie posterior mean
 * :mod:`.sampler` -- the sampling loop: grid, reverse levels (guided), decoders
   (transporter inverse, learned denoiser, trajectory denoising)
-* :mod:`.baselines` -- per-pixel histogram bits/dim
+* :mod:`.histogram` -- per-pixel histogram bits/dim
 * :mod:`.flow_matching` -- :class:`FlowMatchingModel`: the predictor pretrained as a velocity
   model (Euler sampler), and the NTM initialised from it
 * :mod:`.denoiser` -- :class:`Denoiser`: the light ``g(u_{t_0}, t_0, y)`` distilled from an NTM
 """
-from .baselines import histogram_bits_per_dim
+from .histogram import histogram_bits_per_dim
 from .denoiser import Denoiser
 from .flow_matching import FlowMatchingModel
 from .guidance import guide

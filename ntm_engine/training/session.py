@@ -3,7 +3,6 @@
 source, config), saved and restored as one."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
+from ..logs import log
 from .determinism import check_model_code, model_code_fingerprint, rng_states, set_rng_states
 from .errors import ConfigError
 from .metrics_log import append_metrics, truncate_metrics
@@ -25,7 +25,8 @@ def default_device(device=None) -> torch.device:
 
 
 def stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """The default ``log`` of runs: the ``ntm_engine`` logger (:mod:`ntm_engine.logs`)."""
+    log(msg)
 
 
 @dataclass

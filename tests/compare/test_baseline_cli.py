@@ -1,4 +1,4 @@
-"""``ntm compare`` wiring (ntm_engine.baselines.cli) on tiny untrained toy models, loaded by a
+"""``ntm compare`` wiring (ntm_engine.cli.compare) on tiny untrained toy models, loaded by a
 stand-in for the CLI's ``load_model``: options, the runs' agreement, the files written."""
 import argparse
 import json
@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 # diffusers builds numpy arrays from tensors the way numpy 2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 
-from ntm_engine.baselines.cli import add_compare_arguments, cmd_compare  # noqa: E402
+from ntm_engine.cli.compare import add_compare_arguments, cmd_compare  # noqa: E402
 from ntm_engine.models import NTM, FlowMatchingModel  # noqa: E402
 
 TOY = dict(data_shape=(2,), steps=2, num_classes=0, width=16, depth=1, heads=2, patch_size=2)

@@ -1,6 +1,6 @@
 """A velocity model driven by diffusers' own flow-matching schedulers.
 
-Conventions (checked by ``tests/baselines/test_conventions.py`` on Gaussian data with the
+Conventions (checked by ``tests/compare/test_baseline_conventions.py`` on Gaussian data with the
 exact velocity):
 
 * ours (``docs/design.md`` section 1): ``x_t = (1-t) x + t e``, ``t`` from 1 (noise) to 0

@@ -9,8 +9,8 @@ pytest.importorskip("diffusers")
 # diffusers builds numpy arrays from tensors the way numpy 2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 
-from ntm_engine.baselines import compare_samplers, samplers_for  # noqa: E402
-from ntm_engine.baselines.report import markdown_table, quality_key  # noqa: E402
+from ntm_engine.compare import compare_samplers, samplers_for  # noqa: E402
+from ntm_engine.compare.report import markdown_table, quality_key  # noqa: E402
 from ntm_engine.models import NTM, FlowMatchingModel  # noqa: E402
 
 SMALL = dict(data_shape=(1, 4, 4), steps=2, num_classes=3, width=32, depth=1, heads=2,

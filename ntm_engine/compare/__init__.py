@@ -1,12 +1,12 @@
-"""Few-step baselines: a velocity model driven by diffusers' flow-matching schedulers, and the
-comparison of samplers by quality against steps and time.
+"""The NTM compared with few-step baselines: a velocity model driven by diffusers'
+flow-matching schedulers, and samplers rated by quality against steps and time.
 
 * :mod:`.schedulers` -- :func:`sample_with_scheduler` (needs ``diffusers``)
 * :mod:`.gaussian` -- the exact velocity of Gaussian data (the convention check)
-* :mod:`.compare` -- :func:`compare_samplers`; :mod:`.report` -- its table and plot
+* :mod:`.samplers` -- :func:`compare_samplers`; :mod:`.report` -- its table and plot
 * :mod:`.quality` -- how samples are rated (the metrics of ``ntm eval``)
 * :mod:`.train_runs` -- ``ntm compare --train``: the three runs, trained or resumed
-* :mod:`.cli` -- the ``ntm compare`` options and command (:mod:`.names`: diffusers-free names)
+* :mod:`.names` -- diffusers-free names; the command itself is :mod:`ntm_engine.cli.compare`
 
 The names below are imported on first use (PEP 562), so that ``ntm`` builds its parser
 without importing diffusers.
@@ -15,7 +15,7 @@ import importlib
 
 _HOMES = {
     "STEPS": "names", "SCHEDULER_NAMES": "names",
-    "compare_samplers": "compare", "samplers_for": "compare",
+    "compare_samplers": "samplers", "samplers_for": "samplers",
     "digits_quality": "quality", "rating_for": "quality", "held_out_examples": "quality",
     "gaussian_velocity": "gaussian", "moment_errors": "gaussian",
     "SCHEDULERS": "schedulers", "fm_velocity": "schedulers", "make_scheduler": "schedulers",

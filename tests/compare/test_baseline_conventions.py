@@ -11,8 +11,8 @@ pytest.importorskip("diffusers")
 # diffusers builds numpy arrays from tensors the way numpy 2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 
-from ntm_engine.baselines.gaussian import gaussian_velocity, moment_errors  # noqa: E402
-from ntm_engine.baselines.schedulers import (SCHEDULERS, fm_velocity,  # noqa: E402
+from ntm_engine.compare.gaussian import gaussian_velocity, moment_errors  # noqa: E402
+from ntm_engine.compare.schedulers import (SCHEDULERS, fm_velocity,  # noqa: E402
                                              make_scheduler, sample_with_scheduler,
                                              set_steps)
 

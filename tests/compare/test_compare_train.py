@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*"
 
 from ntm_engine import checkpoint as ckpt  # noqa: E402
 from ntm_engine import cli  # noqa: E402
-from ntm_engine.baselines.quality import (held_out_examples, rating_for,  # noqa: E402
+from ntm_engine.compare.quality import (held_out_examples, rating_for,  # noqa: E402
                                           shared_data)
 from ntm_engine.training import test_data  # noqa: E402
 from tests.run_testutils import sigkill_when  # noqa: E402

@@ -11,8 +11,8 @@ pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 
 from ntm_engine import cli  # noqa: E402
-from ntm_engine.baselines import SCHEDULER_NAMES  # noqa: E402
-from ntm_engine.baselines.schedulers import SCHEDULERS  # noqa: E402
+from ntm_engine.compare import SCHEDULER_NAMES  # noqa: E402
+from ntm_engine.compare.schedulers import SCHEDULERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "two_moons", "--width", "16", "--depth", "1", "--heads", "2",
