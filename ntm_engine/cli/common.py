@@ -11,6 +11,18 @@ import torch
 from .. import logs
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` that states each default once: an option's default is appended only when it
+    is a value (not None or False) and its help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "default" not in text and "%(default)" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
 def positive_int(s: str) -> int:
     v = int(s)
     if v < 1:

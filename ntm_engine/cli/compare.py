@@ -29,7 +29,7 @@ from ..machine import cpu_name
 from ..models.flow_matching import architecture_differences
 from ..training import ConfigError, load_run, upgrade
 from . import train
-from .common import device_named, log
+from .common import HelpFormatter, device_named, log
 
 
 def _int_list(s: str) -> List[int]:
@@ -306,7 +306,7 @@ def add_parser(sub) -> None:
         "time them and rate them like `ntm eval`; write quality_vs_steps.{md,png,json}. "
         "With --train --dataset D: first train (or resume) the three runs with one budget "
         "into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_compare_arguments(c)
     c.set_defaults(handler=run)
 

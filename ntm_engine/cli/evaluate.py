@@ -17,13 +17,14 @@ from ..data import load_digits
 from ..training import (Run, default_sample_steps, denoiser_for, eval_levels, evaluate_bpd,
                         evaluate_test, histogram_bpd, load_run, model_code_fingerprint,
                         raw_quality)
-from .common import (add_device_options, log, nonneg_float, nonneg_int, positive_int, setup_device,
+from .common import (HelpFormatter, add_device_options, log, nonneg_float, nonneg_int,
+                     positive_int, setup_device,
                      timed_samples)
 
 
 def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="test bits/dim and sample quality of a checkpoint",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     e.add_argument("checkpoint", help="run folder, its checkpoints/ folder, or a checkpoint folder")
     e.add_argument("--n-samples", type=nonneg_int, default=1000,
                    help="samples for the classifier accuracy and Frechet distance")

@@ -14,13 +14,14 @@ import torch
 from .. import plots
 from ..checkpoint import atomic_write_bytes
 from ..training import TrainConfig, default_sample_steps, denoiser_for, load_run, test_data
-from .common import (add_device_options, int_list, log, nonneg_float, positive_int, setup_device,
+from .common import (HelpFormatter, add_device_options, int_list, log, nonneg_float,
+                     positive_int, setup_device,
                      timed_samples)
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     s.add_argument("checkpoint", help="run folder, its checkpoints/ folder, or a checkpoint folder")
     s.add_argument("-n", type=positive_int, default=100, help="number of samples")
     s.add_argument("--labels", default=None,

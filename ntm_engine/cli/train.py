@@ -16,7 +16,7 @@ from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_
                         run_command)
 from ..training.config import TRAJECTORY_LOSSES
 from ..training.distributed import PARALLEL
-from .common import (add_device_options, int_list, log, nonneg_float, nonneg_int,
+from .common import (HelpFormatter, add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
 
 # Budget when neither --iters nor --minutes is given: the iterations, capped by a time budget
@@ -31,7 +31,7 @@ DATA_OPTIONS = ("image_size", "channels", "data_workers")
 
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model (checkpoints survive kills; --resume)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Train an NTM. Model options default to "
                        "NTM.digits_config()/NTM.toy_config(); on --resume every option not "
                        "given is taken from the checkpoint.")
@@ -73,7 +73,7 @@ def shift_arg(s: str) -> Union[str, float]:
 
 def _add_data_options(d) -> None:
     d.add_argument("--dataset", default=None,
-                   help=f"training data: {', '.join(DATASETS + IMAGE_NAMES)}, a folder of "
+                   help=f"training data: {', '.join(dict.fromkeys(DATASETS + IMAGE_NAMES))}, a folder of "
                    "images (subfolders = classes), a CIFAR-10 python folder or a .npy/.npz "
                    "file (default: digits)")
     d.add_argument("--class-conditional", action="store_true", default=None,
@@ -95,17 +95,23 @@ def _add_model_options(m) -> None:
                    help="autoregressive (causal Transformer blocks over the patch tokens; "
                    "default sizes 2 blocks of width 64), coupling (MLP couplings) or none "
                    "(identity: the heteroscedastic-Gaussian ablation); default coupling")
-    for name in ("width", "depth", "heads", "patch_size"):
-        m.add_argument(MODEL_OPTIONS[name], type=positive_int, default=None)
+    for name, what in (("width", "predictor width"), ("depth", "predictor blocks"),
+                       ("heads", "attention heads"),
+                       ("patch_size", "pixels per side of a predictor token")):
+        m.add_argument(MODEL_OPTIONS[name], type=positive_int, default=None,
+                       help=f"{what} (default: the dataset's config)")
     m.add_argument("--transporter-layers", type=nonneg_int, default=None,
                    help="couplings, or autoregressive blocks (0: identity)")
     m.add_argument("--transporter-hidden", type=positive_int, default=None,
                    help="coupling MLP units, or the autoregressive blocks' width")
     m.add_argument("--shift", type=shift_arg, default=None, metavar="auto|NUMBER",
                    help="time shift of the grid: auto (from the token count) or a number > 0")
-    m.add_argument("--t-min-max", type=nonneg_float, default=None)
-    m.add_argument("--label-dropout", type=nonneg_float, default=None)
-    m.add_argument("--clamp", type=positive_float, default=None)
+    m.add_argument("--t-min-max", type=nonneg_float, default=None,
+                   help="training draws t_0 ~ U[0, this] per example (default 0.05)")
+    m.add_argument("--label-dropout", type=nonneg_float, default=None,
+                   help="probability of the null class in training, for guidance (default 0.1)")
+    m.add_argument("--clamp", type=positive_float, default=None,
+                   help="soft clamp of the transporter's log-scales (default 2)")
     m.add_argument("--parameterization", choices=("gaussian", "flow_matching"), default=None,
                    help="predictor output: gaussian (default) or flow_matching (a velocity "
                    "head; the default with --objective flow_matching and --init-from)")
