@@ -16,6 +16,7 @@ from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_
                         run_command)
 from ..training.config import TRAJECTORY_LOSSES
 from ..training.distributed import PARALLEL
+from ..training.tensorboard import TensorBoardSink
 from .common import (HelpFormatter, add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
 
@@ -45,6 +46,12 @@ def add_parser(sub) -> None:
                    "all-reduced) or fsdp (FSDP2: model, gradients, optimiser state and EMA "
                    "sharded over the processes; needs torchrun, also for one process). Not "
                    "stored: a run resumes with either")
+    t.add_argument("--grad-accum", type=positive_int, default=1, metavar="N",
+                   help="run each process's batch in N passes and sum their gradients (the "
+                   "memory of B/N samples; the same update for the NTM objectives). Not stored")
+    t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                   help="also write the logged numbers as TensorBoard scalars, to DIR "
+                   "(default: RUN/tensorboard); needs the tensorboard package")
     t.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     t.add_argument("--no-plots", action="store_true", help="no sample grids / curves")
     _add_model_options(t.add_argument_group("model (default: the dataset's NTM config)"))
@@ -212,10 +219,14 @@ def run(args, parser) -> int:
         parser.error(f"--lr must be > 0, got {args.lr}")
     device = setup_device(args)
     cfg = train_config(args)
+    sinks = []
+    if args.tensorboard is not None:
+        sinks.append(TensorBoardSink(args.tensorboard or Path(args.out) / "tensorboard"))
     trainer = Trainer(cfg, args.out, resume=args.resume, device=device,
                       progress=not args.no_progress, log=log, plots=not args.no_plots,
                       fault_nonfinite_steps=args.fault_nonfinite_at or (),
-                      throttle_s=args.throttle, parallel=args.parallel)
+                      throttle_s=args.throttle, parallel=args.parallel,
+                      grad_accum=args.grad_accum, metrics_sinks=sinks)
     nparams = sum(p.numel() for p in trainer.model.parameters())
     procs = f", {trainer.world.size} processes" if trainer.world.enabled else ""
     if trainer.sharded:

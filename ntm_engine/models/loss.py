@@ -55,7 +55,7 @@ if TYPE_CHECKING:   # the NTM imports this module
 __all__ = ["TRAJECTORY_LOSSES", "prior_nll", "end_to_end_nll", "pairwise_nll",
            "loss_of_kind", "Group", "StepGroups", "group_sizes", "group_weights",
            "draw_permutation", "training_trajectory", "training_groups", "loss_from_levels",
-           "trajectory_nll", "anchored_trajectory_nll"]
+           "trajectory_nll", "anchor_terms", "anchored_trajectory_nll", "micro_batches"]
 
 TRAJECTORY_LOSSES = ("end_to_end", "pairwise")
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -239,13 +239,25 @@ def trajectory_nll(model: "NTM", x: Tensor, y=None, generator: Optional[torch.Ge
         for _, X, t, yg in groups])
 
 
+def anchor_terms(model: "NTM", reference: nn.Module, X: Tensor, t: Tensor, y: Optional[Tensor],
+                 levels: Tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """``|mu - mu_FM|^2 [b]`` summed over slots and dimensions, ``mu_FM`` from the frozen
+    ``reference`` predictor on the slot inputs, times and labels of the teacher-forced pass
+    ``levels`` over ``X`` (no gradient through the reference)."""
+    U, _, mu, _ = levels
+    T = U.shape[1]
+    tt = t.to(U.dtype)
+    with torch.no_grad():
+        mu_ref, _ = reference(model.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y,
+                              **model.predictor_steps(T, U.shape[0], U.device))
+    return (mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2))
+
+
 def anchored_trajectory_nll(model: "NTM", reference: nn.Module, x: Tensor, y=None,
                             generator: Optional[torch.Generator] = None, *,
                             trajectory_loss: str = "end_to_end") -> Tuple[Tensor, Tensor]:
     """``(nll [B], sq [B])``: :func:`trajectory_nll` (same draws from ``generator``, same
-    value) and ``|mu - mu_FM|^2`` summed over slots and dimensions, ``mu_FM`` from the frozen
-    ``reference`` predictor (a flow-matching model's, :mod:`.flow_matching`) on the same slot
-    inputs, times and (dropped) labels, without gradient; several step counts scale both by
+    value) and :func:`anchor_terms` on the same passes; several step counts scale both by
     their groups' weights.  Fine-tuning from a flow-matching model minimises
     ``nll + lambda * sq``."""
     nll, sq = [], []
@@ -254,11 +266,23 @@ def anchored_trajectory_nll(model: "NTM", reference: nn.Module, x: Tensor, y=Non
         levels = model.predict_levels(X, t, y_g)
         nll.append(loss_from_levels(model, X, levels, trajectory_loss=trajectory_loss,
                                     generator=generator))
-        U, _, mu, _ = levels
-        T = U.shape[1]
-        tt = t.to(U.dtype)
-        with torch.no_grad():
-            mu_ref, _ = reference(model.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y_g,
-                                  **model.predictor_steps(T, U.shape[0], U.device))
-        sq.append((mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2)))
+        sq.append(anchor_terms(model, reference, X, t, y_g, levels))
     return groups.combine(nll), groups.combine(sq)
+
+
+# ----------------------------------------------------------------------------- micro-batches
+def micro_batches(groups: StepGroups, parts: int
+                  ) -> Iterator[Tuple[Tensor, Tensor, Optional[Tensor], float]]:
+    """The passes of a batch's :class:`StepGroups` cut into at most ``parts`` chunks each
+    (gradient accumulation): ``(X [b, T+1, ...], t [b, T+1], y [b] or None, weight)``.  The
+    draws were made for the whole batch, so each sample's trajectory, labels and weight are
+    those of the one-pass step; summing ``weight * loss`` over the chunks and dividing by
+    ``B`` gives the one-pass mean (exactly, up to rounding, for the end-to-end loss)."""
+    if parts < 1:
+        raise ValueError(f"parts (gradient accumulation) must be >= 1, got {parts}")
+    for (_, X, t, y), w in zip(groups, groups.weights):
+        n = X.shape[0]
+        size = -(-n // parts)
+        for start in range(0, n, size):
+            rows = slice(start, start + size)
+            yield X[rows], t[rows], None if y is None else y[rows], w

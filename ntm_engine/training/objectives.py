@@ -2,21 +2,27 @@
 
 ``loss(batch) -> (loss [B], metrics)``: per-sample losses (the loop minimises their mean) and
 named metrics -- per-sample tensors ``[B]`` are loss terms (averaged into the log), plain
-floats are per-step values (e.g. a regulariser weight).  ``docs/design.md`` section 1 gives the
+floats are per-step values (e.g. a regulariser weight).  ``loss_parts(batch, parts)`` yields
+the same in pieces of at most ``B / parts`` samples per pass, for gradient accumulation: the
+NTM objectives draw every random number for the whole batch first, so the pieces' sum is the
+one-pass loss (:func:`~ntm_engine.models.loss.micro_batches`); flow matching draws per piece
+(the same estimator, other draws).  ``docs/design.md`` section 1 gives the
 maths of each.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..models.embedding import drop_labels, resolve_labels
-from ..models.loss import anchored_trajectory_nll
+from ..models.loss import (anchor_terms, anchored_trajectory_nll, loss_from_levels,
+                           micro_batches, training_groups)
 
 Metrics = Dict[str, Union[Tensor, float]]
+Parts = Iterator[Tuple[Tensor, Metrics]]
 
 
 @dataclass
@@ -42,6 +48,13 @@ class NTMLikelihood:
                          trajectory_loss=self.trajectory_loss)
         return nll, {"nll": nll}
 
+    def loss_parts(self, batch: Batch, parts: int) -> Parts:
+        g = batch.generator
+        for X, t, y, w in micro_batches(training_groups(self.model, batch.x, batch.y, g), parts):
+            nll = w * loss_from_levels(self.model, X, self.model.predict_levels(X, t, y),
+                                       trajectory_loss=self.trajectory_loss, generator=g)
+            yield nll, {"nll": nll}
+
 
 class FlowMatching:
     """The flow-matching loss of a :class:`~ntm_engine.models.FlowMatchingModel`."""
@@ -52,6 +65,13 @@ class FlowMatching:
     def loss(self, batch: Batch) -> Tuple[Tensor, Metrics]:
         fm = self.model.loss(batch.x, batch.y, generator=batch.generator)
         return fm, {"fm_loss": fm}
+
+    def loss_parts(self, batch: Batch, parts: int) -> Parts:
+        rows = -(-batch.x.shape[0] // parts)
+        for start in range(0, batch.x.shape[0], rows):
+            r = slice(start, start + rows)
+            yield self.loss(Batch(batch.x[r], None if batch.y is None else batch.y[r],
+                                  batch.generator, batch.step, batch.elapsed_s))
 
 
 class FMInitRegularised:
@@ -68,6 +88,15 @@ class FMInitRegularised:
         nll, reg = anchored_trajectory_nll(self.model, self.reference, batch.x, batch.y,
                                            batch.generator, trajectory_loss=self.trajectory_loss)
         return nll + w * reg, {"nll": nll, "fm_reg": reg, "fm_reg_weight": w}
+
+    def loss_parts(self, batch: Batch, parts: int) -> Parts:
+        w, g = self.weight(batch.step, batch.elapsed_s), batch.generator
+        for X, t, y, gw in micro_batches(training_groups(self.model, batch.x, batch.y, g), parts):
+            levels = self.model.predict_levels(X, t, y)
+            nll = gw * loss_from_levels(self.model, X, levels,
+                                        trajectory_loss=self.trajectory_loss, generator=g)
+            reg = gw * anchor_terms(self.model, self.reference, X, t, y, levels)
+            yield nll + w * reg, {"nll": nll, "fm_reg": reg, "fm_reg_weight": w}
 
 
 # ----------------------------------------------------------------------------- distillation

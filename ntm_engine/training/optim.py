@@ -89,18 +89,22 @@ class EMA:
 def guarded_update(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
                    ema: EMA, *, grad_clip, ema_updates: int,
                    loss_finite: Optional[bool] = None,
-                   sync_grads: Optional[Callable[[Iterable[Tensor]], None]] = None
-                   ) -> Tuple[bool, float]:
+                   sync_grads: Optional[Callable[[Iterable[Tensor]], None]] = None,
+                   backward_done: bool = False) -> Tuple[bool, float]:
     """Backward of the scalar ``loss``, clip (``grad_clip`` None: no clip), AdamW step and EMA
     update -- or, for a non-finite loss or gradient norm, none of it.  Returns
     ``(finite, grad_norm)`` (``nan`` norm when the loss was not finite).  Several processes:
     ``loss_finite`` is the verdict on the loss of all of them, ``sync_grads(params)`` averages
     the gradients after the backward pass (:mod:`.distributed`; None when the backward
-    already did, as FSDP's does); the norm of sharded gradients is the global one."""
-    optimizer.zero_grad(set_to_none=True)
+    already did, as FSDP's does); the norm of sharded gradients is the global one.
+    ``backward_done``: the gradients of ``loss`` are already accumulated (micro-batches)."""
+    if not backward_done:
+        optimizer.zero_grad(set_to_none=True)
     if not (bool(torch.isfinite(loss)) if loss_finite is None else loss_finite):
+        optimizer.zero_grad(set_to_none=True)
         return False, float("nan")
-    loss.backward()
+    if not backward_done:
+        loss.backward()
     if sync_grads is not None:
         sync_grads(model.parameters())
     params = [p for p in model.parameters() if p.grad is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -102,6 +102,7 @@ class RunSession:
     code_sha: str = field(default_factory=model_code_fingerprint)
     writer: bool = True
     states: Any = field(default_factory=ProcessStates)
+    sinks: List[Callable[[Dict[str, Any]], None]] = field(default_factory=list)
 
     @property
     def out(self) -> Path:
@@ -169,8 +170,12 @@ class RunSession:
         return path
 
     def write_metrics(self, rec: Dict[str, Any], *, sync: bool = False) -> None:
+        """Append ``rec`` to ``metrics.jsonl`` and hand it to every sink of :attr:`sinks`
+        (e.g. TensorBoard); the writing process only."""
         if self.writer:
             append_metrics(self.out, rec, sync=sync)
+            for sink in self.sinks:
+                sink(rec)
 
 
 class SessionViews:
@@ -204,5 +209,10 @@ class SessionViews:
         return self.folder.path
 
     def close(self) -> None:
-        """Release the run folder (done at the end of ``run``)."""
+        """Close the metrics sinks that can be closed and release the run folder (done at the
+        end of ``run``)."""
+        for sink in getattr(self.session, "sinks", ()):
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
         self.folder.release()

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import checkpoint as ckpt
 from .. import plots
@@ -23,6 +23,7 @@ from .batches import DataSource, eval_levels
 from .config import TrainConfig, config_differences
 from .determinism import derive_seed, device_generator, seed_everything
 from .distributed import World, init_world
+from .errors import ConfigError
 from .evaluation import eval_summary, evaluate_test, grid_samples, save_sample_grid
 from .factory import (ModelFactory, build_model, init_reference, load_init_source,
                       make_objective, preflight, save_reference)
@@ -43,6 +44,15 @@ def set_checkpointing(model: nn.Module, on: bool) -> None:
         predictor.checkpoint_blocks = bool(on)
 
 
+def check_grad_accum(parts: int, rows: int) -> int:
+    """``parts`` if it can cut ``rows`` per-process samples into passes (ConfigError naming
+    --grad-accum otherwise)."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= rows:
+        raise ConfigError(f"--grad-accum must be an integer from 1 to the per-process batch "
+                          f"({rows}), got {parts!r}")
+    return parts
+
+
 def _quiet(msg: str) -> None:
     """The log of ranks other than 0."""
 
@@ -60,20 +70,27 @@ class Trainer(SessionViews):
     rank 0 alone writes the folder, logs and draws.  ``parallel``: ``"ddp"`` (every process
     holds the whole model; gradients all-reduced) or ``"fsdp"`` (model, gradients, optimiser
     state and EMA sharded, :mod:`.fsdp`; needs torchrun, even for one process).  It is not
-    part of the config: a run resumes with either.
+    part of the config: a run resumes with either.  Nor is ``grad_accum``: each process's rows
+    run in that many passes whose gradients are summed before the update (memory of one pass
+    of ``B / grad_accum`` samples; for the NTM objectives the same update as one pass, since
+    every random number is drawn for the whole batch first).  ``metrics_sinks``: callables
+    that receive every record written to ``metrics.jsonl`` (e.g.
+    :class:`~.tensorboard.TensorBoardSink`; closed at the end when they have ``close``).
     """
 
     def __init__(self, cfg, out, *, resume: bool = False, device=None, progress: bool = True,
                  log: Optional[Callable[[str], None]] = None,
                  model_factory: Optional[ModelFactory] = None, plots: bool = True,
                  fault_nonfinite_steps=(), throttle_s: float = 0.0,
-                 world: Optional[World] = None, parallel: str = "ddp"):
+                 world: Optional[World] = None, parallel: str = "ddp", grad_accum: int = 1,
+                 metrics_sinks: Sequence[Callable[[Dict[str, Any]], None]] = ()):
         self.cfg = TrainConfig.coerce(cfg)
         check_sharding(self.cfg, parallel)
         if world is None:
             world, device = init_world(device, parallel)
         self.world, self.parallel, self.sharded = world, parallel, parallel == "fsdp"
         self.rows = world.rows(self.cfg.optim.batch_size)   # (checked before any work)
+        self.grad_accum = check_grad_accum(grad_accum, self.rows.stop - self.rows.start)
         self.log = (log or stderr_log) if world.is_main else _quiet
         self.device = default_device(device)
         # sample grids: drawn by every rank of a sharded model (its collectives need them
@@ -87,6 +104,7 @@ class Trainer(SessionViews):
         except BaseException:
             self.folder.release()
             raise
+        self.session.sinks.extend(metrics_sinks)
         self.loop = Loop(self, self.session, optim=self.cfg.optim, cadence=self.cfg.run,
                          desc=f"train {self.cfg.dataset}", progress=progress and world.is_main,
                          log=self.log, throttle_s=throttle_s, agree=world.agree)
@@ -172,9 +190,13 @@ class Trainer(SessionViews):
                                                       self.world.noise_stream()))
         lr = learning_rate(cfg.optim, step, st.elapsed_s)
         set_lr(self.session.optimizer, lr)
-        with autocast(cfg.optim.precision, self.device):
-            per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
-        loss = per_sample.float().mean()
+        batch = Batch(x, y, g, step, st.elapsed_s)
+        if self.grad_accum == 1:
+            with autocast(cfg.optim.precision, self.device):
+                per_sample, metrics = self.objective.loss(batch)
+            loss = per_sample.float().mean()
+        else:
+            loss, metrics = self._accumulated(batch)
         if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
             loss = loss * float("nan")
         global_loss = self.world.mean(loss)
@@ -182,7 +204,8 @@ class Trainer(SessionViews):
                                        grad_clip=cfg.optim.grad_clip, ema_updates=step,
                                        loss_finite=bool(torch.isfinite(global_loss)),
                                        sync_grads=None if self.sharded else
-                                       self.world.average_gradients)
+                                       self.world.average_gradients,
+                                       backward_done=self.grad_accum > 1)
         st.count(finite)
         st.step = step + 1
         rec = {"step": step + 1, "lr": lr, "loss": float(global_loss), "grad_norm": gnorm,
@@ -191,6 +214,28 @@ class Trainer(SessionViews):
         rec["terms"] = {k: float(v.detach().mean()) for k, v in metrics.items()
                         if torch.is_tensor(v)}
         return rec
+
+    def _accumulated(self, batch: Batch) -> Tuple[Tensor, Dict[str, Any]]:
+        """``(mean loss, metrics)`` of ``batch`` run in :attr:`grad_accum` passes, each one's
+        backward done at once (so one pass's activations are alive at a time); the gradients
+        are left summed in the parameters."""
+        self.session.optimizer.zero_grad(set_to_none=True)
+        parts = self.objective.loss_parts(batch, self.grad_accum)
+        n, total, pieces = batch.x.shape[0], None, []
+        while True:
+            with autocast(self.cfg.optim.precision, self.device):
+                item = next(parts, None)
+            if item is None:
+                break
+            per_sample, metrics = item
+            part = per_sample.float().sum() / n
+            part.backward()
+            total = part.detach() if total is None else total + part.detach()
+            pieces.append({k: v.detach() if torch.is_tensor(v) else v
+                           for k, v in metrics.items()})
+        merged = {k: torch.cat([p[k] for p in pieces]) if torch.is_tensor(pieces[0][k])
+                  else pieces[-1][k] for k in pieces[0]}
+        return total, merged
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> Dict[str, Any]:
