@@ -24,10 +24,22 @@ def test_the_reference_schemas_are_the_compiled_ones(name):
     assert str(getattr(torch.ops.ntm, name).default._schema) == f"ntm::{SCHEMAS[name]}"
 
 
+# stands for an install without ntm_engine._C: a meta-path finder that refuses to import it
+BLOCK_EXTENSION = textwrap.dedent("""
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "ntm_engine._C":
+                raise ImportError("blocked for the test")
+    sys.meta_path.insert(0, Block())
+""")
+
+
 def python(code: str, **env) -> subprocess.CompletedProcess:
     full = dict(os.environ, PYTHONPATH=str(ROOT), **env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=full, cwd=ROOT, timeout=300)
+    prelude = f"BLOCK_EXTENSION = {BLOCK_EXTENSION!r}\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
+                          capture_output=True, text=True, env=full, cwd=ROOT, timeout=300)
 
 
 def test_the_reference_backend_computes_and_differentiates_like_the_twins():
@@ -65,15 +77,11 @@ def test_the_reference_backend_computes_and_differentiates_like_the_twins():
 
 
 def test_a_missing_extension_warns_once_and_the_model_trains():
-    """``ntm_engine._C`` made unimportable (a meta-path blocker) stands for an install without
-    it: one ReferenceBackendWarning, then an NTM training step runs."""
+    """``ntm_engine._C`` made unimportable (:data:`BLOCK_EXTENSION`) stands for an install
+    without it: one ReferenceBackendWarning, then an NTM training step runs."""
     r = python("""
-        import sys, warnings
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name == "ntm_engine._C":
-                    raise ImportError("blocked for the test")
-        sys.meta_path.insert(0, Block())
+        import warnings
+        exec(BLOCK_EXTENSION)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import ntm_engine, torch
@@ -89,12 +97,7 @@ def test_a_missing_extension_warns_once_and_the_model_trains():
 
 def test_a_required_extension_that_is_missing_is_an_import_error():
     r = python("""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name == "ntm_engine._C":
-                    raise ImportError("blocked for the test")
-        sys.meta_path.insert(0, Block())
+        exec(BLOCK_EXTENSION)
         import ntm_engine
     """, NTM_BACKEND="compiled")
     assert r.returncode != 0 and "pip install --no-build-isolation -e ." in r.stderr
