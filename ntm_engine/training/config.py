@@ -21,8 +21,9 @@ from ..models import NTM
 from ..models.predictor import default_patch_size
 from .batches import run_data
 from .errors import ConfigError
-from .sections import (DataConfig, OptimConfig, RunConfig, check, check_number, differences,
-                       field_names, flatten, plain, reject_unknown, section_from)
+from .sections import (DataConfig, OptimConfig, RunConfig, RunConfigProtocol, check,
+                       check_number, differences, field_names, flatten, plain, reject_unknown,
+                       section_from)
 
 CONFIG_VERSION = 3
 OBJECTIVES = ("ntm", "flow_matching")
@@ -83,7 +84,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunConfigProtocol):
     """One training run.  ``model``: keyword arguments of :class:`~ntm_engine.models.NTM`
     (complete: every constructor default is stored, so a run survives new defaults);
     ``eval_samples``: samples per evaluation grid (toys draw at least 1000)."""
@@ -119,29 +120,6 @@ class TrainConfig:
                    optim=section_from(OptimConfig, flat), run=section_from(RunConfig, flat),
                    objective=section_from(ObjectiveConfig, flat),
                    eval_samples=flat.get("eval_samples", TRAIN_DEFAULTS["eval_samples"]))
-
-    @classmethod
-    def coerce(cls, cfg: Union["TrainConfig", Mapping[str, Any]]) -> "TrainConfig":
-        """``cfg`` itself, or the config of its flat form."""
-        return cfg if isinstance(cfg, TrainConfig) else cls.from_dict(cfg)
-
-    def replace(self, **flat) -> "TrainConfig":
-        """A copy with flat entries replaced (``cfg.replace(seed=1, iters=None)``), validated."""
-        return TrainConfig.from_dict({**self.to_dict(), **flat})
-
-    # ------------------------------------------------------------------ views
-    @property
-    def dataset(self) -> str:
-        return self.data.dataset
-
-    @property
-    def conditional(self) -> bool:
-        return self.data.class_conditional
-
-    @property
-    def kind(self) -> None:
-        """``config["kind"]`` of the run folder: None for training runs."""
-        return None
 
 
 KNOWN_KEYS = set(field_names(DataConfig) + field_names(OptimConfig) + field_names(RunConfig)

@@ -7,15 +7,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
 from .. import checkpoint as ckpt
 from ..models import Denoiser, schedule
 from ..models.predictor import default_patch_size
 from .config import upgrade as upgrade_train
 from .errors import ConfigError
-from .sections import (DataConfig, OptimConfig, RunConfig, check, differences, field_names,
-                       flatten, plain, reject_unknown, section_from)
+from .sections import (DataConfig, OptimConfig, RunConfig, RunConfigProtocol, check,
+                       differences, field_names, flatten, plain, reject_unknown, section_from)
 
 KIND = "ntm-denoiser"
 DISTILL_VERSION = 2
@@ -40,7 +40,7 @@ def teacher_first_time(tm: Mapping[str, Any]) -> float:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(RunConfigProtocol):
     """A denoiser trained on the teacher's posterior means at ``t_0 = t_min`` (``t_d``).
     ``teacher``: ``{"checkpoint": path, "step": n}``; ``teacher_model``: the teacher's model
     options; ``denoiser``: keyword arguments of :class:`~ntm_engine.models.Denoiser`;
@@ -82,10 +82,6 @@ class DistillConfig:
     def kind(self) -> str:
         return KIND
 
-    @property
-    def dataset(self) -> str:
-        return self.data.dataset
-
     def to_dict(self) -> Dict[str, Any]:
         out = flatten(self.optim, self.run)
         out.update(updates_per_batch=self.updates_per_batch, eval_n=self.eval_n, kind=KIND,
@@ -112,9 +108,6 @@ class DistillConfig:
                    optim=section_from(OptimConfig, flat), run=section_from(RunConfig, flat),
                    updates_per_batch=flat["updates_per_batch"], eval_n=flat["eval_n"])
 
-    @classmethod
-    def coerce(cls, cfg: Union["DistillConfig", Mapping[str, Any]]) -> "DistillConfig":
-        return cfg if isinstance(cfg, DistillConfig) else cls.from_dict(cfg)
 
 
 KNOWN_KEYS = (set(DISTILL_DEFAULTS) | set(field_names(DataConfig))

@@ -166,6 +166,40 @@ class RunConfig:
 
 # ----------------------------------------------------------------------------- flat layout
 
+class RunConfigProtocol:
+    """What every run's config is (:class:`~.config.TrainConfig`,
+    :class:`~.distill_config.DistillConfig`): a frozen dataclass with sections ``data``
+    (:class:`DataConfig`), ``optim`` and ``run``, whose flat JSON form ``to_dict()`` /
+    ``from_dict(d)`` (validated, older versions upgraded) is what ``config.json`` and the
+    checkpoints hold, and whose ``kind`` names the run folder's kind (None: a training run)."""
+    data: "DataConfig"
+    kind: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        raise NotImplementedError
+
+    @classmethod
+    def coerce(cls, cfg):
+        """``cfg`` itself, or the config of its flat form."""
+        return cfg if isinstance(cfg, cls) else cls.from_dict(cfg)
+
+    def replace(self, **flat):
+        """A copy with flat entries replaced (``cfg.replace(seed=1, iters=None)``), validated."""
+        return type(self).from_dict({**self.to_dict(), **flat})
+
+    @property
+    def dataset(self) -> str:
+        return self.data.dataset
+
+    @property
+    def conditional(self) -> bool:
+        return self.data.class_conditional
+
+
 def field_names(cls: Type) -> Tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
