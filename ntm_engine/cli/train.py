@@ -17,6 +17,7 @@ from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_
 from ..training.config import TRAJECTORY_LOSSES
 from ..training.distributed import PARALLEL
 from ..training.tensorboard import TensorBoardSink
+from ..models import NTM, schedule
 from .common import (HelpFormatter, add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
 
@@ -64,13 +65,17 @@ def add_parser(sub) -> None:
     t.set_defaults(handler=run)
 
 
+MODEL_DEFAULTS = NTM.defaults()
+
+
 def step_counts_arg(s: str) -> Union[int, List[int]]:
     """``--steps 4`` -> 4; ``--steps 4,8,16`` -> [4, 8, 16] (T drawn per example)."""
-    vals = int_list(s)
-    if not vals or min(vals) < 1 or len(set(vals)) != len(vals):
+    try:
+        counts = schedule.step_counts(int_list(s))
+    except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected distinct step counts >= 1 separated by "
-                                         f"commas (e.g. 4 or 4,8,16), got {s!r}")
-    return vals[0] if len(vals) == 1 else sorted(vals)
+                                         f"commas (e.g. 4 or 4,8,16), got {s!r}: {e}")
+    return counts[0] if len(counts) == 1 else list(counts)
 
 
 def shift_arg(s: str) -> Union[str, float]:
@@ -97,11 +102,12 @@ def _add_data_options(d) -> None:
 def _add_model_options(m) -> None:
     m.add_argument("--steps", "--steps-T", dest="steps", type=step_counts_arg, default=None,
                    metavar="T[,T...]", help="trajectory steps T, or several (4,8,16: T drawn "
-                   "per example, the model samples at each); default 4")
+                   f"per example, the model samples at each); default {MODEL_DEFAULTS['steps']}")
     m.add_argument("--transporter", choices=TRANSPORTER_KINDS, default=None,
                    help="autoregressive (causal Transformer blocks over the patch tokens; "
                    "default sizes 2 blocks of width 64), coupling (MLP couplings) or none "
-                   "(identity: the heteroscedastic-Gaussian ablation); default coupling")
+                   f"(identity: the heteroscedastic-Gaussian ablation); default "
+                   f"{MODEL_DEFAULTS['transporter']}")
     for name, what in (("width", "predictor width"), ("depth", "predictor blocks"),
                        ("heads", "attention heads"),
                        ("patch_size", "pixels per side of a predictor token")):
@@ -114,11 +120,14 @@ def _add_model_options(m) -> None:
     m.add_argument("--shift", type=shift_arg, default=None, metavar="auto|NUMBER",
                    help="time shift of the grid: auto (from the token count) or a number > 0")
     m.add_argument("--t-min-max", type=nonneg_float, default=None,
-                   help="training draws t_0 ~ U[0, this] per example (default 0.05)")
+                   help="training draws t_0 ~ U[0, this] per example (default "
+                   f"{MODEL_DEFAULTS['t_min_max']:g})")
     m.add_argument("--label-dropout", type=nonneg_float, default=None,
-                   help="probability of the null class in training, for guidance (default 0.1)")
+                   help="probability of the null class in training, for guidance (default "
+                   f"{MODEL_DEFAULTS['label_dropout']:g})")
     m.add_argument("--clamp", type=positive_float, default=None,
-                   help="soft clamp of the transporter's log-scales (default 2)")
+                   help="soft clamp of the transporter's log-scales (default "
+                   f"{MODEL_DEFAULTS['clamp']:g})")
     m.add_argument("--parameterization", choices=("gaussian", "flow_matching"), default=None,
                    help="predictor output: gaussian (default) or flow_matching (a velocity "
                    "head; the default with --objective flow_matching and --init-from)")
@@ -134,19 +143,20 @@ def _add_objective_options(f) -> None:
     f.add_argument("--init-from", default=None, metavar="FM_RUN",
                    help="start the NTM from this flow-matching run or checkpoint (EMA weights)")
     f.add_argument("--fm-reg", type=nonneg_float, default=None, metavar="LAMBDA",
-                   help="with --init-from: weight of |mu - mu_FM|^2, cosine-decayed to 0 (2.5)")
+                   help="with --init-from: weight of |mu - mu_FM|^2, cosine-decayed to 0 "
+                   f"({TRAIN_DEFAULTS['fm_reg']:g})")
 
 
 def _add_optim_options(o) -> None:
-    o.add_argument("--batch-size", type=positive_int, default=None, help="default 128")
-    o.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (3e-3)")
+    o.add_argument("--batch-size", type=positive_int, default=None, help=f"examples per iteration, over all processes ({TRAIN_DEFAULTS['batch_size']})")
+    o.add_argument("--lr", type=float, default=None, help=f"peak AdamW learning rate ({TRAIN_DEFAULTS['lr']:g})")
     o.add_argument("--min-lr-ratio", type=float, default=None,
-                   help="cosine decay ends at this fraction of --lr (0.05)")
-    o.add_argument("--warmup", type=int, default=None, help="linear warm-up iterations (100)")
-    o.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (0.01)")
-    o.add_argument("--ema-decay", type=float, default=None, help="EMA decay of weights (0.998)")
-    o.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (1.0)")
-    o.add_argument("--seed", type=int, default=None, help="seed of everything (0)")
+                   help=f"cosine decay ends at this fraction of --lr ({TRAIN_DEFAULTS['min_lr_ratio']:g})")
+    o.add_argument("--warmup", type=int, default=None, help=f"linear warm-up iterations ({TRAIN_DEFAULTS['warmup']})")
+    o.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay ({TRAIN_DEFAULTS['weight_decay']:g})")
+    o.add_argument("--ema-decay", type=float, default=None, help=f"EMA decay of weights ({TRAIN_DEFAULTS['ema_decay']:g})")
+    o.add_argument("--grad-clip", type=float, default=None, help=f"gradient-norm clip ({TRAIN_DEFAULTS['grad_clip']:g})")
+    o.add_argument("--seed", type=int, default=None, help=f"seed of everything ({TRAIN_DEFAULTS['seed']})")
     o.add_argument("--iters", type=int, default=None,
                    help="iterations; without --iters and --minutes: %s" %
                    ", ".join(f"{k} {v} capped at {DEFAULT_MINUTES[k]:g} min"
@@ -156,23 +166,26 @@ def _add_optim_options(o) -> None:
                    "schedule follows whichever of --iters/--minutes ends first (a run ended by "
                    "time is not bitwise reproducible)")
     o.add_argument("--max-nonfinite", type=int, default=None,
-                   help="stop after this many consecutive non-finite losses (20)")
+                   help="stop after this many consecutive non-finite losses "
+                   f"({TRAIN_DEFAULTS['max_nonfinite']})")
     o.add_argument("--checkpoint-predictor", action="store_true", default=None,
                    help="recompute the predictor's blocks in the backward pass instead of "
                    "keeping their activations (less memory, ~1/3 more predictor time)")
     o.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="training forward: fp32, or bf16 autocast with float32 master "
-                   "weights, losses and log-dets (fp32)")
+                   f"weights, losses and log-dets ({TRAIN_DEFAULTS['precision']})")
 
 
 def _add_cadence_options(c) -> None:
-    c.add_argument("--log-every", type=int, default=None, help="iterations per log record (25)")
+    c.add_argument("--log-every", type=int, default=None, help=f"iterations per log record ({TRAIN_DEFAULTS['log_every']})")
     c.add_argument("--eval-every", type=int, default=None,
-                   help="iterations per test bits/dim + sample grid (250)")
+                   help="iterations per test bits/dim + sample grid "
+                   f"({TRAIN_DEFAULTS['eval_every']})")
     c.add_argument("--eval-samples", type=int, default=None,
-                   help="samples in each grid (100; toys draw at least 1000)")
-    c.add_argument("--ckpt-every", type=int, default=None, help="iterations per checkpoint (250)")
-    c.add_argument("--keep", type=int, default=None, help="checkpoints kept (2)")
+                   help=f"samples in each grid ({TRAIN_DEFAULTS['eval_samples']}; toys draw at "
+                   "least 1000)")
+    c.add_argument("--ckpt-every", type=int, default=None, help=f"iterations per checkpoint ({TRAIN_DEFAULTS['ckpt_every']})")
+    c.add_argument("--keep", type=int, default=None, help=f"checkpoints kept ({TRAIN_DEFAULTS['keep']})")
 
 
 def _resumed_config(base: Dict[str, Any], args, model_over, train_over) -> TrainConfig:

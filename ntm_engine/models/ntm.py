@@ -23,6 +23,7 @@ the likelihood and its bounds (:mod:`.likelihood`, :meth:`NTM.log_prob`) and sam
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -108,6 +109,13 @@ class NTM(PretrainedMixin, nn.Module):
                              f"shift {self.shift:.4g}), got {t_min_max}")
 
     # ------------------------------------------------------------------ configs
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """The constructor's keyword defaults: the one home of the model's defaults (the
+        datasets' configs below override some; the command line's help reads them here)."""
+        return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
     @staticmethod
     def digits_config(conditional: bool = True) -> Dict[str, Any]:
         """Default keyword arguments for the 8x8 digits (``[1, 8, 8]``, 17 levels in [-1, 1]):

@@ -44,7 +44,8 @@ def check_shape_and_steps(data_shape: Sequence[int], steps: int) -> Tuple[int, .
 
 def step_counts(steps: Union[int, Sequence[int]]) -> Tuple[int, ...]:
     """The trained step counts as a sorted tuple of distinct ints ``>= 1`` from an int or a
-    sequence of ints (ValueError naming ``steps`` otherwise)."""
+    sequence of distinct ints (ValueError naming ``steps`` otherwise).  The one check of a
+    step-count option: the model, the training config and ``--steps`` all use it."""
     if isinstance(steps, (int, float)) and not isinstance(steps, bool):
         if int(steps) != steps:
             raise ValueError(f"steps must be an int or a sequence of ints, got {steps!r}")
@@ -59,7 +60,9 @@ def step_counts(steps: Union[int, Sequence[int]]) -> Tuple[int, ...]:
                              f"got {steps!r}")
     if min(counts) < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}")
-    return tuple(sorted(set(counts)))
+    if len(set(counts)) != len(counts):
+        raise ValueError(f"steps must be distinct step counts, got {steps!r}")
+    return tuple(sorted(counts))
 
 
 def auto_shift(tokens: int) -> float:

@@ -11,13 +11,12 @@ written before versions were recorded.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from ..data import DIGITS_SHAPE, pixel_mean_std
-from ..models import NTM
+from ..models import NTM, schedule
 from ..models.predictor import default_patch_size
 from .batches import run_data
 from .errors import ConfigError
@@ -172,8 +171,7 @@ def default_model_config(dataset: Union[str, DataConfig],
     the digits' or the toys' own, or for other images the digits' architecture with the
     data's shape, classes and pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`)."""
     data = dataset if isinstance(dataset, DataConfig) else DataConfig(dataset, class_conditional)
-    cfg = {k: p.default for k, p in inspect.signature(NTM.__init__).parameters.items()
-           if p.default is not inspect.Parameter.empty}
+    cfg = NTM.defaults()
     if not data.is_image:
         cfg.update(NTM.toy_config())
     else:
@@ -210,12 +208,12 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
           f"model num_classes {classes} but class_conditional={data.class_conditional}")
     for k in ("width", "depth", "heads", "transporter_layers", "transporter_hidden"):
         check(isinstance(m.get(k), int), f"{MODEL_OPTIONS[k]} must be an integer, got {m.get(k)!r}")
-    # values that are not plain numbers (several step counts, shift "auto") are the model
-    # constructor's to check
-    steps = m.get("steps")
+    try:
+        schedule.step_counts(m.get("steps"))
+    except ValueError as e:
+        check(False, f"--steps/--steps-T (the trajectory step counts T): {e}")
+    # a value that is not a plain number (shift "auto") is the model constructor's to check
     checks = [
-        (not isinstance(steps, int) or steps >= 1,
-         f"--steps/--steps-T (number of trajectory steps T) must be >= 1, got {steps}"),
         (m["width"] >= 1 and m["depth"] >= 1 and m["heads"] >= 1,
          f"--width, --depth and --heads must be >= 1, got {m['width']}, {m['depth']}, "
          f"{m['heads']}"),
