@@ -32,6 +32,9 @@ def test_eval_reports_each_trained_T_and_the_baselines(run, tmp_path):
     assert res["test_bpd"] == pytest.approx(two["bpd"], rel=1e-9)
     assert res["test_bpd_iw"] == two["bpd_iw"] and two["bpd_iw"] != two["bpd"]
     assert {"bpd_uncond", "bpd_iw_uncond"} <= set(two)
+    # a class-conditional model's bound is named for what it bounds: p(x | y)
+    assert two["bpd_cond"] == two["bpd"] and two["bpd_iw_cond"] == two["bpd_iw"]
+    assert res["test_bpd_cond"] == res["test_bpd"] and "p(x | y)" in res["bpd_note"]
     assert res["bpd_per_steps"]["4"]["bpd"] != two["bpd"]
     (xtr, ytr), (xte, yte) = load_digits("train"), load_digits("test")
     hist = res["histogram_baseline_bpd"]

@@ -68,21 +68,28 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
                         if cfg.data.is_image else
                         "continuous bits/dim bound (no discretisation term)"),
            "bpd_samples": args.bpd_samples}
+    if cfg.conditional:   # the labels' bound is of p(x | y): named so next to p(x)'s
+        res["test_bpd_cond"] = res["test_bpd"]
+        res["bpd_note"] += ("; class-conditional: test_bpd = test_bpd_cond bounds the bits/dim "
+                            "of p(x | y), test_bpd_uncond of p(x) (the null class)")
     res["bpd_per_steps"] = {str(T): bpd_at(r, args, device, T) for T in trained_steps(r, args)}
     first = res["bpd_per_steps"][str(trained_steps(r, args)[0])]
-    res.update({f"test_{k}": v for k, v in first.items() if k != "bpd"})
+    res.update({f"test_{k}": v for k, v in first.items() if k not in ("bpd", "bpd_cond")})
     res["histogram_baseline_bpd"] = histogram_bpd(cfg)
     return res
 
 
 def bpd_at(r: Run, args, device, T: int) -> Dict[str, float]:
     """Bits/dim at ``T`` steps: single-trajectory (``bpd``), importance-weighted over
-    ``--bpd-samples`` (``bpd_iw``), and unconditional ones (``*_uncond``) if conditional."""
+    ``--bpd-samples`` (``bpd_iw``); for a class-conditional model the same again as
+    ``*_cond`` (of ``p(x | y)``) and the unconditional ones (``*_uncond``, of ``p(x)``)."""
     out = {}
     for suffix, uncond in (("", False), ("_uncond", True))[:1 + r.config.conditional]:
         for name, k in (("bpd", 1), ("bpd_iw", args.bpd_samples)):
             out[name + suffix] = evaluate_bpd(r.model, r.config, device, seed=args.seed,
                                               samples=k, steps=T, unconditional=uncond)["bpd"]
+    if r.config.conditional:
+        out.update(bpd_cond=out["bpd"], bpd_iw_cond=out["bpd_iw"])
     return out
 
 

@@ -64,11 +64,14 @@ class Denoiser(PretrainedMixin, nn.Module):
     embedding with a null class (unconditional rows).  ``arch``: ``"mlp"`` (residual MLP of
     width ``hidden`` over the flat data) or ``"conv"`` (``hidden`` channels of 3x3
     convolutions; images only); ``blocks`` residual blocks; ``context_dim``: size of the
-    time/class context.  A new denoiser is the identity (zero-initialised head).
+    time/class context; ``t_min``: the ``t_d`` it was distilled at (``ntm distill`` records
+    it), which :meth:`NTM.sample <ntm_engine.models.NTM.sample>` then uses as the grid's
+    ``t_0``.  A new denoiser is the identity (zero-initialised head).
     """
 
     def __init__(self, data_shape: Sequence[int], num_classes: int = 0, *, arch: str = "mlp",
-                 hidden: int = 256, blocks: int = 2, context_dim: int = 64):
+                 hidden: int = 256, blocks: int = 2, context_dim: int = 64,
+                 t_min: Optional[float] = None):
         super().__init__()
         data_shape = tuple(int(s) for s in data_shape)
         if len(data_shape) not in (1, 3) or min(data_shape) < 1:
@@ -83,9 +86,15 @@ class Denoiser(PretrainedMixin, nn.Module):
                                    ("blocks", blocks, 0), ("context_dim", context_dim, 2)):
             if value < least:
                 raise ValueError(f"Denoiser: {name} must be >= {least}, got {value}")
+        if t_min is not None and not 0 < t_min < 1:
+            raise ValueError(f"Denoiser: t_min (the t_d it is trained at) must lie in (0, 1), "
+                             f"got {t_min}")
         self.config: Dict[str, Any] = dict(data_shape=list(data_shape), num_classes=num_classes,
                                            arch=arch, hidden=hidden, blocks=blocks,
                                            context_dim=context_dim)
+        if t_min is not None:   # (absent from the configs of runs, which keep t_min apart)
+            self.config["t_min"] = float(t_min)
+        self.t_min = None if t_min is None else float(t_min)
         self.data_shape, self.num_classes, self.arch = data_shape, num_classes, arch
         self.dim = math.prod(data_shape)
         conv = arch == "conv"

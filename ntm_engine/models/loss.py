@@ -241,15 +241,19 @@ def trajectory_nll(model: "NTM", x: Tensor, y=None, generator: Optional[torch.Ge
 
 def anchor_terms(model: "NTM", reference: nn.Module, X: Tensor, t: Tensor, y: Optional[Tensor],
                  levels: Tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
-    """``|mu - mu_FM|^2 [b]`` summed over slots and dimensions, ``mu_FM`` from the frozen
-    ``reference`` predictor on the slot inputs, times and labels of the teacher-forced pass
-    ``levels`` over ``X`` (no gradient through the reference)."""
+    """``|mu - mu_FM|^2 [b]`` summed over slots and dimensions (the paper's Eq. 3.8): ``mu``
+    the NTM's predicted means of the teacher-forced pass ``levels`` over ``X``, ``mu_FM`` the
+    frozen flow-matching ``reference`` predictor's from the *x-space* levels (slot ``k`` reads
+    ``x_{t_{k+1}}``, not the transporter's ``u_{t_{k+1}}``), same times and labels, no
+    gradient.  Anchoring ``u``-space means to ``x``-space predictions also keeps the
+    transporter near the identity in the mean, the paper's reason for the term."""
     U, _, mu, _ = levels
-    T = U.shape[1]
+    B, T, D = U.shape
     tt = t.to(U.dtype)
+    x_slots = X.reshape(B, T + 1, D)[:, 1:]
     with torch.no_grad():
-        mu_ref, _ = reference(model.slot_inputs(U, X), tt[:, :T], tt[:, 1:], y,
-                              **model.predictor_steps(T, U.shape[0], U.device))
+        mu_ref, _ = reference(x_slots, tt[:, :T], tt[:, 1:], y,
+                              **model.predictor_steps(T, B, U.device))
     return (mu - mu_ref.to(mu.dtype)).pow(2).sum(dim=(1, 2))
 
 

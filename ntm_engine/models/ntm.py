@@ -344,7 +344,8 @@ class NTM(PretrainedMixin, nn.Module):
     def sample(self, n: int, y: Labels = None, steps: Optional[int] = None, *,
                temperature: float = 1.0, guidance: float = 0.0,
                generator: Optional[torch.Generator] = None, return_trajectory: bool = False,
-               use_cache: bool = True, t_min: float = 0.0, denoiser: Optional[nn.Module] = None,
+               use_cache: bool = True, t_min: Optional[float] = None,
+               denoiser: Optional[nn.Module] = None,
                sampler: str = "transporter") -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Draw ``n`` samples ``[n, *data_shape]`` (no gradients; steps in :mod:`.sampler`).
 
@@ -352,7 +353,9 @@ class NTM(PretrainedMixin, nn.Module):
         ``x = f_T^{-1}(u_{t_0}; t_0)``.  ``steps`` (None: :attr:`steps`) is the grid's ``T``;
         a model trained on several step counts refuses an untrained one, a model trained on
         one evaluates its predictor on any grid of the same schedule.  ``t_min`` is the
-        grid's ``t_0`` (``0 <= t_min < t_1``).  ``y``: int or ``[n]`` labels (None: the null
+        grid's ``t_0`` (``0 <= t_min < t_1``; None: the denoiser's ``t_d``, for
+        ``"trajectory-denoise"`` the model's ``t_min_max``, else 0;
+        :func:`~.sampler.grid_start`).  ``y``: int or ``[n]`` labels (None: the null
         class).  ``guidance`` ``w != 0`` (needs labels) runs the unconditional branch
         alongside (one batch of ``2n``) and combines the two Gaussians with
         :func:`~.guidance.guide` (in one space; see :mod:`.sampler` for a label-conditioned

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from . import schedule
 from .guidance import guide
 
-__all__ = ["SAMPLERS", "sample", "sampling_grid", "reverse_levels", "decode", "x_levels"]
+__all__ = ["SAMPLERS", "sample", "grid_start", "sampling_grid", "reverse_levels", "decode", "x_levels"]
 
 SAMPLERS = ("transporter", "trajectory-denoise")
 
@@ -43,6 +43,28 @@ def sampling_grid(model, n: int, steps: Optional[int], t_min: float, *, device, 
                          f"[0, t_1 = {t1:.4g}) for {T} steps with shift {model.shift:.4g}, "
                          f"got {t_min}")
     return T, model.time_grid(n, T, t_min, device=device, dtype=dtype)
+
+
+def grid_start(model, t_min: Optional[float], denoiser: Optional[nn.Module],
+               sampler: str) -> float:
+    """The grid's ``t_0``: ``t_min`` if given; with a denoiser, the ``t_d`` it was distilled at
+    (``denoiser.t_min``; a different ``t_min`` is refused: the denoiser never saw inputs
+    there); for ``"trajectory-denoise"``, the model's ``t_min_max`` (at ``t_0 = 0`` trajectory
+    denoising does nothing); else 0."""
+    if denoiser is not None:
+        trained = getattr(denoiser, "t_min", None)
+        if t_min is None:
+            if trained is None:
+                raise ValueError("sample: this denoiser does not record the t_d it was "
+                                 "distilled at; pass t_min= (the t_0 of its grid)")
+            return float(trained)
+        if trained is not None and abs(float(t_min) - trained) > 1e-9:
+            raise ValueError(f"sample: t_min = {t_min} but the denoiser was distilled at "
+                             f"t_d = {trained}; sample with its t_d (leave t_min out)")
+        return float(t_min)
+    if t_min is not None:
+        return float(t_min)
+    return float(model.t_min_max) if sampler == "trajectory-denoise" else 0.0
 
 
 def _to_space(model, u: Tensor, t: Tensor, y_from: Optional[Tensor], y_to: Optional[Tensor],
@@ -133,7 +155,8 @@ def x_levels(model, U: List[Tensor], t: Tensor, y: Optional[Tensor]) -> Tensor:
 @torch.no_grad()
 def sample(model, n: int, y=None, steps: Optional[int] = None, *, temperature: float = 1.0,
            guidance: float = 0.0, generator: Optional[torch.Generator] = None,
-           return_trajectory: bool = False, use_cache: bool = True, t_min: float = 0.0,
+           return_trajectory: bool = False, use_cache: bool = True,
+           t_min: Optional[float] = None,
            denoiser: Optional[nn.Module] = None, sampler: str = "transporter"
            ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """:meth:`NTM.sample <ntm_engine.models.NTM.sample>` (arguments documented there)."""
@@ -143,6 +166,7 @@ def sample(model, n: int, y=None, steps: Optional[int] = None, *, temperature: f
         raise ValueError("sample: sampler='trajectory-denoise' replaces the denoiser; "
                          "give one of them, not both")
     p = next(model.parameters())
+    t_min = grid_start(model, t_min, denoiser, sampler)
     T, t = sampling_grid(model, n, steps, t_min, device=p.device, dtype=p.dtype)
     model.check_denoiser(denoiser)
     y = model.resolve_labels(y, n, p.device)

@@ -72,7 +72,7 @@ class Distiller(SessionViews):
                      f"{cfg.teacher_model['t_min_max']}: the teacher never trained there")
         torch.manual_seed(derive_seed(cfg.optim.seed, 0, "init"))
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
-        self.model = Denoiser(**cfg.denoiser).to(self.device).train()
+        self.model = Denoiser(**{**cfg.denoiser, "t_min": cfg.t_min}).to(self.device).train()
         self.objective = DistillationTarget(self.teacher, self.model, t_min=cfg.t_min,
                                             label_dropout=cfg.label_dropout)
         self.ema = EMA(self.model, cfg.optim.ema_decay)

@@ -120,7 +120,7 @@ def load_denoiser(path, device=None, *, use_ema: bool = True, log=None
                 else "an NTM training run")
         raise ConfigError(f"--denoiser {path}: {ck.path} is not a denoiser checkpoint (made by "
                           f"`ntm distill`); it is {what}")
-    den = Denoiser(**ck.config["denoiser"])
+    den = Denoiser(**{**ck.config["denoiser"], "t_min": ck.config["t_min"]})
     weights = ck.ema if (use_ema and ck.ema is not None) else ck.model
     try:
         den.load_state_dict(weights, strict=True)

@@ -205,3 +205,27 @@ def test_sampling_refuses_a_denoiser_for_another_model():
         model.sample(2, t_min=0.1, denoiser=Denoiser((16,), 3, hidden=8).double())
     with pytest.raises(ValueError, match=r"the denoiser returned shape \[2, 16\]"):
         model.sample(2, t_min=0.1, denoiser=lambda u, t, y: u.reshape(2, 16))
+
+
+def test_sampling_with_a_denoiser_takes_its_t_d():
+    """``NTM.sample(denoiser=...)`` starts the grid at the t_d the denoiser was distilled at;
+    another t_min is refused; one without a recorded t_d needs t_min."""
+    torch.manual_seed(0)
+    model = NTM((1, 4, 4), steps=3, width=16, depth=1, heads=2, transporter_layers=1).eval()
+    den = Denoiser((1, 4, 4), t_min=0.04).eval()
+    g = lambda: torch.Generator().manual_seed(5)   # noqa: E731
+    _, X = model.sample(3, denoiser=den, generator=g(), return_trajectory=True)
+    _, X_at = model.sample(3, denoiser=den, t_min=0.04, generator=g(), return_trajectory=True)
+    assert torch.equal(X, X_at)
+    with pytest.raises(ValueError, match="distilled at t_d = 0.04"):
+        model.sample(3, denoiser=den, t_min=0.0)
+    with pytest.raises(ValueError, match="pass t_min="):
+        model.sample(3, denoiser=Denoiser((1, 4, 4)))
+    with pytest.raises(ValueError, match=r"t_min \(the t_d it is trained at\) must lie in"):
+        Denoiser((1, 4, 4), t_min=0.0)
+    # trajectory denoising starts at the model's t_min_max unless told otherwise
+    a = model.sample(2, sampler="trajectory-denoise", generator=g())
+    b = model.sample(2, sampler="trajectory-denoise", t_min=model.t_min_max, generator=g())
+    assert torch.equal(a, b)
+    assert not torch.equal(a, model.sample(2, sampler="trajectory-denoise", t_min=0.0,
+                                           generator=g()))

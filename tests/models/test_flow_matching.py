@@ -209,26 +209,47 @@ def test_ntm_from_flow_matching_starts_from_its_weights():
 # ----------------------------------------------------------------------------- the anchor
 
 def test_anchored_nll_is_the_training_nll_plus_the_distance_to_the_reference():
+    """Eq. 3.8: the NTM's means (from the transporter's u-levels) against the frozen FM
+    predictor's from the x-levels of the same trajectory."""
     model = small_ntm((1, 4, 4), steps=3, patch_size=2, num_classes=3, std=0.1,
                       label_dropout=0.5, parameterization="flow_matching").train()
     ref = frozen_copy(model.predictor)
     x = torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    nll, sq = anchored_trajectory_nll(model, ref, x, y, torch.Generator().manual_seed(3))
-    assert torch.equal(nll, model.trajectory_nll(x, y, generator=torch.Generator().manual_seed(3)))
-    assert torch.equal(sq, torch.zeros_like(sq))          # the reference is the model
     perturb(model.predictor, std=0.05, seed=9)
     nll, sq = anchored_trajectory_nll(model, ref, x, y, torch.Generator().manual_seed(3))
+    assert torch.equal(nll, model.trajectory_nll(x, y, generator=torch.Generator().manual_seed(3)))
     X, t, yd = training_trajectory(model, x, y, torch.Generator().manual_seed(3))
     assert (yd == 3).any() and (yd < 3).any()             # dropped labels reach both predictors
     U, _, mu, _ = model.predict_levels(X, t, yd)
-    u_in = torch.cat([U[:, 1:], X[:, 3:].reshape(6, 1, 16)], dim=1)
-    mu_ref, _ = ref(u_in, t[:, :3], t[:, 1:], yd)
+    x_in = X[:, 1:].reshape(6, 3, 16)                      # slot k reads x_{t_{k+1}}
+    mu_ref, _ = ref(x_in, t[:, :3], t[:, 1:], yd)
     assert torch.allclose(sq, (mu - mu_ref).pow(2).sum(dim=(1, 2)), rtol=1e-12)
     assert (sq > 0).all()
     sq.sum().backward()
     assert all(p.grad is None for p in ref.parameters())
     assert model.predictor.head.weight.grad.abs().max() > 0
+
+
+def test_the_anchor_ties_u_space_means_to_x_space_predictions():
+    """With the reference equal to the NTM's own predictor, the anchor is zero exactly when
+    the transporter is the identity, and otherwise measures how far the transporter moves
+    the means; its gradient reaches the transporter (the u-to-x tie of Eq. 3.8)."""
+    model = small_ntm((1, 4, 4), steps=3, patch_size=2, num_classes=0, std=0.1,
+                      parameterization="flow_matching").train()
+    x = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    identity = small_ntm((1, 4, 4), steps=3, patch_size=2, num_classes=0, std=0.1,
+                         parameterization="flow_matching", transporter_layers=0).train()
+    identity.predictor.load_state_dict(model.predictor.state_dict())
+    _, sq0 = anchored_trajectory_nll(identity, frozen_copy(identity.predictor), x,
+                                     generator=torch.Generator().manual_seed(2))
+    assert sq0.abs().max() < 1e-24
+    _, sq = anchored_trajectory_nll(model, frozen_copy(model.predictor), x,
+                                    generator=torch.Generator().manual_seed(2))
+    assert (sq > 1e-8).all()
+    sq.sum().backward()
+    grads = [p.grad for p in model.transporter.parameters() if p.grad is not None]
+    assert grads and max(float(g.abs().max()) for g in grads) > 0
 
 
 # ----------------------------------------------------------------------------- the FM model
