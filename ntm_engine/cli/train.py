@@ -18,6 +18,7 @@ from ..training.config import TRAJECTORY_LOSSES
 from ..training.distributed import PARALLEL
 from ..training.tensorboard import TensorBoardSink
 from ..models import NTM, schedule
+from ..models.ntm import TRANSPORTER_BACKWARDS
 from .common import (HelpFormatter, add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
 
@@ -117,6 +118,11 @@ def _add_model_options(m) -> None:
                    help="couplings, or autoregressive blocks (0: identity)")
     m.add_argument("--transporter-hidden", type=positive_int, default=None,
                    help="coupling MLP units, or the autoregressive blocks' width")
+    m.add_argument("--transporter-backward", choices=TRANSPORTER_BACKWARDS, default=None,
+                   help="how the transporter's backward gets its layers' inputs: inverse "
+                   "(rebuilt from the outputs, no stored activations), recompute (kept, each "
+                   "layer's forward re-run in parallel) or auto (recompute for autoregressive, "
+                   f"inverse for coupling); default {MODEL_DEFAULTS['transporter_backward']}")
     m.add_argument("--shift", type=shift_arg, default=None, metavar="auto|NUMBER",
                    help="time shift of the grid: auto (from the token count) or a number > 0")
     m.add_argument("--t-min-max", type=nonneg_float, default=None,

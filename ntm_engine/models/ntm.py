@@ -42,6 +42,26 @@ __all__ = ["NTM"]
 Labels = Union[None, int, Tensor]
 
 
+TRANSPORTER_BACKWARDS = ("auto", "inverse", "recompute")
+
+
+def transporter_backward_mode(kind: str, reversible: bool, backward: str) -> Union[bool, str]:
+    """The transporter stack's ``reversible=`` (:class:`~ntm_engine.nn.InvertibleSequential`)
+    from the NTM's options: plain autograd without ``reversible``; else ``backward``
+    ``"inverse"`` (rebuild each layer's input by its inverse: no stored activations),
+    ``"recompute"`` (keep each layer's input, recompute its forward in parallel) or ``"auto"``
+    (recompute for the autoregressive kind, whose inverse decodes token by token; inverse for
+    the couplings, whose inverse is as cheap as their forward)."""
+    if backward not in TRANSPORTER_BACKWARDS:
+        raise ValueError(f"transporter_backward must be one of {TRANSPORTER_BACKWARDS}, got "
+                         f"{backward!r}")
+    if not reversible:
+        return False
+    if backward == "auto":
+        backward = "recompute" if kind == "autoregressive" else "inverse"
+    return "recompute" if backward == "recompute" else True
+
+
 class NTM(PretrainedMixin, nn.Module):
     """Normalizing Trajectory Model for data of shape ``data_shape`` (``[D]`` or ``[C,H,W]``).
 
@@ -52,7 +72,8 @@ class NTM(PretrainedMixin, nn.Module):
     guidance).  Predictor: ``width``, ``depth``, ``heads``, ``patch_size`` (None: 4/2/1 for
     images, one token of up to 64 features for vectors), ``mlp_ratio``.  Transporter:
     ``transporter_layers`` couplings (0: identity) with ``transporter_hidden`` units,
-    soft clamp ``clamp``, time/class context of ``context_dim``, ``reversible`` backward.
+    soft clamp ``clamp``, time/class context of ``context_dim``, ``reversible`` backward
+    (``transporter_backward``: how, :func:`transporter_backward_mode`).
     Grid: shifted schedule ``shift`` (a number, None = 1, or ``"auto"``: the paper's rule from
     the predictor's token count per level, :func:`~.schedule.auto_shift`); in training
     ``t_0 ~ U[0, t_min_max]`` per sample.
@@ -73,7 +94,8 @@ class NTM(PretrainedMixin, nn.Module):
                  mlp_ratio: float = 4.0, context_dim: int = 64, data_mean: float = 0.0,
                  data_std: float = 1.0, sigma_clamp: float = 6.0, reversible: bool = True,
                  parameterization: str = "gaussian", transporter: str = "coupling",
-                 transporter_label_conditioned: bool = False):
+                 transporter_label_conditioned: bool = False,
+                 transporter_backward: str = "auto"):
         super().__init__()
         counts = schedule.step_counts(steps)
         data_shape = schedule.check_shape_and_steps(data_shape, counts[0])
@@ -87,7 +109,8 @@ class NTM(PretrainedMixin, nn.Module):
             mlp_ratio=mlp_ratio, context_dim=context_dim, data_mean=data_mean,
             data_std=data_std, sigma_clamp=sigma_clamp, reversible=reversible,
             parameterization=parameterization, transporter=transporter,
-            transporter_label_conditioned=transporter_label_conditioned)
+            transporter_label_conditioned=transporter_label_conditioned,
+            transporter_backward=transporter_backward)
         self.data_shape, self.num_classes = data_shape, num_classes
         self.trained_steps: Tuple[int, ...] = counts
         self.steps = counts[0]
@@ -95,7 +118,8 @@ class NTM(PretrainedMixin, nn.Module):
         self.t_min_max, self.label_dropout = t_min_max, label_dropout
         self.transporter = build_transporter(
             transporter, data_shape, layers=transporter_layers, hidden=transporter_hidden,
-            num_classes=num_classes, clamp=clamp, context_dim=context_dim, reversible=reversible,
+            num_classes=num_classes, clamp=clamp, context_dim=context_dim,
+            reversible=transporter_backward_mode(transporter, reversible, transporter_backward),
             label_conditioned=transporter_label_conditioned, patch_size=patch_size,
             step_conditioned=self.multi_steps)
         self.predictor = TrajectoryPredictor(

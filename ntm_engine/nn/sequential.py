@@ -20,7 +20,7 @@ Autocast: the forward's autocast state is re-entered for the recomputations in t
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,11 @@ from torch.utils.checkpoint import checkpoint
 from .base import (InvertibleModule, ReverseStepResult, _RngSnapshot, accumulation_dtype,
                    generic_reverse_step, has_dropout)
 
-__all__ = ["InvertibleSequential"]
+__all__ = ["InvertibleSequential", "BACKWARDS"]
+
+# ``reversible=``: rebuild inputs by inversion (True), keep inputs and recompute each layer
+# ("recompute"), or plain autograd (False)
+BACKWARDS = (True, "recompute", False)
 
 
 def _reverse_step(layer: nn.Module, y: Tensor, grad_y: Tensor, grad_logdet: Optional[Tensor],
@@ -222,15 +226,23 @@ class InvertibleSequential(InvertibleModule):
       (module docstring); otherwise the layers just run.  Under ``torch.compile`` the stack
       is one activation checkpoint instead (:meth:`_recomputed`; ``check_reconstruction`` has
       nothing to measure there).
+    * ``reversible="recompute"``: each layer's input is kept (one ``[B, dim]`` tensor per
+      layer) and the layer's forward re-run in one parallel pass during the backward, then
+      autograd through it (the fused coupling backward inside): for layers whose inverse is
+      sequential (the autoregressive blocks, whose inverse decodes token by token) this costs
+      one extra parallel forward instead of a decode, for ``len(self) - 1`` stored inputs.
     * ``reversible=False``: plain autograd through the layers (the reference).
     * ``check_reconstruction=True`` (debugging; keeps every layer's input alive, so no memory
       saving): after each reversible backward, ``reconstruction_error[i]`` is the max abs
       difference between layer ``i``'s rebuilt input and its true input.
     """
 
-    def __init__(self, *layers: nn.Module, reversible: bool = True,
+    def __init__(self, *layers: nn.Module, reversible: Union[bool, str] = True,
                  check_reconstruction: bool = False):
         super().__init__()
+        if reversible not in BACKWARDS:
+            raise ValueError(f"InvertibleSequential: reversible must be one of {BACKWARDS}, got "
+                             f"{reversible!r}")
         self.layers = nn.ModuleList(layers)
         self.reversible = reversible
         self.check_reconstruction = check_reconstruction
@@ -265,9 +277,22 @@ class InvertibleSequential(InvertibleModule):
         calls ``torch.autograd.grad``, which dynamo cannot trace, so it is skipped here."""
         return checkpoint(self._run, x, context, use_reentrant=False)
 
+    def _layerwise_recomputed(self, x: Tensor, context: Optional[Tensor]
+                              ) -> Tuple[Tensor, Tensor]:
+        """The ``"recompute"`` backward: one non-reentrant activation checkpoint per layer
+        (kept: each layer's input; the backward re-runs that layer's forward, then plain
+        autograd; dropout replays its RNG state)."""
+        logdet = None
+        for layer in self.layers:
+            x, ld = checkpoint(layer, x, context, use_reentrant=False)
+            logdet = ld if logdet is None else logdet + ld
+        return x, logdet
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Data to latent: ``x [B, dim] -> (z [B, dim], logdet [B])``."""
         if self.reversible and len(self.layers) and torch.is_grad_enabled():
+            if self.reversible == "recompute":
+                return self._layerwise_recomputed(x, context)
             if torch.compiler.is_compiling():
                 return self._recomputed(x, context)
             params = self._grad_params()

@@ -37,7 +37,7 @@ MODEL_OPTIONS = {
     "patch_size": "--patch-size", "transporter_layers": "--transporter-layers",
     "transporter_hidden": "--transporter-hidden", "shift": "--shift",
     "t_min_max": "--t-min-max", "label_dropout": "--label-dropout", "clamp": "--clamp",
-    "parameterization": "--parameterization",
+    "parameterization": "--parameterization", "transporter_backward": "--transporter-backward",
 }
 # entries that define a run: a resumed run must agree on these
 IDENTITY_KEYS = ("dataset", "class_conditional", "image_size", "channels", "model", "batch_size",

@@ -144,3 +144,29 @@ def test_ntm_with_each_kind_trains_a_step_and_round_trips(kind, steps):
         samples = model.sample(2, y=1, generator=torch.Generator().manual_seed(1))
     assert (back - rows).abs().max() <= 1e-10
     assert samples.shape == (2, *SHAPE) and torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("kind, backward, mode", [
+    ("autoregressive", "auto", "recompute"), ("autoregressive", "inverse", True),
+    ("coupling", "auto", True), ("coupling", "recompute", "recompute")])
+def test_the_transporter_backward_is_chosen_by_kind_and_gives_autograds_gradient(kind, backward,
+                                                                               mode):
+    def model(reversible):
+        torch.manual_seed(0)
+        m = NTM((1, 4, 4), steps=2, width=16, depth=1, heads=2, patch_size=2, transporter=kind,
+                transporter_layers=2, transporter_hidden=16, transporter_backward=backward,
+                reversible=reversible).double()
+        with torch.no_grad():
+            for p in m.transporter.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        return m
+
+    fast, plain = model(True), model(False)
+    assert fast.transporter.flow.reversible == mode and plain.transporter.flow.reversible is False
+    x = torch.randn(6, 1, 4, 4, dtype=torch.float64)
+    for m in (fast, plain):
+        m(x, generator=torch.Generator().manual_seed(1)).sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
+    with pytest.raises(ValueError, match="transporter_backward must be one of"):
+        NTM((1, 4, 4), steps=2, transporter_backward="never")

@@ -141,11 +141,12 @@ def test_causality_in_scan_order(reverse):
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
-def test_reversible_gradients_equal_plain_autograd(depth):
+@pytest.mark.parametrize("mode", [True, "recompute"], ids=["inverse", "recompute"])
+def test_reversible_gradients_equal_plain_autograd(depth, mode):
     stack = _stack(depth)
     x, c = _data()
     results = []
-    for reversible in (True, False):
+    for reversible in (mode, False):
         stack.reversible = reversible
         stack.zero_grad(set_to_none=True)
         xi, ci = x.clone().requires_grad_(), c.clone().requires_grad_()
@@ -153,12 +154,30 @@ def test_reversible_gradients_equal_plain_autograd(depth):
         w = torch.linspace(0.5, 1.5, B, dtype=torch.float64)
         ((0.5 * z.pow(2).sum((1, 2)) - logdet) * w).sum().backward()
         results.append([xi.grad, ci.grad] + [p.grad for p in stack.parameters()])
-        if reversible:
+        if reversible is True:
             assert type(z.grad_fn).__name__ == "_ReversibleStackBackward"
     names = ["x", "context"] + [n for n, _ in stack.named_parameters()]
     for name, a, b in zip(names, *results):
         assert a is not None and b is not None, name
         assert_close_rel(a, b, 1e-8, name)
+
+
+def test_the_recompute_backward_never_decodes(monkeypatch):
+    """``reversible="recompute"`` keeps each block's input and re-runs its parallel forward:
+    neither the token-by-token inverse nor the reverse step runs in the backward."""
+    stack = _stack(3, reversible="recompute")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the recompute backward must not invert a block")
+
+    monkeypatch.setattr(AutoregressiveFlowBlock, "inverse", refuse)
+    monkeypatch.setattr(AutoregressiveFlowBlock, "reverse_step", refuse)
+    x, c = _data()
+    z, logdet = stack(x.clone().requires_grad_(), c)
+    (z.pow(2).sum() - logdet.sum()).backward()
+    assert all(p.grad is not None for p in stack.parameters())
+    with pytest.raises(ValueError, match="reversible must be one of"):
+        autoregressive_stack(L, P, 1, reversible="sometimes")
 
 
 def test_reverse_step_matches_the_generic_one():
