@@ -16,6 +16,7 @@ from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_
                         run_command)
 from ..training.config import TRAJECTORY_LOSSES
 from ..training.distributed import PARALLEL
+from ..training.sections import REVERSIBLE_GUARDS
 from .common import (add_device_options, int_list, log, nonneg_float, nonneg_int,
                      positive_float, positive_int, setup_device)
 
@@ -150,6 +151,17 @@ def _add_optim_options(o) -> None:
     o.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="training forward: fp32, or bf16 autocast with float32 master "
                    "weights, losses and log-dets (fp32)")
+    # the drift guard of the reversible backward (ntm_engine.training.drift)
+    o.add_argument("--reversible", dest="reversible_guard", choices=REVERSIBLE_GUARDS,
+                   default=None, help="when the reversible backward's rebuilt inputs drift "
+                   "beyond --reversible-tolerance: fallback (keep activations, plain autograd, "
+                   "for the rest of the run) or strict (checkpoint and stop) (fallback)")
+    o.add_argument("--reversible-check-every", type=nonneg_int, default=None, metavar="N",
+                   help="measure that drift every N iterations, on a slice of the batch "
+                   "(0: never) (100)")
+    o.add_argument("--reversible-tolerance", type=positive_float, default=None,
+                   help="largest drift allowed, relative to the inputs' scale (1e-3 with fp32, "
+                   "0.1 with bf16)")
 
 
 def _add_cadence_options(c) -> None:

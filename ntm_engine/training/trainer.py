@@ -19,10 +19,12 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import plots
+from ..nn import ReversibleDriftError
 from .batches import DataSource, eval_levels
 from .config import TrainConfig, config_differences
 from .determinism import derive_seed, device_generator, seed_everything
 from .distributed import World, init_world
+from .drift import DriftGuard
 from .evaluation import eval_summary, evaluate_test, grid_samples, save_sample_grid
 from .factory import (ModelFactory, build_model, init_reference, load_init_source,
                       make_objective, preflight, save_reference)
@@ -87,6 +89,8 @@ class Trainer(SessionViews):
         except BaseException:
             self.folder.release()
             raise
+        self.guard = DriftGuard(self.model, self.cfg.optim, log=self.log,
+                                write_metrics=self.session.write_metrics)
         self.loop = Loop(self, self.session, optim=self.cfg.optim, cadence=self.cfg.run,
                          desc=f"train {self.cfg.dataset}", progress=progress and world.is_main,
                          log=self.log, throttle_s=throttle_s, agree=world.agree)
@@ -172,8 +176,14 @@ class Trainer(SessionViews):
                                                       self.world.noise_stream()))
         lr = learning_rate(cfg.optim, step, st.elapsed_s)
         set_lr(self.session.optimizer, lr)
-        with autocast(cfg.optim.precision, self.device):
-            per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
+        self.guard.before_step(step)
+        try:
+            with autocast(cfg.optim.precision, self.device):
+                per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
+        except ReversibleDriftError:   # (strict) recorded; the loop stops the run
+            self.guard.after_step(step + 1)
+            raise
+        self.guard.after_step(step + 1)
         loss = per_sample.float().mean()
         if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
             loss = loss * float("nan")
