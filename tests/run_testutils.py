@@ -9,6 +9,9 @@ from typing import Callable
 from ntm_engine.training import Trainer, make_config
 
 TINY = dict(width=32, depth=1, heads=2, transporter_layers=2, transporter_hidden=32)
+# the same model and a small batch as ``ntm train`` arguments
+TINY_ARGS = ["--width", "32", "--depth", "1", "--heads", "2", "--transporter-layers", "2",
+             "--transporter-hidden", "32", "--batch-size", "32", "--no-progress"]
 
 
 def tiny_cfg(dataset="two_moons", conditional=False, model=None, **train):

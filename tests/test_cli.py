@@ -14,11 +14,10 @@ import torch
 from ntm_engine import checkpoint as ckpt
 from ntm_engine import cli, metrics
 from ntm_engine.training import read_metrics
+from tests.run_testutils import TINY_ARGS as TINY
 from tests.run_testutils import sigkill_when
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--width", "32", "--depth", "1", "--heads", "2", "--transporter-layers", "2",
-        "--transporter-hidden", "32", "--batch-size", "32", "--no-progress"]
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,11 @@ def add_parser(sub) -> None:
     _add_data_options(t.add_argument_group("data"))
     t.add_argument("--out", default=None, help="run folder (default: runs/<dataset>)")
     t.add_argument("--resume", action="store_true",
-                   help="continue from the newest valid checkpoint in --out (start fresh if none)")
+                   help="continue from the newest valid checkpoint in --out (start fresh if "
+                   "--out holds none; an error if all of them are corrupt)")
+    t.add_argument("--restart", action="store_true",
+                   help="begin the run in --out again from step 0 (its checkpoints and "
+                   "metrics are moved aside, not deleted)")
     add_device_options(t)
     t.add_argument("--parallel", choices=PARALLEL, default="ddp",
                    help="under torchrun: ddp (every process holds the whole model, gradients "
@@ -216,12 +220,14 @@ def run(args, parser) -> int:
         args.out = str(Path("runs") / Path(args.dataset or "digits").stem)
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    if args.resume and args.restart:
+        parser.error("--resume continues the run in --out, --restart begins it again: give one")
     device = setup_device(args)
     cfg = train_config(args)
     trainer = Trainer(cfg, args.out, resume=args.resume, device=device,
                       progress=not args.no_progress, log=log, plots=not args.no_plots,
                       fault_nonfinite_steps=args.fault_nonfinite_at or (),
-                      throttle_s=args.throttle, parallel=args.parallel)
+                      throttle_s=args.throttle, parallel=args.parallel, restart=args.restart)
     nparams = sum(p.numel() for p in trainer.model.parameters())
     procs = f", {trainer.world.size} processes" if trainer.world.enabled else ""
     if trainer.sharded:

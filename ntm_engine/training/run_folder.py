@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -49,23 +51,36 @@ class RunFolder:
             self._lock = None
 
     def open(self, cfg: Dict[str, Any], *, resume: bool,
-             differences: Callable[[Dict[str, Any], Dict[str, Any]], List[str]]
-             ) -> Optional[ckpt.Checkpoint]:
+             differences: Callable[[Dict[str, Any], Dict[str, Any]], List[str]],
+             restart: bool = False) -> Optional[ckpt.Checkpoint]:
         """Own the folder and return the checkpoint to continue from (None: a fresh start).
-        Refuses a folder with checkpoints unless ``resume``, one of another kind of run, and
-        one made with another configuration (``differences(stored, cfg)`` not empty)."""
+        Refuses a folder with checkpoints unless ``resume`` (or ``restart``: its checkpoints
+        and metrics are moved aside and the run begins again), one of another kind of run, one
+        made with another configuration (``differences(stored, cfg)`` not empty), a damaged
+        ``config.json``, and a resume whose checkpoints are all corrupt (they are moved aside:
+        the error names them; ``restart`` is the way to begin again)."""
         existing = ckpt.list_checkpoints(self.path)
-        if existing and not resume:
+        if existing and not (resume or restart):
             raise ConfigError(f"{self.path} already holds checkpoints (up to step "
-                              f"{existing[-1][0]}); pass --resume to continue that run, or "
-                              "choose another --out folder")
+                              f"{existing[-1][0]}); pass --resume to continue that run, "
+                              "--restart to begin it again there, or choose another --out "
+                              "folder")
         self.acquire()
+        if restart:
+            self._set_aside()
+            return None
         if not (resume and existing):
             return None
+        self.check_config_file()
         resumed = ckpt.load_latest(self.path, map_location="cpu", quarantine=True, log=self.log)
         if resumed is None:
-            self.log(f"no valid checkpoint left in {self.path}; starting from scratch")
-            return None
+            self.release()
+            moved = sorted(p.name for p in ckpt.checkpoint_root(self.path).glob("corrupt-*"))
+            raise ConfigError(
+                f"--resume: no checkpoint in {self.path} is valid; the corrupt ones were moved "
+                f"aside to {ckpt.checkpoint_root(self.path)}/{{{', '.join(moved)}}}. Nothing "
+                "was trained. Pass --restart to begin this run again from step 0 in this "
+                "folder, or choose another --out folder")
         if resumed.config.get("kind") != self.kind:
             raise ConfigError(f"{self.path} holds checkpoints of "
                               f"{kind_name(resumed.config.get('kind'))}, not of "
@@ -75,6 +90,34 @@ class RunFolder:
             raise ConfigError(f"the checkpoint in {resumed.path} was made with another "
                               "configuration:\n  " + "\n  ".join(diffs))
         return resumed
+
+    def check_config_file(self) -> None:
+        """A ``config.json`` that is there must be a JSON object (:class:`ConfigError` naming
+        it otherwise); the checkpoints hold the run's configuration, the file mirrors it."""
+        path = self.path / CONFIG_FILE
+        if not path.exists():
+            return
+        try:
+            got = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            got = e
+        if not isinstance(got, dict):
+            what = f"unreadable JSON ({got})" if isinstance(got, Exception) else \
+                f"a JSON {type(got).__name__}"
+            raise ConfigError(f"{path} is damaged: expected the run's configuration (a JSON "
+                              f"object), found {what}. The checkpoints hold the "
+                              "configuration: delete the file to have it written again")
+
+    def _set_aside(self) -> None:
+        """``--restart``: move the checkpoints and metrics of the earlier run to
+        ``*-before-restart-<time>`` names (nothing is deleted)."""
+        stamp = int(time.time())
+        for name in (ckpt.CKPT_DIR, METRICS_FILE):
+            old = self.path / name
+            if old.exists():
+                new = old.with_name(f"{old.stem}-before-restart-{stamp}{old.suffix}")
+                os.replace(old, new)
+                self.log(f"--restart: moved {old} to {new}")
 
     def clear_metrics(self) -> None:
         """A fresh start: drop the metrics of an earlier run that left no checkpoint."""

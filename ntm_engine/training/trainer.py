@@ -53,7 +53,9 @@ class Trainer(SessionViews):
     """One training run of ``cfg`` (a :class:`TrainConfig` or its dict form) in folder ``out``.
 
     ``resume=True`` continues from the newest valid checkpoint (a corrupt newer one is
-    refused, reported and moved aside); ``model_factory(cfg)`` replaces :func:`build_model`
+    refused, reported and moved aside; none valid is a :class:`ConfigError`);
+    ``restart=True`` begins the run again in a folder that holds one (its checkpoints and
+    metrics moved aside); ``model_factory(cfg)`` replaces :func:`build_model`
     (tests); ``fault_nonfinite_steps``: steps (1-based, as logged) whose loss is forced to NaN
     (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills).
 
@@ -69,7 +71,7 @@ class Trainer(SessionViews):
                  log: Optional[Callable[[str], None]] = None,
                  model_factory: Optional[ModelFactory] = None, plots: bool = True,
                  fault_nonfinite_steps=(), throttle_s: float = 0.0,
-                 world: Optional[World] = None, parallel: str = "ddp"):
+                 world: Optional[World] = None, parallel: str = "ddp", restart: bool = False):
         self.cfg = TrainConfig.coerce(cfg)
         check_sharding(self.cfg, parallel)
         if world is None:
@@ -85,7 +87,7 @@ class Trainer(SessionViews):
         self.fault_steps = {int(s) for s in fault_nonfinite_steps}
         self.folder = RunFolder(out, kind=None, log=self.log)
         try:
-            self.session = self._build(model_factory or build_model, resume)
+            self.session = self._build(model_factory or build_model, resume, restart)
         except BaseException:
             self.folder.release()
             raise
@@ -96,7 +98,7 @@ class Trainer(SessionViews):
                          log=self.log, throttle_s=throttle_s, agree=world.agree)
 
     # ------------------------------------------------------------------ assembly
-    def _build(self, factory: ModelFactory, resume: bool) -> RunSession:
+    def _build(self, factory: ModelFactory, resume: bool, restart: bool) -> RunSession:
         cfg = self.cfg
         init_from = cfg.objective.init_from
         # configuration errors first, before anything is written
@@ -104,7 +106,7 @@ class Trainer(SessionViews):
         if init_from is not None and not (resume and ckpt.list_checkpoints(self.folder.path)):
             fm_state = load_init_source(cfg, log=self.log)
         preflight(factory(cfg), cfg, "cpu", rows=self.rows.stop - self.rows.start)
-        resumed = self._open_folder(resume)
+        resumed = self._open_folder(resume, restart)
         if resumed is None and init_from is not None and fm_state is None:
             fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
         seed_everything(derive_seed(cfg.optim.seed, 0, "init"))   # initial weights from the seed
@@ -137,15 +139,15 @@ class Trainer(SessionViews):
         session.begin(resumed, on_fresh_start=self._on_fresh_start)
         return session
 
-    def _open_folder(self, resume: bool) -> Optional[ckpt.Checkpoint]:
+    def _open_folder(self, resume: bool, restart: bool) -> Optional[ckpt.Checkpoint]:
         """Rank 0 owns the folder and picks the checkpoint to continue from; the other ranks
         then read the same one."""
         resumed = None
         if self.world.is_main:
             resumed = self.folder.open(self.cfg.to_dict(), resume=resume,
-                                       differences=config_differences)
+                                       differences=config_differences, restart=restart)
         self.world.barrier()
-        if not self.world.is_main and resume:
+        if not self.world.is_main and resume and not restart:
             resumed = ckpt.load_latest(self.folder.path, map_location="cpu", log=_quiet)
         return resumed
 
