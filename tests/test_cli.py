@@ -195,7 +195,7 @@ def test_nonfinite_losses_stop_the_run_with_a_message(tmp_path, capsys):
 # ----------------------------------------------------------------------------- config errors
 
 @pytest.mark.parametrize("argv,code,match", [
-    (["--dataset", "mnist"], None, "unknown dataset 'mnist'"),
+    (["--dataset", "mnist"], 2, "unknown dataset 'mnist'"),
     (["--steps-T", "0"], 2, "--steps-T"),
     (["--lr", "-0.001"], 2, "--lr must be > 0"),
     (["--dataset", "two_moons", "--class-conditional"], None, "labelled data"),

@@ -96,13 +96,14 @@ def _decode_all(files: Sequence[Path], *, image_size, channels, num_workers: int
             if err is not None:
                 bad.append(f"{files[i]} ({err})")
     if bad:
-        listing = "\n  ".join(bad[:_SHOWN]) + (f"\n  ... and {len(bad) - _SHOWN} more"
-                                               if len(bad) > _SHOWN else "")
+        listing = "; ".join(bad[:_SHOWN]) + (f"; ... and {len(bad) - _SHOWN} more"
+                                             if len(bad) > _SHOWN else "")
         if on_error == "raise":
             raise DataError(f"dataset: {len(bad)} of {len(files)} image files could not be read "
-                            f"(pass on_error='skip' to skip them):\n  {listing}")
-        warnings.warn(f"dataset: skipped {len(bad)} of {len(files)} unreadable image files:"
-                      f"\n  {listing}", stacklevel=3)
+                            f"(expected images PIL can decode; remove or repair them, or pass "
+                            f"on_error='skip' in Python): {listing}")
+        warnings.warn(f"dataset: skipped {len(bad)} of {len(files)} unreadable image files: "
+                      f"{listing}", stacklevel=3)
     keep = [i for i, c in enumerate(codes) if c is not None]
     if not keep:
         raise DataError(f"dataset: none of the {len(files)} image files could be read")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type
 
 from ..data import BUILT_IN, TOYS
-from .errors import ConfigError
+from .errors import ConfigError, OptionError
 from .precision import PRECISIONS
 
 DATASETS = ("digits",) + tuple(sorted(TOYS))
@@ -26,9 +26,9 @@ def option(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def check(ok: bool, message: str) -> None:
+def check(ok: bool, message: str, error: type = ConfigError) -> None:
     if not ok:
-        raise ConfigError(message)
+        raise error(message)
 
 
 def _is_number(v: Any) -> bool:
@@ -68,7 +68,8 @@ class DataConfig:
             self.dataset in DATASETS + IMAGE_NAMES or self.dataset.startswith(HANDED_IN)
             or is_path_like(self.dataset)),
             f"unknown dataset {self.dataset!r}; choose one of "
-            f"{', '.join(DATASETS + IMAGE_NAMES)}, or give a folder or .npy/.npz file")
+            f"{', '.join(DATASETS + IMAGE_NAMES)}, or give a folder or .npy/.npz file",
+            OptionError)
         check(not self.class_conditional or self.is_image,
               f"--class-conditional needs labelled data (images), not the 2-D toy {self.dataset!r}")
         for k in ("image_size", "channels"):
