@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .metrics_log import METRICS_FILE
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"   # holds the id of the process that owns the folder
 
 
 def kind_name(kind: Optional[str]) -> str:
@@ -35,14 +36,23 @@ class RunFolder:
         self._lock = None
 
     def acquire(self) -> None:
-        """Own the folder (created if missing); another process holding it is an error."""
+        """Own the folder (created if missing) and write this process's id into ``.lock``;
+        another process holding it is an error naming that process."""
         self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / ".lock", "a+")
+        f = open(self.path / LOCK_FILE, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
             f.close()
-            raise ConfigError(f"another training process is using {self.path} right now")
+            raise ConfigError(f"another training process (pid {holder}) is using {self.path} "
+                              "right now; wait for it to end or stop it (SIGTERM checkpoints "
+                              "and exits), then --resume")
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
         self._lock = f
 
     def release(self) -> None:
