@@ -59,6 +59,7 @@ def add_parser(sub) -> None:
     # testing hooks (hidden)
     t.add_argument("--fault-nonfinite-at", type=int_list, default=None, help=argparse.SUPPRESS)
     t.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
+    t.add_argument("--fault-raise-at", type=int_list, default=None, help=argparse.SUPPRESS)
     t.set_defaults(handler=run)
 
 
@@ -227,7 +228,8 @@ def run(args, parser) -> int:
     trainer = Trainer(cfg, args.out, resume=args.resume, device=device,
                       progress=not args.no_progress, log=log, plots=not args.no_plots,
                       fault_nonfinite_steps=args.fault_nonfinite_at or (),
-                      throttle_s=args.throttle, parallel=args.parallel, restart=args.restart)
+                      throttle_s=args.throttle, parallel=args.parallel, restart=args.restart,
+                      fault_raise_at=args.fault_raise_at)
     nparams = sum(p.numel() for p in trainer.model.parameters())
     procs = f", {trainer.world.size} processes" if trainer.world.enabled else ""
     if trainer.sharded:

@@ -57,7 +57,8 @@ class Trainer(SessionViews):
     ``restart=True`` begins the run again in a folder that holds one (its checkpoints and
     metrics moved aside); ``model_factory(cfg)`` replaces :func:`build_model`
     (tests); ``fault_nonfinite_steps``: steps (1-based, as logged) whose loss is forced to NaN
-    (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills).
+    (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills);
+    ``fault_raise_at=(rank, step)``: that rank raises in that step (tests of failing ranks).
 
     Under ``torchrun`` (or with ``world`` given) the run is data-parallel
     (:mod:`.distributed`): each process reads and trains on its rows of the global batch,
@@ -71,7 +72,8 @@ class Trainer(SessionViews):
                  log: Optional[Callable[[str], None]] = None,
                  model_factory: Optional[ModelFactory] = None, plots: bool = True,
                  fault_nonfinite_steps=(), throttle_s: float = 0.0,
-                 world: Optional[World] = None, parallel: str = "ddp", restart: bool = False):
+                 world: Optional[World] = None, parallel: str = "ddp", restart: bool = False,
+                 fault_raise_at: Optional[Tuple[int, int]] = None):
         self.cfg = TrainConfig.coerce(cfg)
         check_sharding(self.cfg, parallel)
         if world is None:
@@ -85,6 +87,7 @@ class Trainer(SessionViews):
         self.draws = plots and (world.is_main or self.sharded)
         self.plots = plots and world.is_main
         self.fault_steps = {int(s) for s in fault_nonfinite_steps}
+        self.fault_raise_at = tuple(fault_raise_at) if fault_raise_at else None
         self.folder = RunFolder(out, kind=None, log=self.log)
         try:
             self.session = self._build(model_factory or build_model, resume, restart)
@@ -158,8 +161,16 @@ class Trainer(SessionViews):
     # ------------------------------------------------------------------ the run
     def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
         """Train until the budget is spent (or ``stop_after`` iterations, or SIGTERM/SIGINT);
-        returns the summary record.  Draws ``curves.png`` at the end."""
-        summary = self.loop.run(stop_after)
+        returns the summary record.  Draws ``curves.png`` at the end.  In a multi-process run,
+        a rank that fails says so on stderr, naming itself, before the error propagates (its
+        peers' collectives then fail too, and torchrun ends them all)."""
+        try:
+            summary = self.loop.run(stop_after)
+        except Exception as e:
+            if self.world.enabled:
+                stderr_log(f"ntm train: rank {self.world.rank} of {self.world.size} failed at "
+                           f"step {self.step}: {type(e).__name__}: {e}")
+            raise
         if self.plots:
             try:
                 plots.plot_metrics(read_metrics(self.out), self.out / "curves.png")
@@ -187,6 +198,8 @@ class Trainer(SessionViews):
             raise
         self.guard.after_step(step + 1)
         loss = per_sample.float().mean()
+        if self.fault_raise_at == (self.world.rank, step + 1):
+            raise RuntimeError(f"fault injected at step {step + 1} (--fault-raise-at)")
         if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
             loss = loss * float("nan")
         global_loss = self.world.mean(loss)
