@@ -17,12 +17,12 @@ def train(*argv):
     return cli.main(["train", *map(str, argv)])
 
 
-def fail(capsys, *argv) -> str:
-    """The one-line message of an ``ntm train`` that must fail with exit status 1."""
+def fail(capsys, *argv, command="train") -> str:
+    """The one-line message of an ``ntm COMMAND`` that must fail with exit status 1."""
     with pytest.raises(SystemExit) as e:
-        train(*argv)
+        cli.main([command, *map(str, argv)])
     msg = e.value.code
-    assert isinstance(msg, str) and msg.startswith("ntm train: error: "), msg
+    assert isinstance(msg, str) and msg.startswith(f"ntm {command}: error: "), msg
     return msg
 
 
@@ -45,29 +45,46 @@ def corrupt(path):
     path.write_bytes(bytes(data))
 
 
-def test_all_checkpoints_corrupt_stops_resume_and_restart_begins_again(run, capsys):
-    for _, path in ckpt.list_checkpoints(run):
+def refused_then_restarted(capsys, folder, command, first, resume_argv, restart_argv):
+    """With every checkpoint of ``folder`` (``first`` the step of its oldest) corrupt,
+    ``ntm COMMAND *resume_argv`` stops naming the folder and the quarantined files, having
+    trained and lost nothing; ``--resume --restart`` is refused; ``ntm COMMAND *restart_argv``
+    begins again from step 0 with the old files kept aside."""
+    steps = [s for s, _ in ckpt.list_checkpoints(folder)]
+    assert steps and steps[0] == first
+    for _, path in ckpt.list_checkpoints(folder):
         corrupt(path / ckpt.MODEL_FILE)
-    metrics = (run / "metrics.jsonl").read_text()
-    msg = fail(capsys, *resume(run, "--iters", 20))
-    assert f"no checkpoint in {run} is valid" in msg and "Nothing was trained" in msg
-    assert "corrupt-step_00000005-" in msg and "corrupt-step_00000010-" in msg
-    assert "--restart" in msg
-    assert ckpt.list_checkpoints(run) == []   # quarantined, not deleted:
-    assert len(list((run / "checkpoints").glob("corrupt-step_*"))) == 2
-    assert (run / "metrics.jsonl").read_text() == metrics   # nothing trained, nothing lost
+    metrics = (folder / "metrics.jsonl").read_text()
+    msg = fail(capsys, *resume_argv, command=command)
+    assert f"no checkpoint in {folder} is valid" in msg and "Nothing was trained" in msg
+    assert all(f"corrupt-step_{s:08d}-" in msg for s in steps) and "--restart" in msg
+    assert ckpt.list_checkpoints(folder) == []   # quarantined, not deleted:
+    assert len(list((folder / "checkpoints").glob("corrupt-step_*"))) == len(steps)
+    assert (folder / "metrics.jsonl").read_text() == metrics   # nothing trained, nothing lost
     with pytest.raises(SystemExit) as e:
-        train(*resume(run, "--restart"))
-    assert e.value.code == 2
-    assert "give one" in capsys.readouterr().err
+        cli.main([command, *map(str, resume_argv), "--restart"])
+    assert e.value.code == 2 and "give one" in capsys.readouterr().err
 
-    assert train("--dataset", "two_moons", *TINY_ARGS, "--iters", 4, "--no-plots",
-                 "--out", run, "--restart") == 0
-    assert ckpt.load_latest(run).step == 4
-    assert [r["step"] for r in read_metrics(run) if r["type"] == "event"][0] == 0
-    kept = list(run.glob("checkpoints-before-restart-*/corrupt-step_*"))
-    assert len(kept) == 2 and list(run.glob("metrics-before-restart-*.jsonl"))
+    assert cli.main([command, *map(str, restart_argv), "--restart"]) == 0
+    assert [r["step"] for r in read_metrics(folder) if r["type"] == "event"][0] == 0
+    kept = list(folder.glob("checkpoints-before-restart-*/corrupt-step_*"))
+    assert len(kept) == len(steps) and list(folder.glob("metrics-before-restart-*.jsonl"))
     assert "--restart: moved" in capsys.readouterr().err
+
+
+def test_all_checkpoints_corrupt_stops_resume_and_restart_begins_again(run, capsys):
+    refused_then_restarted(capsys, run, "train", 5, resume(run, "--iters", 20),
+                           ["--dataset", "two_moons", *TINY_ARGS, "--iters", 4, "--no-plots",
+                            "--out", run])
+    assert ckpt.load_latest(run).step == 4
+
+
+def test_the_same_for_a_distillation(run, capsys):
+    den = run / "denoiser"
+    argv = [run, "--out", den, "--iters", 2, "--batch-size", 16, "--no-progress"]
+    assert cli.main(["distill", *map(str, argv)]) == 0
+    refused_then_restarted(capsys, den, "distill", 2, argv + ["--resume"], argv)
+    assert ckpt.load_latest(den).step == 2
 
 
 def test_a_run_with_checkpoints_names_restart(run, capsys):
