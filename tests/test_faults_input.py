@@ -2,6 +2,7 @@
 ``ntm train: error: --dataset PATH: ...`` naming the file, exit status 2, no traceback and no
 ``--out`` folder; ``--precision`` values are parsed and refused."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,20 @@ def garbage(root: Path) -> Path:
     return root
 
 
+def broken_link(root: Path) -> Path:
+    class_folder(root, [(16, 16)] * 3)
+    (root / "a" / "3.png").symlink_to(root / "gone.png")   # e.g. a file on an unmounted disk
+    return root
+
+
+def no_permission(root: Path) -> Path:
+    if os.geteuid() == 0:
+        pytest.skip("root reads files without read permission")
+    class_folder(root, [(16, 16)] * 3)
+    (root / "a" / "0.png").chmod(0)
+    return root
+
+
 def npz(path: Path, **arrays) -> Path:
     np.savez(path, **arrays)
     return path
@@ -54,6 +69,8 @@ IMAGES = np.zeros((6, 8, 8), np.uint8)
 CASES = {
     "truncated_png": (truncated, "/a/1.png", "1 of 3 image files could not be read"),
     "not_an_image": (garbage, "/a/2.png", "cannot identify image file"),
+    "broken_link": (broken_link, "/a/3.png", "FileNotFoundError"),
+    "no_permission": (no_permission, "/a/0.png", "PermissionError"),
     "mixed_sizes": (lambda d: class_folder(d, [(8, 8), (12, 10), (8, 8)]), "/a/1.png is 12x10",
                     "pass image_size (--image-size)"),
     "empty_folder": (lambda d: d.mkdir() or d, "", "expected image files"),

@@ -33,7 +33,9 @@ _SHOWN = 10  # bad files listed in full in one message
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS
+    """An image file by its name (a broken link counts: reading it fails, naming it)."""
+    return (p.is_file() or p.is_symlink()) and not p.name.startswith(".") and \
+        p.suffix.lower() in EXTENSIONS
 
 
 def _images_under(d: Path) -> List[Path]:
