@@ -19,7 +19,6 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import plots
-from ..nn import ReversibleDriftError
 from .batches import DataSource, eval_levels
 from .config import TrainConfig, config_differences
 from .determinism import derive_seed, device_generator, seed_everything
@@ -193,10 +192,8 @@ class Trainer(SessionViews):
         try:
             with autocast(cfg.optim.precision, self.device):
                 per_sample, metrics = self.objective.loss(Batch(x, y, g, step, st.elapsed_s))
-        except ReversibleDriftError:   # (strict) recorded; the loop stops the run
+        finally:   # (recorded also when --reversible strict raised: the loop then stops)
             self.guard.after_step(step + 1)
-            raise
-        self.guard.after_step(step + 1)
         loss = per_sample.float().mean()
         if self.fault_raise_at == (self.world.rank, step + 1):
             raise RuntimeError(f"fault injected at step {step + 1} (--fault-raise-at)")
