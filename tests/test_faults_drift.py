@@ -169,8 +169,10 @@ def test_strict_stops_the_cli_with_a_checkpoint_and_fallback_resumes(tmp_path, m
     assert msg.startswith("ntm train: stopping at step 0 (--reversible strict)") and \
         "step_00000000" in msg and "--reversible fallback" in msg
     assert ckpt.load_latest(run).step == 0
-    assert [r["event"] for r in read_metrics(run) if r["type"] == "event"][-1] == \
-        "reversible_drift_stop"
+    recs = read_metrics(run)
+    assert [r["event"] for r in recs if r["type"] == "event"][-1] == "reversible_drift_stop"
+    (check,) = [r for r in recs if r["type"] == "reversible_check"]   # what it measured
+    assert check["step"] == 1 and min(check["drift"].values()) > check["tolerance"]
     assert cli.main(["train", "--out", str(run), "--resume", "--no-progress", "--no-plots",
                      "--reversible", "fallback"]) == 0
     assert ckpt.load_latest(run).step == 3
