@@ -111,13 +111,18 @@ def test_bad_guard_settings_are_named(kw, match):
 AR = dict(transporter="autoregressive", transporter_layers=4, transporter_hidden=32)
 
 
+# the NTM's transporter sees the trajectory, not unit noise: perturbed by 0.2 it drifts by only
+# 1.8e-3 at the first step, by 0.3 0.83, by 0.4 7.3 (tolerance 1e-3)
+ILL_NTM = 0.4
+
+
 def ill_factory(reversible=True):
-    """The digits NTM with its transporter perturbed by 0.2 (``reversible=False``: plain
-    autograd, the reference)."""
+    """The digits NTM with its transporter perturbed by ``ILL_NTM`` (``reversible=False``:
+    plain autograd, the reference)."""
     def factory(cfg):
         model = build_model(cfg)
         (name, stack), = reversible_stacks(model)
-        perturbed(stack, ILL)
+        perturbed(stack, ILL_NTM)
         stack.reversible = reversible
         return model
     return factory
