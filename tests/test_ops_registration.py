@@ -67,10 +67,24 @@ def test_errors_name_argument_expected_and_given():
             ops.gaussian_nll_backward, x, shift, logits, torch.zeros(3, 1))
 
 
+# float32 lanes of the CPU kernels of each capability (ATen's Vectorized<float>: 512 bits for
+# AVX-512, 256 bits for AVX2 and for the portable default)
+VECTOR_WIDTH = {"avx512": 16, "avx2": 8, "default": 8}
+
+
 def test_build_info_reports_cpu_capability():
     info = ntm_engine.build_info()
     assert set(info) >= {"cuda", "cpu_capability", "vector_width_float32"}
-    assert info["vector_width_float32"] in (4, 8, 16, 1) or info["vector_width_float32"] > 0
+    assert info["cpu_capability"] in info["cpu_capabilities_supported"]
+    chosen = info["cpu_capability"]
+    try:   # every capability this CPU runs reports its own width
+        for name in info["cpu_capabilities_supported"]:
+            ops.set_cpu_capability(name)
+            now = ntm_engine.build_info()
+            assert (now["cpu_capability"], now["vector_width_float32"]) == \
+                (name, VECTOR_WIDTH[name])
+    finally:
+        ops.set_cpu_capability(chosen)
 
 
 def test_reference_accumulation_dtype():

@@ -68,6 +68,7 @@ def _reference_gradient(cfg: TrainConfig):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)   # a gloo deadlock fails here instead of stalling CI
 def test_averaged_gradient_equals_the_global_batch_gradient(tmp_path):
     cfg = make_config("digits", True, model=TINY, batch_size=16, iters=1,
                       eval_samples=0).replace(grad_clip=None)
@@ -155,6 +156,7 @@ def run_killed_and_resumed(tmp_path, *extra) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_a_killed_two_process_run_resumes(tmp_path):
     stopped_at = run_killed_and_resumed(tmp_path)
     a, b = ckpt.load_latest(tmp_path / "whole"), ckpt.load_latest(tmp_path / "killed")

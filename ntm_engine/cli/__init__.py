@@ -24,6 +24,7 @@ from typing import List, Optional
 from .. import __version__, logs
 from ..checkpoint import CheckpointError
 from ..training import ConfigError
+from ..training.errors import OptionError
 from . import compare, distill, evaluate, export, sample, train
 
 SUBCOMMANDS = (train, sample, evaluate, distill, compare, export)
@@ -46,6 +47,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args, parser)
+    except OptionError as e:   # a bad option value: one line, status 2 (as argparse's)
+        print(f"ntm {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
     except (ConfigError, CheckpointError) as e:
         raise SystemExit(f"ntm {args.command}: error: {e}")
 

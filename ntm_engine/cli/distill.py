@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     d.add_argument("--seed", type=int, default=None, help="seed of everything (0)")
     d.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint in --out")
+    d.add_argument("--restart", action="store_true",
+                   help="begin the distillation in --out again from step 0 (its checkpoints "
+                   "and metrics are moved aside, not deleted)")
     add_device_options(d)
     d.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     d.set_defaults(handler=run)
@@ -72,6 +75,8 @@ def distill_config(args, teacher_ck: ckpt.Checkpoint, out: Path) -> DistillConfi
 
 
 def run(args, parser) -> int:
+    if args.resume and args.restart:
+        parser.error("--resume continues the run in --out, --restart begins it again: give one")
     device = setup_device(args)
     out = Path(args.out) if args.out else Path(args.run) / "denoiser"
     if not Path(args.run).exists():
@@ -79,7 +84,7 @@ def run(args, parser) -> int:
     teacher = load_run(args.run, device, log=log)
     cfg = distill_config(args, teacher.checkpoint, out)
     distiller = Distiller(cfg, out, teacher.model, resume=args.resume, device=device,
-                          progress=not args.no_progress, log=log)
+                          progress=not args.no_progress, log=log, restart=args.restart)
     n_den = sum(p.numel() for p in distiller.model.parameters())
     n_teacher = sum(p.numel() for p in teacher.model.parameters())
     log(f"ntm distill: teacher {teacher.checkpoint.path} (step {teacher.step}, "

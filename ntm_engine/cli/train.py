@@ -16,6 +16,7 @@ from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_
                         run_command)
 from ..training.config import TRAJECTORY_LOSSES
 from ..training.distributed import PARALLEL
+from ..training.sections import REVERSIBLE_GUARDS
 from ..training.tensorboard import TensorBoardSink
 from ..models import NTM, schedule
 from ..models.ntm import TRANSPORTER_BACKWARDS
@@ -41,7 +42,11 @@ def add_parser(sub) -> None:
     _add_data_options(t.add_argument_group("data"))
     t.add_argument("--out", default=None, help="run folder (default: runs/<dataset>)")
     t.add_argument("--resume", action="store_true",
-                   help="continue from the newest valid checkpoint in --out (start fresh if none)")
+                   help="continue from the newest valid checkpoint in --out (start fresh if "
+                   "--out holds none; an error if all of them are corrupt)")
+    t.add_argument("--restart", action="store_true",
+                   help="begin the run in --out again from step 0 (its checkpoints and "
+                   "metrics are moved aside, not deleted)")
     add_device_options(t)
     t.add_argument("--parallel", choices=PARALLEL, default="ddp",
                    help="under torchrun: ddp (every process holds the whole model, gradients "
@@ -63,6 +68,7 @@ def add_parser(sub) -> None:
     # testing hooks (hidden)
     t.add_argument("--fault-nonfinite-at", type=int_list, default=None, help=argparse.SUPPRESS)
     t.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
+    t.add_argument("--fault-raise-at", type=int_list, default=None, help=argparse.SUPPRESS)
     t.set_defaults(handler=run)
 
 
@@ -180,10 +186,23 @@ def _add_optim_options(o) -> None:
     o.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="training forward: fp32, or bf16 autocast with float32 master "
                    f"weights, losses and log-dets ({TRAIN_DEFAULTS['precision']})")
+    # the drift guard of the reversible backward (ntm_engine.training.drift)
+    o.add_argument("--reversible", dest="reversible_guard", choices=REVERSIBLE_GUARDS,
+                   default=None, help="when the reversible backward's rebuilt inputs drift "
+                   "beyond --reversible-tolerance: fallback (keep activations, plain autograd, "
+                   "for the rest of the run) or strict (checkpoint and stop) "
+                   f"({TRAIN_DEFAULTS['reversible_guard']})")
+    o.add_argument("--reversible-check-every", type=nonneg_int, default=None, metavar="N",
+                   help="measure that drift every N iterations, on a slice of the batch "
+                   f"(0: never) ({TRAIN_DEFAULTS['reversible_check_every']})")
+    o.add_argument("--reversible-tolerance", type=positive_float, default=None,
+                   help="largest drift allowed, relative to the inputs' scale (1e-3 with fp32, "
+                   "0.1 with bf16)")
 
 
 def _add_cadence_options(c) -> None:
-    c.add_argument("--log-every", type=int, default=None, help=f"iterations per log record ({TRAIN_DEFAULTS['log_every']})")
+    c.add_argument("--log-every", type=int, default=None,
+                   help=f"iterations per log record ({TRAIN_DEFAULTS['log_every']})")
     c.add_argument("--eval-every", type=int, default=None,
                    help="iterations per test bits/dim + sample grid "
                    f"({TRAIN_DEFAULTS['eval_every']})")
@@ -236,6 +255,8 @@ def run(args, parser) -> int:
         args.out = str(Path("runs") / Path(args.dataset or "digits").stem)
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    if args.resume and args.restart:
+        parser.error("--resume continues the run in --out, --restart begins it again: give one")
     device = setup_device(args)
     cfg = train_config(args)
     sinks = []
@@ -244,8 +265,9 @@ def run(args, parser) -> int:
     trainer = Trainer(cfg, args.out, resume=args.resume, device=device,
                       progress=not args.no_progress, log=log, plots=not args.no_plots,
                       fault_nonfinite_steps=args.fault_nonfinite_at or (),
-                      throttle_s=args.throttle, parallel=args.parallel,
-                      grad_accum=args.grad_accum, metrics_sinks=sinks)
+                      throttle_s=args.throttle, parallel=args.parallel, restart=args.restart,
+                      fault_raise_at=args.fault_raise_at, grad_accum=args.grad_accum,
+                      metrics_sinks=sinks)
     nparams = sum(p.numel() for p in trainer.model.parameters())
     procs = f", {trainer.world.size} processes" if trainer.world.enabled else ""
     if trainer.sharded:

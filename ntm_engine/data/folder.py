@@ -33,7 +33,9 @@ _SHOWN = 10  # bad files listed in full in one message
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS
+    """An image file by its name (a broken link counts: reading it fails, naming it)."""
+    return (p.is_file() or p.is_symlink()) and not p.name.startswith(".") and \
+        p.suffix.lower() in EXTENSIONS
 
 
 def _images_under(d: Path) -> List[Path]:
@@ -96,13 +98,14 @@ def _decode_all(files: Sequence[Path], *, image_size, channels, num_workers: int
             if err is not None:
                 bad.append(f"{files[i]} ({err})")
     if bad:
-        listing = "\n  ".join(bad[:_SHOWN]) + (f"\n  ... and {len(bad) - _SHOWN} more"
-                                               if len(bad) > _SHOWN else "")
+        listing = "; ".join(bad[:_SHOWN]) + (f"; ... and {len(bad) - _SHOWN} more"
+                                             if len(bad) > _SHOWN else "")
         if on_error == "raise":
             raise DataError(f"dataset: {len(bad)} of {len(files)} image files could not be read "
-                            f"(pass on_error='skip' to skip them):\n  {listing}")
-        warnings.warn(f"dataset: skipped {len(bad)} of {len(files)} unreadable image files:"
-                      f"\n  {listing}", stacklevel=3)
+                            f"(expected images PIL can decode; remove or repair them, or pass "
+                            f"on_error='skip' in Python): {listing}")
+        warnings.warn(f"dataset: skipped {len(bad)} of {len(files)} unreadable image files: "
+                      f"{listing}", stacklevel=3)
     keep = [i for i, c in enumerate(codes) if c is not None]
     if not keep:
         raise DataError(f"dataset: none of the {len(files)} image files could be read")

@@ -12,8 +12,9 @@ from .coupling import AffineCoupling
 from .linear import InvertibleLinear
 from .patches import PatchTokens
 from .permutation import Permutation
-from .sequential import InvertibleSequential
+from .sequential import DRIFT_ACTIONS, InvertibleSequential, ReversibleDriftError
 
 __all__ = ["AffineCoupling", "InvertibleSequential", "Permutation", "InvertibleLinear",
            "InvertibleModule", "generic_reverse_step", "AutoregressiveFlowBlock",
-           "JacobiReport", "autoregressive_stack", "decode", "PatchTokens"]
+           "JacobiReport", "autoregressive_stack", "decode", "PatchTokens",
+           "ReversibleDriftError", "DRIFT_ACTIONS"]

@@ -12,7 +12,14 @@ fire once per parameter.  Activation memory is flat in depth (one layer's worth,
 during the backward) where plain autograd keeps every layer's activations.
 
 Caveats: layers must be exactly invertible functions of ``(x, context)``; the rebuilt inputs
-drift from the true ones by rounding (``check_reconstruction`` measures it); modules with
+drift from the true ones by rounding, and by much more when a layer is ill-conditioned (a
+trained transporter whose scales grew: then the gradients are silently wrong).  The drift
+guard measures it during training (:meth:`InvertibleSequential.check_drift_next`: on the next
+reversible forward, a slice of the batch is run forward and rebuilt by the backward's own
+reverse walk and compared with its true inputs); above ``drift_tolerance`` the stack switches
+to plain autograd (stored activations) for good (``drift_action="fallback"``) or raises
+:class:`ReversibleDriftError` (``"strict"``), both before the step's backward, so no step
+uses wrong gradients.  ``check_reconstruction`` (debugging) measures every backward.  Modules with
 running statistics (BatchNorm) inside a conditioner would update them twice; no double
 backward; a nested ``InvertibleSequential`` with dropout is not supported in reversible mode.
 Autocast: the forward's autocast state is re-entered for the recomputations in the backward.
@@ -30,11 +37,16 @@ from torch.utils.checkpoint import checkpoint
 from .base import (InvertibleModule, ReverseStepResult, _RngSnapshot, accumulation_dtype,
                    generic_reverse_step, has_dropout)
 
-__all__ = ["InvertibleSequential", "BACKWARDS"]
+__all__ = ["InvertibleSequential", "BACKWARDS", "ReversibleDriftError", "DRIFT_ACTIONS"]
 
 # ``reversible=``: rebuild inputs by inversion (True), keep inputs and recompute each layer
 # ("recompute"), or plain autograd (False)
 BACKWARDS = (True, "recompute", False)
+DRIFT_ACTIONS = ("fallback", "strict")   # what the drift guard does above its tolerance
+
+
+class ReversibleDriftError(RuntimeError):
+    """The reversible backward's rebuilt inputs drifted beyond the tolerance (strict mode)."""
 
 
 def _reverse_step(layer: nn.Module, y: Tensor, grad_y: Tensor, grad_logdet: Optional[Tensor],
@@ -148,6 +160,23 @@ def _walk_backward(layers: Sequence[nn.Module], y: Tensor, grad_y: Tensor,
     return x, gx, grad_ctx, grads, errors
 
 
+def _record_forward(layers: Sequence[nn.Module], x: Tensor, context: Optional[Tensor], *,
+                    keep_inputs: bool):
+    """Run ``layers`` on ``x``: ``(y, logdet, rng, inputs)`` with ``rng[i]`` the RNG state
+    before layer ``i`` when it has dropout (else None) and ``inputs`` every layer's input
+    (detached; None unless ``keep_inputs``)."""
+    rng: List[Optional[_RngSnapshot]] = []
+    inputs: Optional[List[Tensor]] = [] if keep_inputs else None
+    h, logdet = x, None
+    for layer in layers:
+        rng.append(_RngSnapshot(h.device) if has_dropout(layer) else None)
+        if inputs is not None:
+            inputs.append(h.detach())
+        h, ld = layer(h, context)
+        logdet = ld if logdet is None else logdet + ld
+    return h, logdet, rng, inputs
+
+
 def _autocast_state(device_type: str) -> Optional[Tuple[str, torch.dtype]]:
     """``(device_type, dtype)`` when autocast is on for ``device_type``, else None."""
     if not torch.is_autocast_enabled(device_type):
@@ -170,15 +199,8 @@ class _ReversibleStack(torch.autograd.Function):
                 *params: Tensor) -> Tuple[Tensor, Tensor]:
         layers = list(stack.layers)
         slot_of = {id(p): k for k, p in enumerate(params)}
-        rng: List[Optional[_RngSnapshot]] = []
-        true_inputs: Optional[List[Tensor]] = [] if stack.check_reconstruction else None
-        h, logdet = x, None
-        for layer in layers:
-            rng.append(_RngSnapshot(h.device) if has_dropout(layer) else None)
-            if true_inputs is not None:
-                true_inputs.append(h.detach())
-            h, ld = layer(h, context)
-            logdet = ld if logdet is None else logdet + ld
+        h, logdet, rng, true_inputs = _record_forward(layers, x, context,
+                                                      keep_inputs=stack.check_reconstruction)
         ctx.stack = stack
         ctx.autocast = _autocast_state(x.device.type)
         ctx.rng = rng if any(s is not None for s in rng) else None
@@ -235,10 +257,17 @@ class InvertibleSequential(InvertibleModule):
     * ``check_reconstruction=True`` (debugging; keeps every layer's input alive, so no memory
       saving): after each reversible backward, ``reconstruction_error[i]`` is the max abs
       difference between layer ``i``'s rebuilt input and its true input.
+    * The drift guard (training, cheap): after :meth:`check_drift_next`, the next reversible
+      forward first measures the drift on its first ``drift_rows`` rows (:meth:`drift_of`;
+      the result in ``drift``) and, when it exceeds ``drift_tolerance`` (or is not finite),
+      acts by ``drift_action``: ``"fallback"`` sets ``reversible = False`` and
+      ``fell_back = True`` (this forward already keeps its activations), ``"strict"`` raises
+      :class:`ReversibleDriftError`.
     """
 
     def __init__(self, *layers: nn.Module, reversible: Union[bool, str] = True,
-                 check_reconstruction: bool = False):
+                 check_reconstruction: bool = False, drift_tolerance: float = 1e-3,
+                 drift_action: str = "fallback", drift_rows: int = 4):
         super().__init__()
         if reversible not in BACKWARDS:
             raise ValueError(f"InvertibleSequential: reversible must be one of {BACKWARDS}, got "
@@ -247,6 +276,60 @@ class InvertibleSequential(InvertibleModule):
         self.reversible = reversible
         self.check_reconstruction = check_reconstruction
         self.reconstruction_error: Optional[List[float]] = None
+        self.set_drift_guard(drift_tolerance, drift_action, drift_rows)
+        self.drift: Optional[float] = None
+        self.fell_back = False
+        self._check_next = False
+
+    # ------------------------------------------------------------------ the drift guard
+    def set_drift_guard(self, tolerance: float, action: str = "fallback", rows: int = 4) -> None:
+        """Tolerance (of :meth:`drift_of`), action (:data:`DRIFT_ACTIONS`) and batch rows of
+        the drift guard."""
+        if not (isinstance(tolerance, (int, float)) and tolerance > 0):
+            raise ValueError(f"drift tolerance must be a number > 0, got {tolerance!r}")
+        if action not in DRIFT_ACTIONS:
+            raise ValueError(f"drift action must be one of {', '.join(DRIFT_ACTIONS)}, "
+                             f"got {action!r}")
+        if not (isinstance(rows, int) and rows >= 1):
+            raise ValueError(f"drift rows must be an integer >= 1, got {rows!r}")
+        self.drift_tolerance, self.drift_action, self.drift_rows = float(tolerance), action, rows
+
+    def check_drift_next(self) -> None:
+        """Measure the drift at the next reversible forward (and act on it)."""
+        self._check_next = True
+
+    def drift_of(self, x: Tensor, context: Optional[Tensor] = None) -> float:
+        """The drift of the reversible backward on ``(x, context)``: the largest over layers of
+        max |rebuilt input - true input| / max(1, max |true input|), the inputs rebuilt from
+        the stack's output by the backward's own reverse walk (same code, same autocast state
+        as the caller's; the layers' affine inversions keep float32 tensors in float32).  Leaves
+        the RNG and every gradient as they were."""
+        layers = list(self.layers)
+        index = {id(p): k for k, p in enumerate(self.parameters())}
+        slots = [[index.get(id(p)) for p in layer.parameters()] for layer in layers]
+        x = x.detach()
+        context = None if context is None else context.detach()
+        with _RngSnapshot(x.device).fork():
+            with torch.no_grad():
+                y, _, rng, inputs = _record_forward(layers, x, context, keep_inputs=True)
+            *_, errors = _walk_backward(layers, y, torch.zeros_like(y), None, context,
+                                        param_slots=slots, n_params=len(index), rng=rng,
+                                        true_inputs=inputs)
+        scales = [max(1.0, float(t.detach().abs().max())) if t.numel() else 1.0 for t in inputs]
+        return max((e / s for e, s in zip(errors, scales)), default=0.0)
+
+    def _guard(self, x: Tensor, context: Optional[Tensor]) -> None:
+        """The armed drift check of this forward (see the class docstring)."""
+        self._check_next = False
+        rows = min(self.drift_rows, x.shape[0])
+        self.drift = self.drift_of(x[:rows], None if context is None else context[:rows])
+        if self.drift <= self.drift_tolerance:
+            return
+        what = (f"the reversible backward's rebuilt inputs drift by {self.drift:.3g} "
+                f"(relative, on {rows} rows; tolerance {self.drift_tolerance:g})")
+        if self.drift_action == "strict":
+            raise ReversibleDriftError(f"{what}: its gradients would be wrong")
+        self.reversible, self.fell_back = False, True
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -297,7 +380,10 @@ class InvertibleSequential(InvertibleModule):
                 return self._recomputed(x, context)
             params = self._grad_params()
             if params or x.requires_grad or (context is not None and context.requires_grad):
-                return _ReversibleStack.apply(x, context, self, *params)
+                if self._check_next:
+                    self._guard(x, context)
+                if self.reversible:   # (the guard may have switched it off)
+                    return _ReversibleStack.apply(x, context, self, *params)
         return self._run(x, context)
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data import ImageBatches, ImageData, fingerprint, open_dataset, sample_toy
 from .determinism import derive_seed
-from .errors import ConfigError
+from .errors import ConfigError, OptionError
 from .sections import HANDED_IN, DataConfig
 
 _HANDED: Dict[str, ImageData] = {}
@@ -51,7 +51,7 @@ def run_data(data: DataConfig) -> Optional[ImageData]:
     try:
         return _open(name, data.image_size, data.channels, data.data_workers)
     except ValueError as e:   # DataError
-        raise ConfigError(f"--dataset {data.dataset}: {e}") from e
+        raise OptionError(f"--dataset {data.dataset}: {e}") from e
 
 
 class DataSource:

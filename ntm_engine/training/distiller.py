@@ -43,13 +43,14 @@ class Distiller(SessionViews):
     """One distillation run of ``cfg`` (a :class:`DistillConfig` or its dict form) in folder
     ``out`` from the frozen ``teacher`` (an NTM; put in eval mode, parameters frozen).
 
-    ``resume=True`` continues from the newest valid checkpoint in ``out``;
+    ``resume=True`` continues from the newest valid checkpoint in ``out`` (none valid: a
+    :class:`ConfigError`); ``restart=True`` begins again in a folder that holds a run;
     ``fault_nonfinite_steps`` (1-based, as logged): steps whose loss is forced to NaN.
     """
 
     def __init__(self, cfg, out, teacher: nn.Module, *, resume: bool = False, device=None,
                  progress: bool = True, log: Optional[Callable[[str], None]] = None,
-                 fault_nonfinite_steps=()):
+                 fault_nonfinite_steps=(), restart: bool = False):
         self.cfg = DistillConfig.coerce(cfg)
         self.log = log or stderr_log
         self.device = default_device(device)
@@ -57,16 +58,17 @@ class Distiller(SessionViews):
         _check_teacher(teacher, self.cfg)
         self.folder = RunFolder(out, kind=KIND, log=self.log)
         try:
-            self.session = self._build(teacher, resume)
+            self.session = self._build(teacher, resume, restart)
         except BaseException:
             self.folder.release()
             raise
         self.loop = Loop(self, self.session, optim=self.cfg.optim, cadence=self.cfg.run,
                          desc="distill", progress=progress, log=self.log)
 
-    def _build(self, teacher: nn.Module, resume: bool) -> RunSession:
+    def _build(self, teacher: nn.Module, resume: bool, restart: bool) -> RunSession:
         cfg = self.cfg
-        resumed = self.folder.open(cfg.to_dict(), resume=resume, differences=distill_differences)
+        resumed = self.folder.open(cfg.to_dict(), resume=resume, differences=distill_differences,
+                                   restart=restart)
         if cfg.t_min > cfg.teacher_model["t_min_max"]:
             self.log(f"warning: t_d = {cfg.t_min} is above the teacher's t_min_max = "
                      f"{cfg.teacher_model['t_min_max']}: the teacher never trained there")

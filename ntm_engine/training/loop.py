@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt
+from ..nn import ReversibleDriftError
 from .errors import NonFiniteLossError
 from .sections import OptimConfig, RunConfig
 from .session import RunSession
@@ -139,6 +140,8 @@ class Loop:
         try:
             with StopSignals() as signals:
                 stopped = self._iterate(log, signals, start_step, stop_after)
+        except ReversibleDriftError as e:
+            raise self._drift_stop(e) from e
         except BaseException:
             s.folder.release()
             raise
@@ -189,6 +192,22 @@ class Loop:
             self.log(f"stopped by {stopped} at step {st.step}; checkpoint {path} written")
         return summary
 
+    def _drift_stop(self, e: ReversibleDriftError) -> ReversibleDriftError:
+        """``--reversible strict`` ended the run before the step's backward: checkpoint the
+        step reached (unless the checkpoint is a collective another process may not join),
+        record it, release the folder; returns the error to raise."""
+        s, st = self.session, self.session.state
+        try:
+            path = s.saved_path if s.saved_step == st.step or s.states.collective else s.save()
+            s.write_metrics({"type": "event", "event": "reversible_drift_stop", "step": st.step,
+                             "checkpoint": str(path)}, sync=True)
+        finally:
+            s.folder.release()
+        return ReversibleDriftError(
+            f"stopping at step {st.step} (--reversible strict): {e}; the last checkpoint is "
+            f"{path}. Resume with --reversible fallback to keep activations instead, or lower "
+            "--lr")
+
     def _nonfinite(self, rec: Dict[str, Any]) -> None:
         st, s = self.session.state, self.session
         self.log(f"step {rec['step']}: non-finite loss or gradient ({rec['loss']}); step "
@@ -213,7 +232,7 @@ def run_command(run: Callable[[], Dict[str, Any]], command: str) -> int:
     0 otherwise; too many non-finite losses become a SystemExit with the message."""
     try:
         summary = run()
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, ReversibleDriftError) as e:
         raise SystemExit(f"{command}: {e}")
     print(json.dumps(summary))
     if summary["reason"].startswith("signal"):

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type
 
 from ..data import BUILT_IN, TOYS
-from .errors import ConfigError
+from .errors import ConfigError, OptionError
 from .precision import PRECISIONS
 
 DATASETS = ("digits",) + tuple(sorted(TOYS))
 IMAGE_NAMES = tuple(BUILT_IN)            # built-in image sets (no download)
 HANDED_IN = "python:"                   # prefix of data handed to the Trainer as an object
+REVERSIBLE_GUARDS = ("fallback", "strict")   # --reversible: what the drift guard does
 
 
 def option(key: str) -> str:
@@ -25,9 +26,9 @@ def option(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def check(ok: bool, message: str) -> None:
+def check(ok: bool, message: str, error: type = ConfigError) -> None:
     if not ok:
-        raise ConfigError(message)
+        raise error(message)
 
 
 def _is_number(v: Any) -> bool:
@@ -67,7 +68,8 @@ class DataConfig:
             self.dataset in DATASETS + IMAGE_NAMES or self.dataset.startswith(HANDED_IN)
             or is_path_like(self.dataset)),
             f"unknown dataset {self.dataset!r}; choose one of "
-            f"{', '.join(DATASETS + IMAGE_NAMES)}, or give a folder or .npy/.npz file")
+            f"{', '.join(DATASETS + IMAGE_NAMES)}, or give a folder or .npy/.npz file",
+            OptionError)
         check(not self.class_conditional or self.is_image,
               f"--class-conditional needs labelled data (images), not the 2-D toy {self.dataset!r}")
         for k in ("image_size", "channels"):
@@ -113,11 +115,19 @@ class OptimConfig:
     max_nonfinite: int = 20
     precision: str = "fp32"
     checkpoint_predictor: bool = False
+    # the drift guard of the reversible backward (:mod:`.drift`): every N iterations (0: never),
+    # on a tolerance (None: that of the precision), falling back to stored activations or
+    # stopping (strict)
+    reversible_check_every: int = 100
+    reversible_tolerance: Optional[float] = None
+    reversible_guard: str = "fallback"
 
     def __post_init__(self):
         for k in ("batch_size", "warmup", "seed", "max_nonfinite"):
             check_number(k, getattr(self, k), integer=True)
         check_number("iters", self.iters, integer=True, optional=True)
+        check_number("reversible_check_every", self.reversible_check_every, integer=True)
+        check_number("reversible_tolerance", self.reversible_tolerance, optional=True)
         for k in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "ema_decay"):
             check_number(k, getattr(self, k))
         for k in ("grad_clip", "minutes"):
@@ -142,6 +152,13 @@ class OptimConfig:
              f"--checkpoint-predictor must be true or false, got {self.checkpoint_predictor!r}"),
             (self.precision in PRECISIONS,
              f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.reversible_check_every >= 0,
+             f"--reversible-check-every must be >= 0, got {self.reversible_check_every}"),
+            (self.reversible_tolerance is None or 0 < self.reversible_tolerance < math.inf,
+             f"--reversible-tolerance must be a finite number > 0, got "
+             f"{self.reversible_tolerance}"),
+            (self.reversible_guard in REVERSIBLE_GUARDS, "--reversible must be one of "
+             f"{', '.join(REVERSIBLE_GUARDS)}, got {self.reversible_guard!r}"),
         ]
         for ok, msg in checks:
             check(ok, msg)

@@ -135,7 +135,7 @@ class RunSession:
         if "rng" in ck.state:
             set_rng_states(ck.state["rng"])
         if self.writer:
-            truncate_metrics(self.out, self.state.step)
+            truncate_metrics(self.out, self.state.step, log=self.folder.log)
         self.saved_step, self.saved_path = self.state.step, ck.path
         self.folder.log(f"resumed from {ck.path} at step {self.state.step}")
 

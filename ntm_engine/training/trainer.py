@@ -23,6 +23,7 @@ from .batches import DataSource, eval_levels
 from .config import TrainConfig, config_differences
 from .determinism import derive_seed, device_generator, seed_everything
 from .distributed import World, init_world
+from .drift import DriftGuard
 from .errors import ConfigError
 from .evaluation import eval_summary, evaluate_test, grid_samples, save_sample_grid
 from .factory import (ModelFactory, build_model, init_reference, load_init_source,
@@ -61,9 +62,12 @@ class Trainer(SessionViews):
     """One training run of ``cfg`` (a :class:`TrainConfig` or its dict form) in folder ``out``.
 
     ``resume=True`` continues from the newest valid checkpoint (a corrupt newer one is
-    refused, reported and moved aside); ``model_factory(cfg)`` replaces :func:`build_model`
+    refused, reported and moved aside; none valid is a :class:`ConfigError`);
+    ``restart=True`` begins the run again in a folder that holds one (its checkpoints and
+    metrics moved aside); ``model_factory(cfg)`` replaces :func:`build_model`
     (tests); ``fault_nonfinite_steps``: steps (1-based, as logged) whose loss is forced to NaN
-    (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills).
+    (tests of the non-finite handling); ``throttle_s``: a sleep per iteration (tests of kills);
+    ``fault_raise_at=(rank, step)``: that rank raises in that step (tests of failing ranks).
 
     Under ``torchrun`` (or with ``world`` given) the run is data-parallel
     (:mod:`.distributed`): each process reads and trains on its rows of the global batch,
@@ -82,7 +86,8 @@ class Trainer(SessionViews):
                  log: Optional[Callable[[str], None]] = None,
                  model_factory: Optional[ModelFactory] = None, plots: bool = True,
                  fault_nonfinite_steps=(), throttle_s: float = 0.0,
-                 world: Optional[World] = None, parallel: str = "ddp", grad_accum: int = 1,
+                 world: Optional[World] = None, parallel: str = "ddp", restart: bool = False,
+                 fault_raise_at: Optional[Tuple[int, int]] = None, grad_accum: int = 1,
                  metrics_sinks: Sequence[Callable[[Dict[str, Any]], None]] = ()):
         self.cfg = TrainConfig.coerce(cfg)
         check_sharding(self.cfg, parallel)
@@ -98,19 +103,22 @@ class Trainer(SessionViews):
         self.draws = plots and (world.is_main or self.sharded)
         self.plots = plots and world.is_main
         self.fault_steps = {int(s) for s in fault_nonfinite_steps}
+        self.fault_raise_at = tuple(fault_raise_at) if fault_raise_at else None
         self.folder = RunFolder(out, kind=None, log=self.log)
         try:
-            self.session = self._build(model_factory or build_model, resume)
+            self.session = self._build(model_factory or build_model, resume, restart)
         except BaseException:
             self.folder.release()
             raise
         self.session.sinks.extend(metrics_sinks)
+        self.guard = DriftGuard(self.model, self.cfg.optim, log=self.log,
+                                write_metrics=self.session.write_metrics)
         self.loop = Loop(self, self.session, optim=self.cfg.optim, cadence=self.cfg.run,
                          desc=f"train {self.cfg.dataset}", progress=progress and world.is_main,
                          log=self.log, throttle_s=throttle_s, agree=world.agree)
 
     # ------------------------------------------------------------------ assembly
-    def _build(self, factory: ModelFactory, resume: bool) -> RunSession:
+    def _build(self, factory: ModelFactory, resume: bool, restart: bool) -> RunSession:
         cfg = self.cfg
         init_from = cfg.objective.init_from
         # configuration errors first, before anything is written
@@ -118,7 +126,7 @@ class Trainer(SessionViews):
         if init_from is not None and not (resume and ckpt.list_checkpoints(self.folder.path)):
             fm_state = load_init_source(cfg, log=self.log)
         preflight(factory(cfg), cfg, "cpu", rows=self.rows.stop - self.rows.start)
-        resumed = self._open_folder(resume)
+        resumed = self._open_folder(resume, restart)
         if resumed is None and init_from is not None and fm_state is None:
             fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
         seed_everything(derive_seed(cfg.optim.seed, 0, "init"))   # initial weights from the seed
@@ -151,15 +159,15 @@ class Trainer(SessionViews):
         session.begin(resumed, on_fresh_start=self._on_fresh_start)
         return session
 
-    def _open_folder(self, resume: bool) -> Optional[ckpt.Checkpoint]:
+    def _open_folder(self, resume: bool, restart: bool) -> Optional[ckpt.Checkpoint]:
         """Rank 0 owns the folder and picks the checkpoint to continue from; the other ranks
         then read the same one."""
         resumed = None
         if self.world.is_main:
             resumed = self.folder.open(self.cfg.to_dict(), resume=resume,
-                                       differences=config_differences)
+                                       differences=config_differences, restart=restart)
         self.world.barrier()
-        if not self.world.is_main and resume:
+        if not self.world.is_main and resume and not restart:
             resumed = ckpt.load_latest(self.folder.path, map_location="cpu", log=_quiet)
         return resumed
 
@@ -170,8 +178,16 @@ class Trainer(SessionViews):
     # ------------------------------------------------------------------ the run
     def run(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
         """Train until the budget is spent (or ``stop_after`` iterations, or SIGTERM/SIGINT);
-        returns the summary record.  Draws ``curves.png`` at the end."""
-        summary = self.loop.run(stop_after)
+        returns the summary record.  Draws ``curves.png`` at the end.  In a multi-process run,
+        a rank that fails says so on stderr, naming itself, before the error propagates (its
+        peers' collectives then fail too, and torchrun ends them all)."""
+        try:
+            summary = self.loop.run(stop_after)
+        except Exception as e:
+            if self.world.enabled:
+                stderr_log(f"ntm train: rank {self.world.rank} of {self.world.size} failed at "
+                           f"step {self.step}: {type(e).__name__}: {e}")
+            raise
         if self.plots:
             try:
                 plots.plot_metrics(read_metrics(self.out), self.out / "curves.png")
@@ -191,12 +207,18 @@ class Trainer(SessionViews):
         lr = learning_rate(cfg.optim, step, st.elapsed_s)
         set_lr(self.session.optimizer, lr)
         batch = Batch(x, y, g, step, st.elapsed_s)
-        if self.grad_accum == 1:
-            with autocast(cfg.optim.precision, self.device):
-                per_sample, metrics = self.objective.loss(batch)
-            loss = per_sample.float().mean()
-        else:
-            loss, metrics = self._accumulated(batch)
+        self.guard.before_step(step)
+        try:
+            if self.grad_accum == 1:
+                with autocast(cfg.optim.precision, self.device):
+                    per_sample, metrics = self.objective.loss(batch)
+                loss = per_sample.float().mean()
+            else:
+                loss, metrics = self._accumulated(batch)
+        finally:   # (recorded also when --reversible strict raised: the loop then stops)
+            self.guard.after_step(step + 1)
+        if self.fault_raise_at == (self.world.rank, step + 1):
+            raise RuntimeError(f"fault injected at step {step + 1} (--fault-raise-at)")
         if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
             loss = loss * float("nan")
         global_loss = self.world.mean(loss)

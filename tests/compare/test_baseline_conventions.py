@@ -56,6 +56,13 @@ def test_wrong_sign_or_reversed_time_fails_the_check(name):
         assert gaussian_mismatch(x, ALLOWANCE[name]), f"{name}: {what} passed the check"
 
 
+# Largest error of a sample at 50 steps, relative to STD, over shifts 1 and 3 (float64, so the
+# same everywhere): first-order Euler ~ 4.4 * shift^0.6 / steps (measured 0.088 and 0.17); the
+# second-order solvers far less (DPM-Solver++ 2M 0.015 and 0.029, UniPC 0.0039 and 0.010,
+# Heun 0.00055 and 0.0012).  A wrong sign, time direction or sigma grid misses by O(1).
+BOUND_AT_50 = {"flow_euler": 0.2, "dpmpp_2m": 0.04, "unipc": 0.015, "flow_heun": 0.002}
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_each_sample_converges_to_the_exact_flow_map(name, shift):
@@ -70,7 +77,7 @@ def test_each_sample_converges_to_the_exact_flow_map(name, shift):
         x, _ = sample_with_scheduler(v, name, steps, e.shape, noise=e, dtype=torch.float64,
                                      shift=shift)
         err[steps] = float((x - (MEAN + STD * e)).abs().max()) / STD
-    assert err[50] < 0.25
+    assert err[50] < BOUND_AT_50[name], err
     assert err[200] < err[25] / 3
 
 

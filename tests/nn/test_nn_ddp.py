@@ -59,6 +59,7 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
+@pytest.mark.timeout(180)   # a gloo deadlock fails here instead of stalling CI
 def test_ddp_gloo_two_processes_match_single_process(tmp_path):
     out = str(tmp_path / "grads.pt")
     mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)

@@ -263,8 +263,13 @@ def test_bfloat16_error_is_that_of_plain_bfloat16():
         scale = r.abs().max().item()
         err_rev = (rev.double() - r).abs().max().item() / scale
         err_plain = (plain.double() - r).abs().max().item() / scale
-        assert err_plain < 0.1, (name, err_plain)  # bfloat16 has ~3 significant digits
-        assert err_rev <= 3 * err_plain + 0.02, (name, err_rev, err_plain)
+        # in units of bfloat16's unit roundoff u = 2^-8: plain bf16 autograd is off by up to
+        # 6.2u (measured 0.024), the reversible backward (which also rounds each rebuilt input
+        # to bf16) by up to 7.2u, and the two differ by up to 3.7u; a wrong rebuild is O(1)
+        u = 2.0 ** -8
+        err_both = (rev.double() - plain.double()).abs().max().item() / scale
+        assert err_plain < 10 * u, (name, err_plain)
+        assert err_rev < 10 * u and err_both < 6 * u, (name, err_rev, err_both)
 
 
 def test_nested_stack_and_generic_layers():
@@ -327,7 +332,9 @@ def test_autocast_forward_is_replayed_in_the_backward():
         grads[rev] = torch.autograd.grad(stack_loss(z, ld), [x, c, *stack.parameters()])
     assert max(stack.reconstruction_error) < 1e-4, stack.reconstruction_error
     for a, b in zip(grads[True], grads[False]):
-        assert_close_rel(a, b, 2e-2)  # bfloat16 matmuls on both sides
+        # the same bf16 matmuls on both sides: only the float32 rebuild (2.7e-6) differs;
+        # measured 6.2e-7 (without the replay: ~5e-2)
+        assert_close_rel(a, b, 1e-5)
 
 
 @pytest.mark.cuda
