@@ -66,9 +66,16 @@ struct DeviceExec {
     cvt.raw = __ldg(reinterpret_cast<const uint4*>(p));
     return cvt.pack;
   }
+  // One 16-byte store through the store intrinsic: a plain assignment of the pack (or of a
+  // uint4 read from it) compiles to element-sized stores (tests/test_cuda_sass.py).
   template <typename scalar_t>
   __device__ void store_pack(scalar_t* p, const Pack<scalar_t>& pack) const {
-    *reinterpret_cast<Pack<scalar_t>*>(p) = pack;
+    union {
+      Pack<scalar_t> pack;
+      uint4 raw;
+    } cvt;
+    cvt.pack = pack;
+    __stwb(reinterpret_cast<uint4*>(p), cvt.raw);
   }
   // Another block's write, made visible by its arrive(): read from L2, past this SM's L1.
   template <typename T>
@@ -81,8 +88,17 @@ struct DeviceExec {
   }
 };
 
+// Blocks of kMaxBlock threads that must fit on an SM at once (65536 registers): 4 (at most
+// 64 registers a thread, 32 of the SM's 64 warps resident); 3 (80 registers, 24 warps) for the
+// coupling backward's 8 tensors; 2 (128 registers, 16 warps) for double.  Tighter bounds make
+// ptxas spill (tests/test_cuda_sass.py holds these figures).
 template <typename scalar_t, typename Op>
-__global__ void __launch_bounds__(kMaxBlock)
+constexpr int min_blocks_per_sm() {
+  return sizeof(scalar_t) == 8 ? 2 : (Op::kIn + Op::kOut > 6 ? 3 : 4);
+}
+
+template <typename scalar_t, typename Op>
+__global__ void __launch_bounds__(kMaxBlock, min_blocks_per_sm<scalar_t, Op>())
     row_map_kernel(const RowMapArgs<scalar_t, Op> a, const Op op) {
   DeviceExec x;
   row_map_block(x, a, op);
