@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_json  # noqa: E402
 import timing  # noqa: E402
-from gpu_timing import ColdTimer  # noqa: E402
+from gpu_timing import SampleTimer  # noqa: E402
 from op_suite import HEADER, benchmark_variant, make_tensors, op_cases, run_suite  # noqa: E402
 from timing import markdown_header, markdown_row  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> int:
              "faster (copy_/fused: fraction of copy_ bandwidth reached).\n")
     # The table is printed row by row, so a run cut short by a time limit still reports.
     print(title + "\n" + markdown_header(HEADER), flush=True)
-    timer = ColdTimer()
+    timer = SampleTimer(flush_l2=True)
     timing.time_interleaved = timer  # run_suite times with timing.time_interleaved
     rows = run_suite(shapes, DTYPES, args.device, rounds=args.rounds,
                      inner=args.inner, compile_twin=not args.no_compile,

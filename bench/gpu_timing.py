@@ -1,10 +1,10 @@
-"""Timing on a cold L2: before every timed call, a write over twice the device's L2 evicts what
-the previous call left there, so each call reads its inputs from HBM as it would inside a
+"""Per-call timing that keeps every sample (for the pytest-benchmark JSON, benchmark_json.py),
+on a cold L2 by default: before every timed call, a write over twice the device's L2 evicts
+what the previous call left there, so each call reads its inputs from HBM as it would inside a
 model step (where other kernels run in between).  The write is outside the timed window: each
-call is timed alone between two CUDA events.  On the CPU, plain wall-clock time per call.
+call is timed alone between two CUDA events.  On the CPU, wall-clock time per call.
 
-ColdTimer has the signature of timing.time_interleaved, so op_suite.run_suite can use it, and it
-keeps every sample for the pytest-benchmark JSON (benchmark_json.py)."""
+SampleTimer has the signature of timing.time_interleaved, so op_suite.run_suite can use it."""
 from __future__ import annotations
 
 import statistics
@@ -14,9 +14,10 @@ from typing import Callable, Dict, List
 import torch
 
 
-class ColdTimer:
-    def __init__(self) -> None:
+class SampleTimer:
+    def __init__(self, flush_l2: bool = True) -> None:
         self.samples: List[Dict[str, List[float]]] = []  # one dict per call of the timer
+        self.flush_l2 = flush_l2
         self._scratch = None
 
     def _flush(self) -> None:
@@ -30,7 +31,8 @@ class ColdTimer:
             t0 = time.perf_counter()
             fn()
             return time.perf_counter() - t0
-        self._flush()
+        if self.flush_l2:
+            self._flush()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
