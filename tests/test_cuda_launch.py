@@ -63,8 +63,8 @@ def _check(op, dtype, got, cpu_args):
                         _abs_sums(op, args))
 
 
-# (3, 1000), (40, 259), (7, 520): rows short enough for the sub-warp path but too few to fill
-# the GPU, so they take one block per row; (3, 100): too short for that, still sub-warp.
+# (3, 1000), (40, 259), (7, 520): rows short enough for one segment each but too few to fill
+# the GPU, so each row gets a group of warps, a block of its own; (3, 100): a sub-warp group.
 @pytest.mark.parametrize("shape", [(64, 12288), (2, 300_001), (1, 70_000), (3, 1000),
                                    (40, 259), (7, 520), (3, 100)])
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
