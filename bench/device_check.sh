@@ -115,7 +115,7 @@ write_summary() {
     grep -E "^(FAILED|ERROR) " "$LOGS/pytest_cuda.log" 2>/dev/null
     for line in "${FAILED_LINES[@]}"; do echo "$line"; done
     if [ ${#FAILED_LINES[@]} -eq 0 ]; then echo "device_check: ALL STEPS OK"
-    else echo "device_check: ${#FAILED_LINES[@]} STEP(S) NOT OK"; fi
+    else echo "device_check: NOT OK (${#FAILED_LINES[@]} FAILED lines above)"; fi
   } >"$WORK/summary.md"
 }
 
