@@ -130,7 +130,7 @@ trap 'note_failure "interrupted"; finish' TERM INT
 
 timeout_args() {
   echo "-o faulthandler_timeout=$TEST_TIMEOUT"
-  "$PY" -c "import pytest_timeout" 2>/dev/null && echo "-p pytest_timeout --timeout=$TEST_TIMEOUT"
+  "$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$TEST_TIMEOUT"
 }
 
 dry_run() {
@@ -158,8 +158,10 @@ dry_run() {
       echo "$script --device cpu: FAILED"; tail -5 "$LOGS/$name.log"; ok=1
     fi
   done
-  # shellcheck disable=SC2086
-  n=$("$PY" -m pytest --collect-only -q -m cuda $CUDA_TESTS 2>&1 | tail -1 |
+  # the real run's pytest arguments, so that a bad one fails here
+  # shellcheck disable=SC2046,SC2086
+  n=$("$PY" -m pytest --collect-only -q -m cuda $CUDA_TESTS -rfE $(timeout_args) \
+      --junitxml="$WORK/collect.xml" 2>&1 | tail -1 |
       grep -oE "^[0-9]+(/[0-9]+)? tests? collected" | grep -oE "^[0-9]+")
   echo "collect-only of the CUDA tests: ${n:-0} tests in $(echo $CUDA_TESTS | wc -w) files"
   [ "${n:-0}" -gt 0 ] || ok=1
