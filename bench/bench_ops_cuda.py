@@ -1,8 +1,8 @@
 """GPU benchmark of the five fused ntm ops against their eager twins, torch.compile(twin) and a
 device-to-device copy_ of the same bytes (docs/design.md, section 6).
 
-    python bench/bench_ops_cuda.py [--out FILE.md] [--rounds 7] [--no-compile]   # the table
-    python -m pytest bench/bench_ops_cuda.py                                       # pytest-benchmark
+    python bench/bench_ops_cuda.py [--out FILE.md] [--rounds 7] [--no-compile]  # the table
+    python -m pytest bench/bench_ops_cuda.py                                      # pytest-benchmark
 
 Problems: 65536 x 1024 = 2^26 elements (many short rows), 64 x 12288 (few rows: the long-row
 path must split rows to fill the GPU) and 8 x 2^20 (very long rows); float32 and bfloat16.

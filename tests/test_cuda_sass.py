@@ -23,7 +23,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 from torch.utils import cpp_extension
 
 import ntm_engine
@@ -110,7 +109,8 @@ def test_every_kernel_is_compiled(cubin):
 
 def test_no_spills_and_registers_within_the_occupancy_bounds(cubin):
     for kernel, (stack, spill_st, spill_ld, regs) in ptxas_report(cubin[1]).items():
-        assert (stack, spill_st, spill_ld) == (0, 0, 0), f"{kernel}: local memory {stack, spill_st, spill_ld}"
+        assert (stack, spill_st, spill_ld) == (0, 0, 0), (
+            f"{kernel}: stack {stack} B, spill stores {spill_st} B, spill loads {spill_ld} B")
         bound = DOUBLE_REGISTERS if _is_double(kernel) else OPS[_op(kernel)][2]
         assert regs <= bound, f"{kernel}: {regs} registers > {bound}"
 
