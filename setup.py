@@ -12,6 +12,7 @@ import glob
 import os
 import platform
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import setup
 from torch.utils import cpp_extension
@@ -58,18 +59,25 @@ def _capability_flags(name: str) -> list:
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """Compiles csrc/cpu/kernels/*.cpp once per CPU capability (own flags, own object folder)
-    and links the objects into the extension."""
+    """Compiles csrc/cpu/kernels/*.cpp once per CPU capability (own flags, own object folder,
+    one ninja build each, all of them at the same time) and links the objects into the
+    extension."""
 
     def build_extension(self, ext):
         cxx = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) \
             else ext.extra_compile_args
         kernels = sorted(glob.glob("csrc/cpu/kernels/*.cpp"))
-        for name in _cpu_capabilities():
-            ext.extra_objects += self.compiler.compile(
+
+        def compile_capability(name):
+            return self.compiler.compile(
                 kernels, output_dir=os.path.join(self.build_temp, f"cpu_{name}"),
                 macros=ext.define_macros, include_dirs=ext.include_dirs,
                 extra_postargs={"cxx": cxx + _capability_flags(name), "nvcc": []})
+
+        capabilities = _cpu_capabilities()
+        with ThreadPoolExecutor(max_workers=len(capabilities)) as pool:
+            for objects in pool.map(compile_capability, capabilities):
+                ext.extra_objects += objects
         super().build_extension(ext)
 
 

@@ -1,229 +1,256 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a lent machine (H200, 16 cores, torch + nvcc + CuPy, no network,
-# nothing of ours installed).  Run from the repository root:
+# One-shot GPU check for a lent machine (one call of at most 10 minutes; at most 8 files, 2
+# folders deep, come back from $OUT).  Run from the repository root:
 #
-#     bash bench/device_check.sh                  # build, test, bench; logs under $OUT
+#     bash bench/device_check.sh                  # build, test, bench
 #     NTM_SKIP_BUILD=1 bash bench/device_check.sh # rerun on a warm machine (already built)
-#     NTM_DRY_RUN=1 bash bench/device_check.sh    # no GPU needed: print the plan, collect tests
+#     NTM_DRY_RUN=1 bash bench/device_check.sh    # no GPU needed: check this script and show the plan
 #
-# Steps (each under its own timeout, all under one deadline of NTM_CHECK_BUDGET_S seconds,
-# default 330, which leaves room for a rerun in a 15-minute GPU allowance):
-#   1. import check: versions of the machine, torch, CUDA, CuPy (before anything is built)
-#   2. build the extension from source, in place, with CUDA (FORCE_CUDA=1, sm_90);
-#      skipped with NTM_SKIP_BUILD=1
-#   3. extension check: build_info(), CUDA kernels registered for every op, a smoke call
-#   4. pytest on the CUDA test files only (NTM_CUDA_TESTS), so that a missing optional test
-#      dependency elsewhere cannot stop collection; no -x: every failure is reported
-#   5. every bench/*_cuda.py script (a hook: drop in more), without torch.compile unless
-#      NTM_BENCH_COMPILE=1; the markdown table lines ("| ... |") each prints are collected
-#   6. the CPU op tests under the AVX-512 kernels when this CPU has them (this project's dev
-#      machines do not, so the lent machine is where that variant runs)
-#   7. FSDP smoke on NCCL: `torchrun ... train --parallel fsdp` (2 processes with 2 GPUs, else
-#      1: FSDP2 still shards, gathers and checkpoints through NCCL) for a few digits steps with
-#      an evaluation and a sample grid, then `ntm sample` of its checkpoint in one process
-# A failing step is reported and the script goes on.  Everything is written under $OUT (else
-# a temporary folder); a short table of the steps is printed LAST.
-# Environment: PYTHON (default python, else python3), NTM_CHECK_BUDGET_S, NTM_SKIP_BUILD=1,
-# NTM_DRY_RUN=1, NTM_BENCH_COMPILE=1, MAX_JOBS (default 16), NTM_BENCH_ARGS (extra arguments
-# for every bench script), NTM_CUDA_TESTS (test paths).
+# Everything is written under a folder in /tmp; at the end only summary.md, pytest_cuda.xml
+# and logs.tgz (every log, the benchmark tables and their pytest-benchmark JSON) are copied
+# into $OUT.  The summary is printed last, with its FAILED lines at the very end.
+#
+# Steps, all under one deadline of NTM_CHECK_BUDGET_S seconds (default 540):
+#   1. versions: machine, GPU, python (the first of python3/python that imports torch), nvcc
+#   2. build in place with CUDA (sm_90); setup.py compiles the CPU instruction sets in parallel
+#   3. torch.cuda.is_available() and the CUDA kernels registered: if not, stop at once
+#   4. every CUDA test (-v, a per-test timeout), junit xml; all skipped counts as a failure
+#   5. bench/bench_ops_cuda.py (the op table; L2 flushed between timed calls)
+#   6. the rest while time is left: the other bench/*_cuda.py scripts, the CPU op tests under
+#      the AVX-512 kernels when the CPU has them, an FSDP smoke on NCCL
+# Environment: NTM_CHECK_BUDGET_S, NTM_SKIP_BUILD=1, NTM_DRY_RUN=1, MAX_JOBS (default 16),
+# NTM_TEST_TIMEOUT_S (per CUDA test, default 120), PYTHON (tried before python3 and python).
 set -u
 set -o pipefail
 
 START=$(date +%s)
-BUDGET=${NTM_CHECK_BUDGET_S:-330}
+BUDGET=${NTM_CHECK_BUDGET_S:-540}
 DEADLINE=$((START + BUDGET))
-LOGDIR=${OUT:-}
-if [ -z "$LOGDIR" ]; then LOGDIR=$(mktemp -d /tmp/ntm_device_check.XXXXXX); fi
-mkdir -p "$LOGDIR"
-PY=${PYTHON:-python}
-command -v "$PY" >/dev/null 2>&1 || PY=python3
-export PYTHONUNBUFFERED=1
-export PYTHONDONTWRITEBYTECODE=1
 DRY=${NTM_DRY_RUN:-0}
-CUDA_TESTS=${NTM_CUDA_TESTS:-tests/test_cuda_ops.py tests/test_cuda_launch.py tests/test_interop.py tests/nn/test_nn_reversible.py}
-BENCH_ARGS=${NTM_BENCH_ARGS:-}
-[ "${NTM_BENCH_COMPILE:-0}" = "1" ] || BENCH_ARGS="--no-compile $BENCH_ARGS"
+TEST_TIMEOUT=${NTM_TEST_TIMEOUT_S:-120}
+WORK=$(mktemp -d /tmp/ntm_device_check.XXXXXX)
+LOGS="$WORK/logs"
+mkdir -p "$LOGS"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+CUDA_TESTS="tests/test_cuda_ops.py tests/test_cuda_launch.py tests/test_cuda_train_smoke.py
+  tests/test_interop.py tests/nn/test_nn_reversible.py tests/models/test_ntm_step_groups.py
+  tests/data/test_batches.py"
+# Arguments that make every bench/*_cuda.py script a seconds-long CPU smoke in the dry run.
+BENCH_SMOKE_ARGS="--device cpu --rows 8 --rounds 1 --inner 1 --depths 2 --no-compile"
 
 declare -a SUMMARY=()
-FAILED=0
+declare -a FAILED_LINES=()
+OPTIONAL=0  # 1 for the steps after the op benchmark: out of time there is not a failure
 
 now() { date +%s; }
 remaining() { echo $((DEADLINE - $(now))); }
+note_failure() { FAILED_LINES+=("FAILED $1"); }
 
-# step NAME CAP_SECONDS LOGFILE -- command...   (runs under min(CAP, time left) seconds)
+PY=""
+for candidate in ${PYTHON:-} python3 python; do
+  if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import torch" 2>/dev/null; then
+    PY=$candidate
+    break
+  fi
+done
+
+# step NAME CAP_SECONDS LOG -- command...   (runs under min(CAP, time left) seconds)
 step() {
   local name=$1 cap=$2 log=$3
   shift 4
   local left t0 rc status
   if [ "$DRY" = "1" ]; then
-    echo "would run: [$name, <= ${cap}s, log $log] $(echo "$*" | tr '\n' ' ' | cut -c1-240)"
-    SUMMARY+=("| $name | dry run | 0 | - |")
+    echo "  plan: $name (<= ${cap}s, logs/$log): $(echo "$*" | tr '\n' ' ' | tr -s ' ' | cut -c1-600)"
     return 0
   fi
   left=$(remaining)
   if [ "$left" -lt 15 ]; then
     SUMMARY+=("| $name | SKIPPED (out of time) | 0 | - |")
-    FAILED=$((FAILED + 1))
+    [ "$OPTIONAL" = "1" ] || note_failure "$name: skipped, out of time"
     return 99
   fi
   [ "$cap" -gt "$left" ] && cap=$left
   echo "=== $name (timeout ${cap}s) ==="
   t0=$(now)
-  timeout -k 10 "$cap" "$@" >"$LOGDIR/$log" 2>&1
+  timeout -k 10 "$cap" "$@" >"$LOGS/$log" 2>&1
   rc=$?
   if [ $rc -eq 0 ]; then status=ok
   elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMEOUT after ${cap}s"
   else status="FAIL (rc $rc)"; fi
-  [ $rc -ne 0 ] && FAILED=$((FAILED + 1))
-  SUMMARY+=("| $name | $status | $(( $(now) - t0 )) | $log |")
-  echo "--- $name: $status ($(( $(now) - t0 )) s, log $LOGDIR/$log)"
+  [ $rc -ne 0 ] && note_failure "$name: $status (logs/$log)"
+  SUMMARY+=("| $name | $status | $(( $(now) - t0 )) | logs/$log |")
+  echo "--- $name: $status ($(( $(now) - t0 )) s)"
   return $rc
 }
 
-# ----------------------------------------------------------------------------- 1. import check
+# summary.md, pytest_cuda.xml and logs.tgz into $1 (at most 3 files, no folders).
+deliver() {
+  local dest=$1
+  mkdir -p "$dest"
+  cp "$WORK/summary.md" "$dest/"
+  [ -f "$WORK/pytest_cuda.xml" ] && cp "$WORK/pytest_cuda.xml" "$dest/"
+  tar -czf "$dest/logs.tgz" -C "$WORK" logs
+}
+
+write_summary() {
+  {
+    echo "# device check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo
+    head -8 "$LOGS/versions.log" 2>/dev/null | sed 's/^/    /'
+    echo
+    echo "total: $(( $(now) - START )) s of a ${BUDGET} s budget; work folder $WORK"
+    echo "tests: $(grep -E "^=+ .*(passed|failed|error|skipped|no tests ran)" \
+      "$LOGS/pytest_cuda.log" 2>/dev/null | tail -1)"
+    echo
+    echo "| step | status | seconds | log |"
+    echo "|---|---|---|---|"
+    for line in "${SUMMARY[@]}"; do echo "$line"; done
+    echo
+    for table in "$LOGS"/*_cuda.md; do
+      [ -f "$table" ] || continue
+      echo "## $(basename "$table" .md)"
+      cat "$table"
+      echo
+    done
+    grep -E "^(FAILED|ERROR) " "$LOGS/pytest_cuda.log" 2>/dev/null
+    for line in "${FAILED_LINES[@]}"; do echo "$line"; done
+    if [ ${#FAILED_LINES[@]} -eq 0 ]; then echo "device_check: ALL STEPS OK"
+    else echo "device_check: NOT OK (${#FAILED_LINES[@]} FAILED lines above)"; fi
+  } >"$WORK/summary.md"
+}
+
+finish() {
+  write_summary
+  [ -n "${OUT:-}" ] && deliver "$OUT"
+  echo
+  cat "$WORK/summary.md"
+  exit "${#FAILED_LINES[@]}"
+}
+trap 'note_failure "interrupted"; finish' TERM INT
+
+timeout_args() {
+  echo "-o faulthandler_timeout=$TEST_TIMEOUT"
+  "$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$TEST_TIMEOUT"
+}
+
+dry_run() {
+  local ok=0 script name n files depth fake
+  echo "device_check dry run: python '$PY', work folder $WORK"
+  bash -n "$0" && echo "bash -n: ok" || { echo "bash -n: FAILED"; ok=1; }
+  [ -n "$PY" ] || { echo "no python that imports torch"; return 1; }
+  echo "the single call, in order (each capped by the time left of ${BUDGET}s):"
+  step build 240 build.log -- env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 \
+    "$PY" setup.py build_ext --inplace
+  step "cuda available" 60 extension.log -- "$PY" bench/device_check_extension.py
+  echo "  (stop here at once if no GPU)"
+  # shellcheck disable=SC2046,SC2086
+  step "cuda tests" 240 pytest_cuda.log -- "$PY" -m pytest -v -m cuda $CUDA_TESTS -rfE \
+    $(timeout_args) --junitxml=pytest_cuda.xml
+  step bench_ops_cuda 120 bench_ops_cuda.log -- "$PY" bench/bench_ops_cuda.py --no-compile \
+    --out logs/bench_ops_cuda.md
+  echo "  then, while time is left: the other bench/*_cuda.py, AVX-512 CPU tests, FSDP smoke"
+  for script in bench/*_cuda.py; do
+    name=$(basename "$script" .py)
+    # shellcheck disable=SC2086
+    if timeout 120 "$PY" "$script" $BENCH_SMOKE_ARGS --out "$LOGS/$name.md" >"$LOGS/$name.log" 2>&1; then
+      echo "$script --device cpu: ok"
+    else
+      echo "$script --device cpu: FAILED"; tail -5 "$LOGS/$name.log"; ok=1
+    fi
+  done
+  # the real run's pytest arguments, so that a bad one fails here
+  # shellcheck disable=SC2046,SC2086
+  n=$("$PY" -m pytest --collect-only -q -m cuda $CUDA_TESTS -rfE $(timeout_args) \
+      --junitxml="$WORK/collect.xml" 2>&1 | tail -1 |
+      grep -oE "^[0-9]+(/[0-9]+)? tests? collected" | grep -oE "^[0-9]+")
+  echo "collect-only of the CUDA tests: ${n:-0} tests in $(echo $CUDA_TESTS | wc -w) files"
+  [ "${n:-0}" -gt 0 ] || ok=1
+  echo '<testsuites/>' >"$WORK/pytest_cuda.xml"
+  write_summary
+  fake=$(mktemp -d /tmp/ntm_device_check_out.XXXXXX)
+  deliver "$fake"
+  files=$(find "$fake" -type f | wc -l)
+  depth=$(find "$fake" -mindepth 1 -type d | awk -F/ '{print NF}' | sort -n | tail -1)
+  depth=$(( ${depth:-0} > 0 ? depth - $(echo "$fake" | awk -F/ '{print NF}') : 0 ))
+  echo "fake \$OUT: $files files ($(cd "$fake" && ls | tr '\n' ' ')), $depth folders deep"
+  [ "$files" -le 8 ] && [ "$depth" -le 2 ] || ok=1
+  rm -rf "$fake" "$WORK"
+  [ $ok -eq 0 ] && echo "device_check dry run: OK" || echo "device_check dry run: FAILED"
+  return $ok
+}
+
+if [ "$DRY" = "1" ]; then
+  dry_run
+  exit $?
+fi
+
+# ----------------------------------------------------------------------------- 1. versions
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)   host: $(hostname)   cores: $(nproc)"
-  nvidia-smi -L 2>&1 || echo "nvidia-smi failed"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
-    --format=csv 2>&1 || true
-  echo "python: $("$PY" --version 2>&1)   ($PY)"
-  (command -v nvcc >/dev/null && nvcc --version | tail -2) || \
-    (test -x /usr/local/cuda/bin/nvcc && /usr/local/cuda/bin/nvcc --version | tail -2) || \
+    --format=csv,noheader 2>&1 || echo "nvidia-smi failed"
+  echo "python: ${PY:-none imports torch} $("${PY:-false}" --version 2>&1)"
+  (command -v nvcc >/dev/null && nvcc --version | tail -1) || \
+    (test -x /usr/local/cuda/bin/nvcc && /usr/local/cuda/bin/nvcc --version | tail -1) || \
     echo "nvcc: not found"
-  echo "gcc: $(gcc --version 2>&1 | head -1)"
-  "$PY" - <<'EOF' 2>&1
-import importlib, torch
-print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), cuda available: "
-      f"{torch.cuda.is_available()}, devices: {torch.cuda.device_count()}")
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    print(f"device 0: {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, "
-          f"{p.multi_processor_count} SMs")
-for mod in ("cupy", "numpy", "pytest", "pytest_benchmark", "hypothesis", "safetensors",
-            "triton", "ninja", "pybind11"):
-    try:
-        m = importlib.import_module(mod)
-        print(f"{mod} {getattr(m, '__version__', '?')}")
-    except Exception as err:
-        print(f"{mod}: not importable ({type(err).__name__})")
-EOF
-} 2>&1 | tee "$LOGDIR/versions.log"
+  [ -n "$PY" ] && "$PY" -c "import torch, importlib
+print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), GPUs: {torch.cuda.device_count()}')
+for m in ('pytest', 'pytest_timeout', 'pytest_benchmark', 'hypothesis', 'cupy', 'ninja'):
+    try: print(m, getattr(importlib.import_module(m), '__version__', '?'))
+    except Exception as e: print(m, 'not importable', type(e).__name__)" 2>&1
+} >"$LOGS/versions.log" 2>&1
+cat "$LOGS/versions.log"
+if [ -z "$PY" ]; then note_failure "no python3/python that imports torch"; finish; fi
 
 # ----------------------------------------------------------------------------- 2. build
-if [ "${NTM_SKIP_BUILD:-0}" = "1" ] && [ "$DRY" != "1" ]; then
+if [ "${NTM_SKIP_BUILD:-0}" = "1" ]; then
   SUMMARY+=("| build | skipped (NTM_SKIP_BUILD=1) | 0 | - |")
 else
   if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
-  step build 240 build.log -- env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 \
-    MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
-  if [ $? -ne 0 ] && [ "$DRY" != "1" ]; then
-    echo "--- last lines of the build log:"
-    grep -n -E "error|Error|FAILED" "$LOGDIR/build.log" | grep -v "Wunknown-pragmas" | head -30
-    tail -25 "$LOGDIR/build.log"
-  fi
-  if [ -f "$LOGDIR/build.log" ]; then
-    echo "build warnings other than torch's own '#pragma unroll' ones:"
-    grep -i "warning" "$LOGDIR/build.log" | grep -v "Wunknown-pragmas" | sort | uniq -c | head -20
+  if ! step build 240 build.log -- env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 \
+      MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace; then
+    grep -n -E "error|FAILED" "$LOGS/build.log" | head -20
+    finish
   fi
 fi
 
-# ----------------------------------------------------------------------------- 3. extension check
-step extension 60 extension.log -- "$PY" -c '
-import torch, ntm_engine
-info = ntm_engine.build_info()
-print("build_info:", info)
-ops = ["affine_coupling", "affine_coupling_inverse", "affine_coupling_backward",
-       "gaussian_nll", "gaussian_nll_backward"]
-missing = [op for op in ops
-           if not torch._C._dispatch_has_kernel_for_dispatch_key("ntm::" + op, "CUDA")]
-print("CUDA kernels missing:", missing or "none")
-assert info["cuda"] and not missing
-x = torch.randn(4, 1000, device="cuda")
-y, ld = ntm_engine.ops.affine_coupling(x, x, x, 2.0)
-torch.cuda.synchronize()
-print("smoke:", y.shape, ld.shape, bool(torch.isfinite(y).all()))
-'
-cat "$LOGDIR/extension.log" 2>/dev/null
-
-# ----------------------------------------------------------------------------- 4. tests
-if [ "$DRY" = "1" ]; then
-  # shellcheck disable=SC2086
-  COLLECTED=$("$PY" -m pytest --collect-only -q -m cuda $CUDA_TESTS 2>&1 | tail -3)
-  echo "collect-only of the CUDA test files: $COLLECTED"
-  # "N/M tests collected (K deselected)" or "M tests collected"
-  N_CUDA=$(echo "$COLLECTED" | grep -oE "[0-9]+(/[0-9]+)? tests? collected" | head -1 | grep -oE "^[0-9]+")
-  echo "CUDA tests that would run: ${N_CUDA:-0}"
-  [ "${N_CUDA:-0}" -gt 0 ] || FAILED=$((FAILED + 1))
+# ----------------------------------------------------------------------------- 3. GPU present
+if ! step "cuda available" 60 extension.log -- "$PY" bench/device_check_extension.py; then
+  note_failure "cuda available: $(tail -1 "$LOGS/extension.log")"
+  finish
 fi
-# shellcheck disable=SC2086
-step "pytest -m cuda" 150 pytest_cuda.log -- "$PY" -m pytest -q -m cuda $CUDA_TESTS -rfE \
-  --durations=8 --junitxml="$LOGDIR/pytest_cuda.xml"
-PYTEST_LINE=$(grep -E "(passed|failed|error|skipped|no tests ran)" "$LOGDIR/pytest_cuda.log" \
-  2>/dev/null | tail -1)
-grep -E "^(FAILED|ERROR) " "$LOGDIR/pytest_cuda.log" 2>/dev/null | head -40
+cat "$LOGS/extension.log"
 
-# ----------------------------------------------------------------------------- 5. benchmarks
-TABLES="$LOGDIR/bench_tables.md"
-: >"$TABLES"
-SCRIPTS=()
-for script in bench/*_cuda.py; do [ -e "$script" ] && SCRIPTS+=("$script"); done
-left_scripts=${#SCRIPTS[@]}
-for script in "${SCRIPTS[@]}"; do
+# ----------------------------------------------------------------------------- 4. CUDA tests
+# shellcheck disable=SC2046,SC2086
+step "cuda tests" 240 pytest_cuda.log -- "$PY" -m pytest -v -m cuda $CUDA_TESTS -rfE \
+  $(timeout_args) --junitxml="$WORK/pytest_cuda.xml"
+if ! grep -qE "[0-9]+ passed" "$LOGS/pytest_cuda.log"; then
+  note_failure "cuda tests: none passed (all skipped?)"
+fi
+
+# ----------------------------------------------------------------------------- 5. op benchmark
+step bench_ops_cuda 120 bench_ops_cuda.log -- "$PY" bench/bench_ops_cuda.py --no-compile \
+  --out "$LOGS/bench_ops_cuda.md"
+
+# ----------------------------------------------------------------------------- 6. the rest
+OPTIONAL=1
+for script in bench/*_cuda.py; do
   name=$(basename "$script" .py)
-  # A fair share of the time left (at least 30 s, at most 90 s), so one slow script cannot
-  # starve the ones after it; a cut-short script still leaves the rows it printed.
-  share=$(( ($(remaining) - 10) / left_scripts ))
-  [ "$share" -lt 30 ] && share=30
-  [ "$share" -gt 90 ] && share=90
-  left_scripts=$((left_scripts - 1))
-  # shellcheck disable=SC2086
-  step "$name" "$share" "$name.log" -- "$PY" "$script" $BENCH_ARGS
-  [ -f "$LOGDIR/$name.log" ] || { echo "### $name: not run" >>"$TABLES"; continue; }
-  {
-    echo "### $name"
-    grep -E "^(GPU|CPU) " "$LOGDIR/$name.log" | head -3
-    if ! grep -E "^\|" "$LOGDIR/$name.log"; then
-      echo "(no table; the log's last lines follow, see $name.log)"
-      tail -12 "$LOGDIR/$name.log"
-    fi
-    echo
-  } >>"$TABLES"
+  [ "$name" = bench_ops_cuda ] && continue
+  step "$name" 90 "$name.log" -- "$PY" "$script" --out "$LOGS/$name.md"
 done
-
-# ----------------------------------------------------------------------------- 6. AVX-512 CPU
-if "$PY" -c 'import sys, ntm_engine; sys.exit("avx512" not in ntm_engine.build_info()["cpu_capabilities_supported"])' 2>/dev/null || [ "$DRY" = "1" ]; then
+if "$PY" -c 'import sys, ntm_engine; sys.exit("avx512" not in ntm_engine.build_info()["cpu_capabilities_supported"])' 2>/dev/null; then
   step "cpu tests (avx512 kernels)" 60 pytest_cpu_avx512.log -- env NTM_CPU_CAPABILITY=avx512 \
     "$PY" -m pytest -q tests/test_ops_accuracy.py tests/test_ops_dispatch.py -rfE
-else
-  SUMMARY+=("| cpu tests (avx512 kernels) | skipped (no AVX-512 here) | 0 | - |")
 fi
-
-# ----------------------------------------------------------------------------- 7. FSDP on NCCL
-NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
-NPROC=1
-[ "${NGPU:-0}" -ge 2 ] && NPROC=2
-FSDP_RUN="$LOGDIR/fsdp_run"
+NPROC=$("$PY" -c 'import torch; print(2 if torch.cuda.device_count() >= 2 else 1)')
 step "fsdp smoke (nccl, $NPROC process)" 90 fsdp_smoke.log -- bash -c "
   \"\$0\" -m torch.distributed.run --standalone --nproc_per_node=$NPROC -m ntm_engine train \
     --parallel fsdp --dataset digits --iters 6 --batch-size 32 --width 64 --depth 2 \
     --heads 2 --transporter-layers 2 --transporter-hidden 32 --ckpt-every 3 --eval-every 6 \
-    --eval-samples 20 --log-every 2 --no-progress --out '$FSDP_RUN' &&
-  \"\$0\" -m ntm_engine sample '$FSDP_RUN' -n 8 --device cuda --out '$FSDP_RUN/one_process.png'
+    --eval-samples 20 --log-every 2 --no-progress --out '$WORK/fsdp_run' &&
+  \"\$0\" -m ntm_engine sample '$WORK/fsdp_run' -n 8 --device cuda --out '$LOGS/fsdp_sample.png'
 " "$PY"
-grep -E "^ntm train|^step|\"event\": \"end\"|error|Error" "$LOGDIR/fsdp_smoke.log" 2>/dev/null | head -12
 
-# ----------------------------------------------------------------------------- summary (last)
-echo
-echo "================================ benchmark tables ================================"
-cat "$TABLES"
-echo "==================================== summary ====================================="
-echo "logs: $LOGDIR    total: $(( $(now) - START )) s of a ${BUDGET} s budget"
-echo "tests: ${PYTEST_LINE:-no pytest summary line}"
-echo
-echo "| step | status | seconds | log |"
-echo "|---|---|---|---|"
-for line in "${SUMMARY[@]}"; do echo "$line"; done
-echo
-if [ "$FAILED" -eq 0 ]; then echo "device_check: ALL STEPS OK"
-else echo "device_check: $FAILED STEP(S) NOT OK"; fi
-exit "$FAILED"
+finish

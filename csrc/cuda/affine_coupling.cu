@@ -1,10 +1,11 @@
 // CUDA kernels of affine_coupling, affine_coupling_inverse and affine_coupling_backward:
 // one pass over memory each (row_map.cuh), the per-sample log-det reduced in the same pass,
-// element maths from ntm/element_math.h (the formulas the CPU kernels use).
+// element operations in row_map_ops.h.
 #include "cuda_ops.h"
 #include "row_map.cuh"
+#include "row_map_ops.h"
 
-#include "ntm/element_math.h"
+#include "ntm/acc_type.h"
 #include "ntm/op_io.h"
 
 #include <ATen/Dispatch.h>
@@ -12,42 +13,8 @@
 namespace ntm::cuda {
 namespace {
 
-// forward: out = x exp(s) + shift; inverse: out = (y - shift) exp(-s).  Row sum: sum s.
-template <typename acc_t, bool kInverse>
-struct CouplingMapOp {
-  static constexpr int kIn = 3;  // in, shift, scale_logits
-  static constexpr int kOut = 1;
-  static constexpr bool kReduce = true;
-  ClampParams<acc_t> c;
-
-  __device__ __forceinline__ acc_t operator()(const acc_t (&in)[3], acc_t /*row_scalar*/,
-                                              acc_t (&out)[1]) const {
-    const acc_t s = soft_clamp(in[2], c);
-    out[0] = kInverse ? coupling_inverse(in[0], in[1], s) : coupling_forward(in[0], in[1], s);
-    return s;
-  }
-};
-
-// From the output y: (x, grad_x, grad_shift, grad_scale_logits); row scalar: grad_logdet.
-// Outputs the caller did not ask for have null pointers and are not stored (row_map.cuh).
-template <typename acc_t>
-struct CouplingBackwardOp {
-  static constexpr int kIn = 4;  // y, shift, scale_logits, grad_y
-  static constexpr int kOut = 4;
-  static constexpr bool kReduce = false;
-  ClampParams<acc_t> c;
-
-  __device__ __forceinline__ acc_t operator()(const acc_t (&in)[4], acc_t grad_logdet,
-                                              acc_t (&out)[4]) const {
-    const acc_t s = soft_clamp(in[2], c);
-    const CouplingGrads<acc_t> g = coupling_backward(in[0], in[1], s, in[3], grad_logdet);
-    out[0] = g.x;
-    out[1] = g.grad_x;
-    out[2] = in[3];
-    out[3] = g.grad_s * soft_clamp_grad(s, c, acc_t(1));
-    return acc_t(0);
-  }
-};
+using row_map::CouplingBackwardOp;
+using row_map::CouplingMapOp;
 
 template <bool kInverse>
 std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_name,
@@ -72,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_n
     l.negate = kInverse;
     l.rows = io.rows;
     l.n = io.n;
-    l.acc_options = io.logdet.options();
+    l.byte_options = io.logdet.options();
     l.stream = scope.stream();
     launch_row_map(l);
   });
@@ -121,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backw
     l.row_scalar = io.grad_logdet.defined() ? io.grad_logdet.const_data_ptr<acc_t>() : nullptr;
     l.rows = io.rows;
     l.n = io.n;
-    l.acc_options = io.grad_x.options().dtype(acc_dtype(io.grad_x.scalar_type()));
+    l.byte_options = io.grad_x.options();
     l.stream = scope.stream();
     launch_row_map(l);
   });
