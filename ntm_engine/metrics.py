@@ -27,13 +27,14 @@ from .data import DIGITS_LEVELS, dequantize, load_digits
 
 
 @torch.no_grad()
-def dataset_mean(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor],
-                 x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
-                 batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
-                 device=None) -> Dict[str, float]:
-    """Mean and standard error of ``per_sample(x_batch, y_batch, generator) [b]`` over ``x``
-    in batches on ``device`` (fixed noise from ``seed``: the data's dequantisation noise,
-    ``levels`` bins, when ``dequantize_data``, and a ``generator`` for the model's draws)."""
+def per_sample_values(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor],
+                      x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+                      batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
+                      device=None) -> Tensor:
+    """``per_sample(x_batch, y_batch, generator) [b]`` over ``x`` in batches on ``device``, as
+    one float64 CPU tensor ``[N]`` in the data's order (fixed noise from ``seed``: the data's
+    dequantisation noise, ``levels`` bins, when ``dequantize_data``, and a ``generator`` for
+    the model's draws)."""
     g_data = torch.Generator().manual_seed(seed)
     g_model = torch.Generator(device=device).manual_seed(seed + 1)
     vals = []
@@ -43,7 +44,15 @@ def dataset_mean(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator
             xb = dequantize(xb, levels, generator=g_data)
         yb = None if y is None else y[i:i + batch_size].to(device)
         vals.append(per_sample(xb.to(device), yb, g_model).double())   # no per-batch sync
-    v = torch.cat(vals).cpu()
+    return torch.cat(vals).cpu() if vals else torch.zeros(0, dtype=torch.float64)
+
+
+def dataset_mean(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor],
+                 x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+                 batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
+                 device=None) -> Dict[str, float]:
+    """Mean and standard error of :func:`per_sample_values` (same arguments)."""
+    v = per_sample_values(per_sample, x, y, levels, batch_size, seed, dequantize_data, device)
     n = len(v)
     sem = float(v.std() / math.sqrt(n)) if n > 1 else float("nan")
     return {"mean": float(v.mean()), "sem": sem, "n": n}

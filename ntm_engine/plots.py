@@ -162,3 +162,24 @@ def compare_runs(runs: Dict[str, List[Dict[str, Any]]], path, title: Optional[st
     if title:
         fig.suptitle(title, fontsize=10)
     return save_fig(fig, path)
+
+
+def save_histograms(groups: Dict[str, Tensor], path, *, xlabel: str,
+                    title: Optional[str] = None, bins: int = 50) -> Path:
+    """Overlaid histograms (densities) of one value per item for each named group, on shared
+    bins (e.g. per-image bits/dim of held-out and of corrupted images)."""
+    values = {k: v.detach().double().cpu() for k, v in groups.items() if len(v)}
+    fig = figure((6, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    if values:
+        allv = torch.cat(list(values.values()))
+        lo, hi = float(allv.min()), float(allv.max())
+        edges = torch.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1).numpy()
+        for name, v in values.items():
+            ax.hist(v.numpy(), bins=edges, density=True, alpha=0.5, label=f"{name} (n={len(v)})")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_fig(fig, path)

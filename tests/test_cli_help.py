@@ -12,7 +12,8 @@ def help_text(name):
     return sub.choices[name].format_help()
 
 
-@pytest.mark.parametrize("name", ["train", "sample", "eval", "distill", "compare", "export"])
+@pytest.mark.parametrize("name", ["train", "sample", "eval", "distill", "compare", "export",
+                                  "score"])
 def test_each_default_is_said_once(name):
     text = help_text(name)
     assert "(default: None)" not in text and "(default: False)" not in text
@@ -23,8 +24,8 @@ def test_each_default_is_said_once(name):
 
 
 def test_every_subcommand_is_listed():
-    assert len(SUBCOMMANDS) == 6
-    assert "{train,sample,eval,distill,compare,export}" in build_parser().format_help()
+    assert len(SUBCOMMANDS) == 7
+    assert "{train,sample,eval,distill,compare,export,score}" in build_parser().format_help()
 
 
 def test_the_dataset_list_names_each_dataset_once():

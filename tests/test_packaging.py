@@ -78,8 +78,8 @@ def test_wheel_installs_into_a_fresh_venv_and_trains(tmp_path, extension):
     run([py, "-m", "pip", "install", "--no-index", "-q", wheel], env=env, cwd=tmp_path)
 
     ntm = tmp_path / "venv" / "bin" / "ntm"
-    assert "{train,sample,eval,distill,compare,export}" in run([ntm, "--help"], env=env,
-                                                              cwd=tmp_path).stdout
+    assert "{train,sample,eval,distill,compare,export,score}" in run([ntm, "--help"], env=env,
+                                                                    cwd=tmp_path).stdout
     assert run([ntm, "--version"], env=env, cwd=tmp_path).stdout.strip() == f"ntm {__version__}"
     where = run([py, "-c", "import ntm_engine; print(ntm_engine.__file__)"], env=env,
                 cwd=tmp_path).stdout

@@ -8,6 +8,7 @@
     ntm compare RUN --fm FM_RUN [--ablation RUN] [--n N] [--steps 1,2,4] [--out DIR]
     ntm compare --train --dataset D [--iters N] [--minutes M] [--train-options "..."] [--out DIR]
     ntm export  RUN DIR [--no-ema]          (a pretrained folder: NTM.from_pretrained(DIR))
+    ntm score   RUN [--dataset D] [--bpd-samples K] [--out scores.csv]   (bits/dim per image)
     ntm --version
 
 Flow-matching pretraining and the NTM started from it, and self-distillation: see
@@ -25,9 +26,9 @@ from .. import __version__, logs
 from ..checkpoint import CheckpointError
 from ..training import ConfigError
 from ..training.errors import OptionError
-from . import compare, distill, evaluate, export, sample, train
+from . import compare, distill, evaluate, export, sample, score, train
 
-SUBCOMMANDS = (train, sample, evaluate, distill, compare, export)
+SUBCOMMANDS = (train, sample, evaluate, distill, compare, export, score)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ntm", description="Train, sample and evaluate Normalizing Trajectory Models.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,sample,eval,distill,compare,export}")
+                           metavar="{train,sample,eval,distill,compare,export,score}")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     return p

@@ -1,0 +1,112 @@
+"""``ntm score``: one bits/dim per image under a trained NTM, in the data's order, written to
+a CSV with a histogram next to it (:mod:`ntm_engine.training.scoring`): the exact likelihood
+as a product -- anomaly detection, data filtering, model comparison."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import plots
+from ..checkpoint import atomic_write_text
+from ..models import NTM
+from ..training import ConfigError, DataConfig, eval_levels, load_run, run_data
+from ..training.scoring import image_bits_per_dim
+from .common import HelpFormatter, add_device_options, log, positive_int, setup_device
+
+SPLITS = ("test", "train", "all")
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser(
+        "score", help="bits/dim of every image under a trained NTM, to a CSV and a histogram",
+        formatter_class=HelpFormatter,
+        description="Score images by the model's likelihood: per image, the importance-weighted "
+        "bound on bits/dim (lower: more likely), in the data's order, to --out (CSV: index, "
+        "label, bits_per_dim) and a histogram beside it (.png).  A class-conditional model "
+        "scores p(x) (its unconditional branch) unless --labels.")
+    s.add_argument("run", help="run folder, checkpoint, or exported folder (ntm export)")
+    s.add_argument("--dataset", default=None,
+                   help="images to score, as ntm train --dataset (default: the run's data); "
+                   "they are resized to the model's image size and channels")
+    s.add_argument("--split", choices=SPLITS, default="test",
+                   help="which split of the data (all: train then test)")
+    s.add_argument("--bpd-samples", type=positive_int, default=16, metavar="K",
+                   help="forward trajectories per image (the importance-weighted bound)")
+    s.add_argument("--labels", action="store_true",
+                   help="score p(x | y) with the data's labels (class-conditional models)")
+    s.add_argument("--steps", type=positive_int, default=None,
+                   help="the grid's T (default: the model's first trained T)")
+    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--seed", type=int, default=0, help="seed of the dequantisation and "
+                   "trajectory noise")
+    s.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA")
+    s.add_argument("--out", default=None, help="the CSV (default: RUN/scores.csv)")
+    add_device_options(s)
+    s.set_defaults(handler=run)
+
+
+def images_to_score(r, dataset: Optional[str], split: str, labels: bool
+                    ) -> Tuple[Tensor, Optional[Tensor], str]:
+    """``(images [N, *data_shape], labels [N] or None, what)`` of ``--dataset`` (default: the
+    run's own data), sized for the run's model."""
+    shape = tuple(r.model.data_shape)
+    if len(shape) != 3:
+        raise ConfigError(f"ntm score needs an image model; {r.checkpoint.path} is for data of "
+                          f"shape {list(shape)}")
+    name = dataset or r.config.dataset
+    data = run_data(DataConfig(name, False, image_size=shape[1], channels=shape[0]))
+    parts = ("train", "test") if split == "all" else (split,)
+    xs, ys = zip(*(data.tensors(p) for p in parts))
+    x = torch.cat(xs)
+    y = None if any(v is None for v in ys) else torch.cat(ys)
+    if tuple(x.shape[1:]) != shape:
+        raise ConfigError(f"--dataset {name}: images of shape {list(x.shape[1:])}, the model "
+                          f"scores {list(shape)}")
+    if labels:
+        if not getattr(r.model, "num_classes", 0):
+            raise ConfigError("--labels: the model is not class-conditional")
+        if y is None:
+            raise ConfigError(f"--labels: --dataset {name} has no labels")
+        if int(y.max()) >= r.model.num_classes:
+            raise ConfigError(f"--labels: --dataset {name} has label {int(y.max())}, the model "
+                              f"knows {r.model.num_classes} classes")
+    return x, y, f"{name} ({split}, {len(x)} images)"
+
+
+def write_scores(path: Path, bpd: Tensor, labels: Optional[Tensor]) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "label", "bits_per_dim"])
+    for i, v in enumerate(bpd.tolist()):
+        w.writerow([i, "" if labels is None else int(labels[i]), f"{v:.6f}"])
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def run(args, parser) -> int:
+    device = setup_device(args)
+    r = load_run(args.run, device, ema=not args.no_ema, log=log)
+    if not isinstance(r.model, NTM):
+        raise ConfigError(f"ntm score needs an NTM run; {r.checkpoint.path} holds a "
+                          f"{type(r.model).__name__}")
+    x, y, what = images_to_score(r, args.dataset, args.split, args.labels)
+    levels = eval_levels(r.config.data)
+    bpd = image_bits_per_dim(r.model, x, y if args.labels else None, levels=levels,
+                             samples=args.bpd_samples, batch_size=args.batch_size,
+                             seed=args.seed, steps=args.steps, device=device)
+    out = Path(args.out) if args.out else r.run_dir / "scores.csv"
+    write_scores(out, bpd, y)
+    kind = "p(x | y)" if args.labels else "p(x)"
+    png = plots.save_histograms({what: bpd}, out.with_suffix(".png"), xlabel="bits/dim",
+                                title=f"{kind}, K = {args.bpd_samples}, {levels} levels")
+    finite = bpd[torch.isfinite(bpd)]
+    log(f"ntm score: {what} under {r.checkpoint.path}: bits/dim of {kind}, mean "
+        f"{float(finite.mean()) if len(finite) else math.nan:.4f}, median "
+        f"{float(finite.median()) if len(finite) else math.nan:.4f}; wrote {out} and {png}")
+    return 0
