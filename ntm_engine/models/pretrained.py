@@ -45,13 +45,12 @@ class PretrainedError(ValueError):
     """A folder is not a pretrained folder, or does not hold what was asked for."""
 
 
-def _model_classes() -> Dict[str, Type[nn.Module]]:
-    from .denoiser import Denoiser
-    from .flow_matching import FlowMatchingModel
-    from .ntm import NTM
-    from .tarflow import TarFlow
+# the classes that can be saved and loaded, by name (each registers itself by subclassing)
+_CLASSES: Dict[str, Type[nn.Module]] = {}
 
-    return {c.__name__: c for c in (NTM, FlowMatchingModel, Denoiser, TarFlow)}
+
+def _model_classes() -> Dict[str, Type[nn.Module]]:
+    return dict(_CLASSES)
 
 
 def _jsonable(value: Any) -> Any:
@@ -77,6 +76,10 @@ class PretrainedMixin:
     ...                                       same.state_dict().values()))
     True
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _CLASSES[cls.__name__] = cls
 
     def save_pretrained(self, directory: Union[str, Path], *,
                         card: Optional[Mapping[str, Any]] = None,
