@@ -71,7 +71,7 @@ def make_model(shape: Tuple[int, ...], variant: str) -> NTM:
 def make_step(model: NTM, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        model(x, y, torch.Generator().manual_seed(0)).mean().backward()
+        model(x, y, torch.Generator(device=x.device).manual_seed(0)).mean().backward()
     return step
 
 
@@ -90,14 +90,16 @@ def data(shape: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
             torch.randint(10, (BATCH,), generator=g))
 
 
-def run(rounds: int, log=print) -> List[list]:
+def run(rounds: int, device: torch.device = torch.device("cpu"), log=print) -> List[list]:
+    """Rows ``[data, variant, step ms, time / coupling, held MiB (CPU only)]``."""
     rows = []
     for name, shape in SHAPES.items():
-        x, y = data(shape)
-        models = {v: make_model(shape, v) for v in VARIANTS}
-        held = {v: held_mib(m, x, y) for v, m in models.items()}
+        x, y = (t.to(device) for t in data(shape))
+        models = {v: make_model(shape, v).to(device) for v in VARIANTS}
+        held = {v: held_mib(m, x, y) if device.type == "cpu" else None
+                for v, m in models.items()}
         times = time_interleaved({v: make_step(m, x, y) for v, m in models.items()},
-                                 rounds=rounds, inner=1, warmup=1)
+                                 device=str(device), rounds=rounds, inner=1, warmup=1)
         for v in VARIANTS:
             rows.append([name, v, 1e3 * times[v], times[v] / times["coupling"], held[v]])
             log(rows[-1])
@@ -129,14 +131,15 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="also write the markdown report to this file")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t0 = os.getloadavg()[0], time.time()
-    rows = run(args.rounds)
+    rows = run(args.rounds, torch.device(args.device))
     load1 = os.getloadavg()[0]
-    text = (f"# NTM training step per transporter and backward mode (cpu)\n\n"
+    text = (f"# NTM training step per transporter and backward mode ({args.device})\n\n"
             f"Date: {datetime.date.today()}; machine: {machine()}; load average {load0:.2f} at "
             f"the start, {load1:.2f} at the end; total {time.time() - t0:.0f} s.\n"
             f"{BATCH} images, forward + backward of the mean trajectory NLL, default sizes.\n\n"

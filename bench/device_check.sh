@@ -240,6 +240,10 @@ for script in bench/*_cuda.py; do
   [ "$name" = bench_ops_cuda ] && continue
   step "$name" 90 "$name.log" -- "$PY" "$script" --out "$LOGS/$name.md"
 done
+step "training step profile (cuda)" 60 profile_step.log -- "$PY" bench/profile_step.py \
+  --device cuda --out "$LOGS/profile_step_cuda.md"
+step "transporter step (cuda)" 60 transporter_step.log -- "$PY" bench/bench_transporter_step.py \
+  --device cuda --rounds 3 --out "$LOGS/transporter_step_cuda.md"
 if "$PY" -c 'import sys, ntm_engine; sys.exit("avx512" not in ntm_engine.build_info()["cpu_capabilities_supported"])' 2>/dev/null; then
   step "cpu tests (avx512 kernels)" 60 pytest_cpu_avx512.log -- env NTM_CPU_CAPABILITY=avx512 \
     "$PY" -m pytest -q tests/test_ops_accuracy.py tests/test_ops_dispatch.py -rfE
