@@ -21,19 +21,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .checkpoint import atomic_write_bytes
-from .data import DIGITS_LEVELS, dequantize, load_digits
+from .data import DIGITS_BINS, dequantize, load_digits
 
 # ----------------------------------------------------------------------------- bits/dim
 
 
 @torch.no_grad()
 def per_sample_values(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor],
-                      x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+                      x: Tensor, y: Optional[Tensor] = None, bins: int = DIGITS_BINS,
                       batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
                       device=None) -> Tensor:
     """``per_sample(x_batch, y_batch, generator) [b]`` over ``x`` in batches on ``device``, as
     one float64 CPU tensor ``[N]`` in the data's order (fixed noise from ``seed``: the data's
-    dequantisation noise, ``levels`` bins, when ``dequantize_data``, and a ``generator`` for
+    dequantisation noise, ``bins`` bins, when ``dequantize_data``, and a ``generator`` for
     the model's draws)."""
     g_data = torch.Generator().manual_seed(seed)
     g_model = torch.Generator(device=device).manual_seed(seed + 1)
@@ -41,45 +41,45 @@ def per_sample_values(per_sample: Callable[[Tensor, Optional[Tensor], torch.Gene
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
         if dequantize_data:
-            xb = dequantize(xb, levels, generator=g_data)
+            xb = dequantize(xb, bins, generator=g_data)
         yb = None if y is None else y[i:i + batch_size].to(device)
         vals.append(per_sample(xb.to(device), yb, g_model).double())   # no per-batch sync
     return torch.cat(vals).cpu() if vals else torch.zeros(0, dtype=torch.float64)
 
 
 def dataset_mean(per_sample: Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor],
-                 x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+                 x: Tensor, y: Optional[Tensor] = None, bins: int = DIGITS_BINS,
                  batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
                  device=None) -> Dict[str, float]:
     """Mean and standard error of :func:`per_sample_values` (same arguments)."""
-    v = per_sample_values(per_sample, x, y, levels, batch_size, seed, dequantize_data, device)
+    v = per_sample_values(per_sample, x, y, bins, batch_size, seed, dequantize_data, device)
     n = len(v)
     sem = float(v.std() / math.sqrt(n)) if n > 1 else float("nan")
     return {"mean": float(v.mean()), "sem": sem, "n": n}
 
 
-def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, bins: int = DIGITS_BINS,
                          batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
                          device=None, *, samples: int = 1, steps: Optional[int] = None
                          ) -> Dict[str, float]:
     """Mean and standard error of ``model.bits_per_dim`` over ``x`` (fixed noise from ``seed``).
 
     ``dequantize_data`` adds uniform noise of one grey level first (the bound is on the
-    dequantised density; ``levels`` sets the bin width ``2/levels``).  ``samples`` (K > 1: the
+    dequantised density; ``bins`` sets the bin width ``2/bins``).  ``samples`` (K > 1: the
     importance-weighted bound) and ``steps`` (the grid's T; None: the model's default) are
     passed to ``model.bits_per_dim`` when they differ from those defaults, so any model with
-    ``bits_per_dim(x, y, levels=, generator=)`` can be measured.
+    ``bits_per_dim(x, y, bins=, generator=)`` can be measured.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     extra = {**({"samples": samples} if samples != 1 else {}),
              **({"steps": steps} if steps is not None else {})}
-    r = dataset_mean(lambda xb, yb, g: model.bits_per_dim(xb, yb, levels=levels, generator=g,
+    r = dataset_mean(lambda xb, yb, g: model.bits_per_dim(xb, yb, bins=bins, generator=g,
                                                           **extra),
-                     x, y, levels, batch_size, seed, dequantize_data, device)
+                     x, y, bins, batch_size, seed, dequantize_data, device)
     return {"bpd": r["mean"], "bpd_sem": r["sem"], "n": r["n"]}
 
 
-def dataset_fm_loss(model, x: Tensor, y: Optional[Tensor] = None, levels: int = DIGITS_LEVELS,
+def dataset_fm_loss(model, x: Tensor, y: Optional[Tensor] = None, bins: int = DIGITS_BINS,
                     batch_size: int = 512, seed: int = 0, dequantize_data: bool = True,
                     device=None) -> Dict[str, float]:
     """Mean and standard error of a flow-matching model's loss (per sample, summed over
@@ -87,7 +87,7 @@ def dataset_fm_loss(model, x: Tensor, y: Optional[Tensor] = None, levels: int = 
     :func:`dataset_bits_per_dim` (fixed noise from ``seed``)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     r = dataset_mean(lambda xb, yb, g: model.loss(xb, yb, generator=g),
-                     x, y, levels, batch_size, seed, dequantize_data, device)
+                     x, y, bins, batch_size, seed, dequantize_data, device)
     return {"fm_loss": r["mean"], "fm_loss_sem": r["sem"], "n": r["n"]}
 
 
@@ -187,7 +187,7 @@ def _train_classifier(epochs, batch_size, seed, log):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
-            xb = dequantize(x[idx], DIGITS_LEVELS, generator=g)
+            xb = dequantize(x[idx], DIGITS_BINS, generator=g)
             shift = torch.randint(-1, 2, (2,), generator=g).tolist()
             if torch.rand((), generator=g) < 0.5:
                 xb = torch.roll(xb, shifts=shift, dims=(2, 3))
@@ -231,10 +231,10 @@ def load_or_train_classifier(path=None, log=None) -> Tuple[DigitsClassifier, Dic
     return net, dict(meta, path=str(path), cached="false")
 
 
-def quantize_digits(x: Tensor, levels: int = DIGITS_LEVELS) -> Tensor:
-    """Clamp to [-1, 1] and snap to the bin centres of ``levels`` grey levels (like the data)."""
-    v = ((x.clamp(-1, 1) + 1) / 2 * levels).floor().clamp(0, levels - 1)
-    return (v + 0.5) / levels * 2 - 1
+def quantize_digits(x: Tensor, bins: int = DIGITS_BINS) -> Tensor:
+    """Clamp to [-1, 1] and snap to the bin centres of ``bins`` grey bins (like the data)."""
+    v = ((x.clamp(-1, 1) + 1) / 2 * bins).floor().clamp(0, bins - 1)
+    return (v + 0.5) / bins * 2 - 1
 
 
 @torch.no_grad()
@@ -242,7 +242,7 @@ def sample_quality(net: DigitsClassifier, samples: Tensor, labels: Optional[Tens
                    reference: Tensor) -> Dict[str, float]:
     """Classifier accuracy of (class-conditional) samples and the Frechet distance between the
     classifier features of the samples and of ``reference`` images.  Samples are quantised to
-    the data's grey levels first."""
+    the data's grey bins first."""
     s = quantize_digits(samples.float().cpu())
     logits = net(s)
     pred = logits.argmax(1)

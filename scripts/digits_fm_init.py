@@ -77,7 +77,7 @@ def main() -> int:
     res = {"setup": {"data": "digits, class-conditional, default digits config (T = 4)",
                      "fm_iters": args.fm_iters, "ntm_iters": args.iters, "seed": 0,
                      "threads": 1, "fm_reg": 2.5, "n_samples": args.n_samples,
-                     "bpd": "test split, t_0 = 0 bound, dequantised, 17 levels (EMA weights)",
+                     "bpd": "test split, t_0 = 0 bound, dequantised, 17 bins (EMA weights)",
                      "samples": "EMA weights, labels 0..9 cycled, temperature 1, no guidance"}}
     for name, path in (("ntm_from_fm", init), ("ntm_scratch", scratch)):
         ev = evaluate(path, 4, root / f"eval_{name}.json", args.n_samples)

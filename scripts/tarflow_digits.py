@@ -1,5 +1,5 @@
 """Train the standalone TarFlow on the 8x8 digits for a fixed wall-clock budget and report its
-test bits/dim (17 levels, uniform dequantisation, the exact log-likelihood of the flow).
+test bits/dim (17 bins, uniform dequantisation, the exact log-likelihood of the flow).
 
     python3 scripts/tarflow_digits.py [--seconds 150] [--patch 2] [--blocks 4] [--width 64]
                                       [--depth 2] [--plain] [--threads 2] [--out FILE.json]

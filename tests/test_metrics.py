@@ -86,7 +86,7 @@ class ConstantBpd(torch.nn.Module):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(()))
 
-    def bits_per_dim(self, x, y=None, levels=17, generator=None):
+    def bits_per_dim(self, x, y=None, bins=17, generator=None):
         return x.flatten(1).mean(1)
 
 

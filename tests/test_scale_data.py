@@ -11,7 +11,7 @@ from PIL import Image
 from ntm_engine import checkpoint as ckpt
 from ntm_engine.cli import main
 from ntm_engine.data import open_dataset, pixel_mean_std
-from ntm_engine.training import (ConfigError, DataSource, TrainConfig, eval_levels, hand_in,
+from ntm_engine.training import (ConfigError, DataSource, TrainConfig, eval_bins, hand_in,
                                  make_config, sample_labels, test_data)
 from ntm_engine.training import batches
 from tests.run_testutils import TINY, trainer
@@ -36,7 +36,7 @@ def test_model_shape_and_statistics_come_from_the_data():
     assert cfg.model["data_shape"] == [3, 16, 16] == list(data.shape)
     assert cfg.model["data_mean"] == pytest.approx(mean, abs=1e-4)
     assert cfg.model["data_std"] == pytest.approx(std, abs=1e-4)
-    assert eval_levels(cfg.data) == 256
+    assert eval_bins(cfg.data) == 256
     big = make_config("colour-patches", model=TINY, image_size=32, **SMALL)
     assert big.model["data_shape"] == [3, 32, 32]
     x, _ = DataSource(big).batch(0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ntm_engine import load_run
-from ntm_engine.data import DIGITS_LEVELS, colour_patches, load_digits
+from ntm_engine.data import DIGITS_BINS, colour_patches, load_digits
 from ntm_engine.training.scoring import auroc, image_bits_per_dim
 
 from test_cli import fast_classifier, run_cli  # noqa: F401  (an autouse fixture)
@@ -47,7 +47,7 @@ def test_the_command_writes_one_score_per_image_in_the_datas_order(digits_run, t
     assert (tmp_path / "scores.png").stat().st_size > 0
     # the same numbers as the Python API with the same seed and trajectories
     model = load_run(digits_run).model
-    same = image_bits_per_dim(model, x, None, levels=DIGITS_LEVELS, samples=2, seed=0)
+    same = image_bits_per_dim(model, x, None, bins=DIGITS_BINS, samples=2, seed=0)
     torch.testing.assert_close(bpd, same, rtol=0, atol=1e-6)   # (the CSV keeps 6 decimals)
     # p(x | y) with the labels is another number, and lower on average for the true labels
     assert run_cli("score", digits_run, "--bpd-samples", 2, "--labels", "--out",
@@ -80,10 +80,10 @@ def corrupted(x):
 def test_the_digits_model_tells_held_out_digits_from_corrupted_ones(digits_run, capsys):
     model = load_run(digits_run).model
     x, _ = load_digits("test")
-    held_out = image_bits_per_dim(model, x, levels=DIGITS_LEVELS, samples=4)
+    held_out = image_bits_per_dim(model, x, bins=DIGITS_BINS, samples=4)
     figures = {}
     for name, xc in corrupted(x).items():
-        figures[name] = auroc(held_out, image_bits_per_dim(model, xc, levels=DIGITS_LEVELS,
+        figures[name] = auroc(held_out, image_bits_per_dim(model, xc, bins=DIGITS_BINS,
                                                            samples=4))
     with capsys.disabled():
         print("\nAUROC of the digits model (250 iterations) against held-out digits: "

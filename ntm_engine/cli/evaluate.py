@@ -14,7 +14,7 @@ import torch
 from .. import metrics
 from ..checkpoint import atomic_write_text
 from ..data import load_digits
-from ..training import (Run, default_sample_steps, denoiser_for, eval_levels, evaluate_bpd,
+from ..training import (Run, default_sample_steps, denoiser_for, eval_bins, evaluate_bpd,
                         evaluate_test, histogram_bpd, load_run, model_code_fingerprint,
                         raw_quality)
 from .common import (HelpFormatter, add_device_options, log, nonneg_float, nonneg_int,
@@ -64,7 +64,7 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
             for k in range(args.bpd_repeats)]
     res = {"test_bpd": sum(b["bpd"] for b in bpds) / len(bpds),
            "test_bpd_sem": bpds[0]["bpd_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
-           "bpd_note": (f"upper bound with t_0 = 0, dequantised, {eval_levels(cfg.data)} levels"
+           "bpd_note": (f"upper bound with t_0 = 0, dequantised, {eval_bins(cfg.data)} bins"
                         if cfg.data.is_image else
                         "continuous bits/dim bound (no discretisation term)"),
            "bpd_samples": args.bpd_samples}

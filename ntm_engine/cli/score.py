@@ -15,7 +15,7 @@ from torch import Tensor
 from .. import plots
 from ..checkpoint import atomic_write_text
 from ..models import NTM
-from ..training import ConfigError, DataConfig, eval_levels, load_run, run_data
+from ..training import ConfigError, DataConfig, eval_bins, load_run, run_data
 from ..training.scoring import image_bits_per_dim
 from .common import HelpFormatter, add_device_options, log, positive_int, setup_device
 
@@ -96,15 +96,15 @@ def run(args, parser) -> int:
         raise ConfigError(f"ntm score needs an NTM run; {r.checkpoint.path} holds a "
                           f"{type(r.model).__name__}")
     x, y, what = images_to_score(r, args.dataset, args.split, args.labels)
-    levels = eval_levels(r.config.data)
-    bpd = image_bits_per_dim(r.model, x, y if args.labels else None, levels=levels,
+    bins = eval_bins(r.config.data)
+    bpd = image_bits_per_dim(r.model, x, y if args.labels else None, bins=bins,
                              samples=args.bpd_samples, batch_size=args.batch_size,
                              seed=args.seed, steps=args.steps, device=device)
     out = Path(args.out) if args.out else r.run_dir / "scores.csv"
     write_scores(out, bpd, y)
     kind = "p(x | y)" if args.labels else "p(x)"
     png = plots.save_histograms({what: bpd}, out.with_suffix(".png"), xlabel="bits/dim",
-                                title=f"{kind}, K = {args.bpd_samples}, {levels} levels")
+                                title=f"{kind}, K = {args.bpd_samples}, {bins} bins")
     finite = bpd[torch.isfinite(bpd)]
     log(f"ntm score: {what} under {r.checkpoint.path}: bits/dim of {kind}, mean "
         f"{float(finite.mean()) if len(finite) else math.nan:.4f}, median "

@@ -1,4 +1,4 @@
-"""Images in a NumPy ``.npy`` or ``.npz`` file as an :class:`ImageData` (8-bit, 256 levels).
+"""Images in a NumPy ``.npy`` or ``.npz`` file as an :class:`ImageData` (8-bit, 256 bins).
 
 Values and layouts are those of :func:`~ntm_engine.data.transform.to_codes`: uint8 or integer
 images in 0..255, or floats in [0, 1]; ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]``.

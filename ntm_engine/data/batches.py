@@ -2,7 +2,7 @@
 
 Epoch ``e`` visits the split in the order ``randperm(N)`` seeded by ``seeds(e, "epoch")``;
 batch ``step`` is positions ``[step * B, step * B + n)`` of the concatenated epochs,
-dequantised (``levels`` bins) with noise seeded by ``seeds(step, "data")``.  So a run resumed
+dequantised (``bins`` bins) with noise seeded by ``seeds(step, "data")``.  So a run resumed
 at any step sees the same batches, whichever path reads them, and one process of several can
 read only its rows of a batch (``rows``; the same values as those rows of the whole batch):
 
@@ -44,14 +44,14 @@ class _Collate:
     """Stacks one batch (or one share of it) and dequantises it with the generator of its
     noise seed (:func:`~.core.dequantize`, ``share``)."""
 
-    def __init__(self, levels: int):
-        self.levels = levels
+    def __init__(self, bins: int):
+        self.bins = bins
 
     def __call__(self, items) -> Tuple[Tensor, Tensor]:
         x = torch.stack([it[0] for it in items])
         y = torch.tensor([it[1] for it in items], dtype=torch.long)
         g = torch.Generator().manual_seed(items[0][2])
-        return dequantize(x, self.levels, generator=g, share=items[0][3]), y
+        return dequantize(x, self.bins, generator=g, share=items[0][3]), y
 
 
 class _Steps(Sampler):
@@ -89,7 +89,7 @@ class ImageBatches:
         self.ds = data.split(split)
         if len(self.ds) == 0:
             raise DataError(f"split: {data.name!r} has no {split!r} images")
-        self.levels, self.batch_size, self.seeds = data.levels, batch_size, seeds
+        self.bins, self.batch_size, self.seeds = data.bins, batch_size, seeds
         self.conditional = conditional
         self.device = torch.device(device or "cpu")
         self.num_workers = num_workers
@@ -156,7 +156,7 @@ class ImageBatches:
             items = [self.ds[i] for i in idx.tolist()]
             x = torch.stack([it[0] for it in items])
             y = torch.tensor([it[1] for it in items], dtype=torch.long)
-        x = dequantize(x, self.levels, generator=self.generator(step), share=share)
+        x = dequantize(x, self.bins, generator=self.generator(step), share=share)
         return self._place(x, y)
 
     def stream(self, start: int = 0, *, rows: Optional[slice] = None) -> Iterator[Batch]:
@@ -166,7 +166,7 @@ class ImageBatches:
             yield from (self.batch(step, rows=rows) for step in itertools.count(start))
             return
         loader = DataLoader(_Noisy(self.ds), batch_sampler=_Steps(self, start, rows),
-                            collate_fn=_Collate(self.levels), num_workers=self.num_workers,
+                            collate_fn=_Collate(self.bins), num_workers=self.num_workers,
                             pin_memory=self.pin_memory)
         for x, y in loader:
             yield self._place(x, y)

@@ -1,4 +1,4 @@
-"""The CIFAR-10 python format as an :class:`ImageData` (3x32x32, 256 levels, 10 classes).
+"""The CIFAR-10 python format as an :class:`ImageData` (3x32x32, 256 bins, 10 classes).
 
 A folder (or its parent holding ``cifar-10-batches-py/``) with pickles ``data_batch_1`` ..
 ``data_batch_5`` (train) and ``test_batch`` (test); each holds ``data`` (uint8 ``[n, 3072]``,

@@ -1,10 +1,10 @@
 """The uniform description of an image data set and its in-memory and lazy splits.
 
 Every image source (digits, colour patches, folders, arrays, CIFAR-10, a user ``Dataset``)
-becomes an :class:`ImageData`: a shape ``(C, H, W)``, a number of grey ``levels`` (17 for the
+becomes an :class:`ImageData`: a shape ``(C, H, W)``, a number of grey ``bins`` (17 for the
 digits, 256 for 8-bit images), a number of classes (0: unlabelled) and ``train`` / ``test``
 splits.  A split yields ``(image [C, H, W] float32 in [-1, 1], label)`` items, the image at
-the centre of its bin (code ``v`` in ``0..levels-1`` maps to ``(v + 0.5) / levels * 2 - 1``),
+the centre of its bin (code ``v`` in ``0..bins-1`` maps to ``(v + 0.5) / bins * 2 - 1``),
 ready for :func:`dequantize`; ``label`` is ``-1`` when the set is unlabelled.
 
 In-memory splits (:class:`ImageSet`) hold integer codes (uint8: 1 byte per value) and give
@@ -29,15 +29,15 @@ class DataError(ValueError):
     """Bad data: the message names the argument or file, what was expected and what came."""
 
 
-def codes_to_unit(codes: Tensor, levels: int) -> Tensor:
-    """Integer codes in ``0..levels-1`` (any shape) -> float32 bin centres in [-1, 1]."""
-    return torch.add(codes.float(), 0.5).div_(levels).mul_(2).sub_(1)  # (v + .5) / L * 2 - 1
+def codes_to_unit(codes: Tensor, bins: int) -> Tensor:
+    """Integer codes in ``0..bins-1`` (any shape) -> float32 bin centres in [-1, 1]."""
+    return torch.add(codes.float(), 0.5).div_(bins).mul_(2).sub_(1)  # (v + .5) / L * 2 - 1
 
 
-def dequantize(x: Tensor, levels: int, generator: Optional[torch.Generator] = None, *,
+def dequantize(x: Tensor, bins: int, generator: Optional[torch.Generator] = None, *,
                share: Optional[Tuple[int, int]] = None) -> Tensor:
-    """Uniform dequantisation of bin-centred data in [-1, 1] with ``levels`` bins (width
-    ``2 / levels``): the same shape, each value uniform within its bin.  ``share = (start,
+    """Uniform dequantisation of bin-centred data in [-1, 1] with ``bins`` bins (width
+    ``2 / bins``): the same shape, each value uniform within its bin.  ``share = (start,
     total)``: ``x [n, ...]`` is rows ``[start, start + n)`` of a batch of ``total`` rows; the
     noise is drawn for the whole batch and those rows kept, so the result equals the same
     rows of the whole batch's dequantisation (one process's share of a global batch)."""
@@ -50,7 +50,7 @@ def dequantize(x: Tensor, levels: int, generator: Optional[torch.Generator] = No
                             f"of {total} rows, got share={share} for {x.shape[0]} rows")
         noise = torch.rand((total, *x.shape[1:]), generator=generator, dtype=x.dtype,
                            device=x.device)[start:start + x.shape[0]]
-    return x + noise.sub_(0.5).mul_(2.0 / levels)
+    return x + noise.sub_(0.5).mul_(2.0 / bins)
 
 
 def check_labels(labels, n: int, *, num_classes: Optional[int] = None,
@@ -92,31 +92,31 @@ def split_indices(n: int, test_fraction: float) -> Tuple[Tensor, Tensor]:
 
 
 class ImageSet(Dataset):
-    """An in-memory split: ``codes [N, C, H, W]`` (uint8 for <= 256 levels) and ``labels [N]``
+    """An in-memory split: ``codes [N, C, H, W]`` (uint8 for <= 256 bins) and ``labels [N]``
     int64 or ``None``.  Items are ``(image [C, H, W] in [-1, 1], label or -1)``."""
 
-    def __init__(self, codes: Tensor, labels: Optional[Tensor], levels: int):
+    def __init__(self, codes: Tensor, labels: Optional[Tensor], bins: int):
         if codes.dim() != 4:
             raise DataError(f"codes: expected [N, C, H, W], got shape {tuple(codes.shape)}")
         if labels is not None and len(labels) != len(codes):
             raise DataError(f"labels: expected {len(codes)} labels, got {len(labels)}")
-        self.codes, self.labels, self.levels = codes, labels, int(levels)
+        self.codes, self.labels, self.bins = codes, labels, int(bins)
 
     def __len__(self) -> int:
         return len(self.codes)
 
     def __getitem__(self, i: int) -> Tuple[Tensor, int]:
         y = NO_LABEL if self.labels is None else int(self.labels[i])
-        return codes_to_unit(self.codes[i], self.levels), y
+        return codes_to_unit(self.codes[i], self.bins), y
 
     def images(self, idx: Optional[Tensor] = None) -> Tensor:
         """Bin-centred images ``[n, C, H, W]`` float32 (all, or rows ``idx``)."""
         codes = self.codes if idx is None else self.codes.index_select(0, idx)
-        return codes_to_unit(codes, self.levels)
+        return codes_to_unit(codes, self.bins)
 
     def subset(self, idx: Tensor) -> "ImageSet":
         return ImageSet(self.codes[idx], None if self.labels is None else self.labels[idx],
-                        self.levels)
+                        self.bins)
 
 
 class LazyImages(Dataset):
@@ -124,9 +124,9 @@ class LazyImages(Dataset):
     ``i`` (``j = indices[i]``, or ``i``); items are ``(image [C, H, W] in [-1, 1], label)``.
     For data too large or too slow to hold in memory."""
 
-    def __init__(self, source: Dataset, convert: Callable, levels: int,
+    def __init__(self, source: Dataset, convert: Callable, bins: int,
                  indices: Optional[Tensor] = None):
-        self.source, self.convert, self.levels = source, convert, int(levels)
+        self.source, self.convert, self.bins = source, convert, int(bins)
         self.indices = indices
 
     def __len__(self) -> int:
@@ -138,18 +138,18 @@ class LazyImages(Dataset):
 
     def __getitem__(self, i: int) -> Tuple[Tensor, int]:
         c, y = self.codes(i)
-        return codes_to_unit(c, self.levels), y
+        return codes_to_unit(c, self.bins), y
 
 
 @dataclass(frozen=True)
 class ImageData:
-    """An image data set: ``shape (C, H, W)``, ``levels`` bins per value on [-1, 1],
+    """An image data set: ``shape (C, H, W)``, ``bins`` bins per value on [-1, 1],
     ``num_classes`` (0: unlabelled), ``train`` / ``test`` splits (:class:`ImageSet` or
     :class:`LazyImages`) and the class names when known."""
 
     name: str
     shape: Tuple[int, int, int]
-    levels: int
+    bins: int
     num_classes: int
     train: Dataset
     test: Dataset
@@ -162,10 +162,10 @@ class ImageData:
         return c * h * w
 
     def summary(self) -> str:
-        """One line for logs, e.g. ``"cifar: 3x32x32, 256 levels, 10 classes, 50000 train /
+        """One line for logs, e.g. ``"cifar: 3x32x32, 256 bins, 10 classes, 50000 train /
         10000 test"``."""
         labels = f"{self.num_classes} classes" if self.num_classes else "unlabelled"
-        return (f"{self.name}: {'x'.join(map(str, self.shape))}, {self.levels} levels, {labels}, "
+        return (f"{self.name}: {'x'.join(map(str, self.shape))}, {self.bins} bins, {labels}, "
                 f"{len(self.train)} train / {len(self.test)} test")
 
     def split(self, name: str) -> Dataset:
@@ -197,14 +197,14 @@ def pixel_mean_std(data: ImageData, *, max_items: int = 10_000) -> Tuple[float, 
     e.g. for a model's ``data_mean`` / ``data_std``."""
     ds = data.train
     if isinstance(ds, ImageSet):
-        counts = torch.bincount(ds.codes.flatten().long(), minlength=data.levels).double()
+        counts = torch.bincount(ds.codes.flatten().long(), minlength=data.bins).double()
     else:
         n = min(len(ds), max_items)
-        counts = torch.zeros(data.levels, dtype=torch.float64)
+        counts = torch.zeros(data.bins, dtype=torch.float64)
         for x, _ in DataLoader(Subset(ds, range(n)), batch_size=256):
-            v = torch.round((x.double() + 1) / 2 * data.levels - 0.5).long()
-            counts += torch.bincount(v.flatten(), minlength=data.levels).double()
-    values = codes_to_unit(torch.arange(data.levels), data.levels).double()
+            v = torch.round((x.double() + 1) / 2 * data.bins - 0.5).long()
+            counts += torch.bincount(v.flatten(), minlength=data.bins).double()
+    values = codes_to_unit(torch.arange(data.bins), data.bins).double()
     p = counts / counts.sum()
     mean = float((p * values).sum())
     return mean, float((p * (values - mean) ** 2).sum().sqrt())
@@ -215,7 +215,7 @@ def fingerprint(data: ImageData) -> str:
     sizes and shape for a lazy split (whose items are not read).  Store it with a run to
     notice when a resumed run's folder or file has changed."""
     h = hashlib.blake2b(digest_size=8)
-    h.update(repr((data.shape, data.levels, data.num_classes, data.classes)).encode())
+    h.update(repr((data.shape, data.bins, data.num_classes, data.classes)).encode())
     for ds in (data.train, data.test):
         h.update(repr(len(ds)).encode())
         if isinstance(ds, ImageSet):
@@ -225,19 +225,19 @@ def fingerprint(data: ImageData) -> str:
     return h.hexdigest()
 
 
-def in_memory_data(name: str, codes: Tensor, labels: Optional[Tensor], *, levels: int = 256,
+def in_memory_data(name: str, codes: Tensor, labels: Optional[Tensor], *, bins: int = 256,
                    num_classes: int = 0, test_fraction: float,
                    classes: Tuple[str, ...] = (),
                    test: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> ImageData:
     """An :class:`ImageData` from codes ``[N, C, H, W]``: the given ``test`` split, or the
     fixed held-out split of ``test_fraction`` (:func:`split_indices`)."""
-    full = ImageSet(codes, labels if num_classes > 0 else None, levels)
+    full = ImageSet(codes, labels if num_classes > 0 else None, bins)
     if test is None:
         tr, te = split_indices(len(full), test_fraction)
         train_set, test_set = full.subset(tr), full.subset(te)
     else:
         train_set = full
-        test_set = ImageSet(test[0], test[1] if num_classes > 0 else None, levels)
-    return ImageData(name=name, shape=tuple(codes.shape[1:]), levels=levels,
+        test_set = ImageSet(test[0], test[1] if num_classes > 0 else None, bins)
+    return ImageData(name=name, shape=tuple(codes.shape[1:]), bins=bins,
                      num_classes=num_classes, train=train_set, test=test_set,
                      classes=tuple(classes))

@@ -1,4 +1,4 @@
-"""The scikit-learn digits: 8x8 images with 17 grey levels (0..16), 10 classes.
+"""The scikit-learn digits: 8x8 images with 17 grey bins (0..16), 10 classes.
 
 Images are float tensors in [-1, 1] of shape ``[N, 1, 8, 8]`` (each grey level at the centre
 of its bin, ready for :func:`~ntm_engine.data.core.dequantize`) with integer labels ``[N]``,
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .core import DataError, ImageData, ImageSet, codes_to_unit
 
-DIGITS_LEVELS = 17  # grey levels 0..16
+DIGITS_BINS = 17  # grey bins 0..16
 DIGITS_SHAPE = (1, 8, 8)
 _SPLIT_SEED = 20260508
 _TEST_FRACTION = 0.2
@@ -43,12 +43,12 @@ def load_digits(split: str = "train") -> Tuple[Tensor, Tensor]:
     ``split`` is ``"train"`` (80%), ``"test"`` (20%) or ``"all"``.
     """
     codes, labels = _digit_codes(split)
-    return codes_to_unit(codes, DIGITS_LEVELS), labels
+    return codes_to_unit(codes, DIGITS_BINS), labels
 
 
 def digits_data() -> ImageData:
     """The digits as an :class:`ImageData` (the splits of :func:`load_digits`)."""
-    sets = {s: ImageSet(*_digit_codes(s), DIGITS_LEVELS) for s in ("train", "test")}
-    return ImageData(name="digits", shape=DIGITS_SHAPE, levels=DIGITS_LEVELS, num_classes=10,
+    sets = {s: ImageSet(*_digit_codes(s), DIGITS_BINS) for s in ("train", "test")}
+    return ImageData(name="digits", shape=DIGITS_SHAPE, bins=DIGITS_BINS, num_classes=10,
                      train=sets["train"], test=sets["test"],
                      classes=tuple(str(d) for d in range(10)))

@@ -4,7 +4,7 @@ photographs (``sklearn.datasets.load_sample_images``: china.jpg, flower.jpg, 427
 Deterministic: patch corners come from a fixed seed.  The split is by region: train patches
 lie in the left 80% of the columns of each photo (``x < 512``), test patches in the right 20%,
 so no test pixel is seen in training.  Half the patches of each split come from each photo.
-8-bit, 256 levels, unlabelled.
+8-bit, 256 bins, unlabelled.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def split_corners(size: int, *, n_train: int, n_test: int, height: int, width: i
 def colour_patches(*, image_size: Optional[int] = None, channels: Optional[int] = None,
                    n_train: int = 8192, n_test: int = 1024) -> ImageData:
     """``n_train`` / ``n_test`` patches ``[3, S, S]`` (``S = image_size``, default 16; 32 is
-    the other usual choice; at most 128) in [-1, 1], 256 levels; ``channels=1`` gives grey."""
+    the other usual choice; at most 128) in [-1, 1], 256 bins; ``channels=1`` gives grey."""
     size = 16 if image_size is None else image_size
     if not isinstance(size, int) or not 2 <= size <= 640 - BOUNDARY:
         raise DataError(f"image_size: expected an integer in 2..{640 - BOUNDARY} for "
@@ -69,6 +69,6 @@ def colour_patches(*, image_size: Optional[int] = None, channels: Optional[int] 
                             width=photos.shape[3], num_photos=len(photos))
     train, test = (_cut(photos, c, size) for c in corners)
     train, test = convert_channels(train, channels), convert_channels(test, channels)
-    return ImageData(name=f"{NAME}{size}", shape=tuple(train.shape[1:]), levels=256,
+    return ImageData(name=f"{NAME}{size}", shape=tuple(train.shape[1:]), bins=256,
                      num_classes=0, train=ImageSet(train, None, 256),
                      test=ImageSet(test, None, 256))

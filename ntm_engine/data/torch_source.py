@@ -1,7 +1,7 @@
 """Any ``torch.utils.data.Dataset`` of ``(image, label)`` as an :class:`ImageData`.
 
 An image is a PIL image, or a tensor / array ``[C, H, W]``, ``[H, W, C]`` or ``[H, W]`` of
-uint8 (0..255) or float in [0, 1] (e.g. torchvision's ``ToTensor``), quantised to 256 levels;
+uint8 (0..255) or float in [0, 1] (e.g. torchvision's ``ToTensor``), quantised to 256 bins;
 a 3-D image is channels-first when its first dim is 1 or 3, else channels-last.
 Labels are ints ``0..K-1`` (``None`` or a bare image: unlabelled).  ``K`` comes from
 ``num_classes``, else the dataset's ``classes`` or ``targets`` (torchvision's convention);
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from .core import NO_LABEL, DataError, ImageData, ImageSet, LazyImages, check_labels, split_indices
 from .transform import check_options, fit_codes, pil_to_codes, to_codes
 
-LEVELS = 256
+BINS = 256
 
 
 class ConvertItem:
@@ -103,14 +103,14 @@ def materialize(lazy: LazyImages, shape: Tuple[int, int, int], *,
         xs.append(x)
         ys.append(y)
     labels = torch.cat(ys)
-    return ImageSet(torch.cat(xs), None if (labels == NO_LABEL).all() else labels, lazy.levels)
+    return ImageSet(torch.cat(xs), None if (labels == NO_LABEL).all() else labels, lazy.bins)
 
 
 def open_torch_dataset(ds: Dataset, *, image_size: Optional[int] = None,
                        channels: Optional[int] = None, num_classes: Optional[int] = None,
                        test: Optional[Dataset] = None, test_fraction: float = 0.1,
                        in_memory: bool = False, num_workers: int = 0) -> ImageData:
-    """``ds`` (and ``test``) as an :class:`ImageData` of 256 levels (see module doc)."""
+    """``ds`` (and ``test``) as an :class:`ImageData` of 256 bins (see module doc)."""
     check_options(image_size, channels)
     if len(ds) == 0:
         raise DataError("dataset: expected a non-empty Dataset, got 0 items")
@@ -122,13 +122,13 @@ def open_torch_dataset(ds: Dataset, *, image_size: Optional[int] = None,
                           shape=tuple(probe.shape), num_classes=k)
     if test is None:
         tr, te = split_indices(len(ds), test_fraction)
-        train_set = LazyImages(ds, convert, LEVELS, tr)
-        test_set = LazyImages(ds, convert, LEVELS, te)
+        train_set = LazyImages(ds, convert, BINS, tr)
+        test_set = LazyImages(ds, convert, BINS, te)
     else:
-        train_set, test_set = LazyImages(ds, convert, LEVELS), LazyImages(test, convert, LEVELS)
+        train_set, test_set = LazyImages(ds, convert, BINS), LazyImages(test, convert, BINS)
     if in_memory:
         train_set, test_set = (materialize(s, tuple(probe.shape), num_workers=num_workers)
                                for s in (train_set, test_set))
     classes = tuple(getattr(ds, "classes", ()) or ()) if k else ()
-    return ImageData(name=type(ds).__name__, shape=tuple(probe.shape), levels=LEVELS,
+    return ImageData(name=type(ds).__name__, shape=tuple(probe.shape), bins=BINS,
                      num_classes=k, train=train_set, test=test_set, classes=classes)

@@ -1,7 +1,7 @@
 """Image arrays and PIL images -> 8-bit codes ``[N, C, H, W]`` of a chosen size and channels.
 
 Accepted values: uint8 (0..255), other integer dtypes within 0..255, and floats in [0, 1]
-(quantised to 256 levels as ``round(x * 255)``).  Layouts: ``[N, H, W]`` (greyscale),
+(quantised to 256 bins as ``round(x * 255)``).  Layouts: ``[N, H, W]`` (greyscale),
 ``[N, C, H, W]`` or ``[N, H, W, C]`` with ``C`` in {1, 3}.  Resizing scales the shorter side
 to ``image_size`` and centre-crops the other (arrays: box means when shrinking, bilinear
 when enlarging; PIL images: bicubic); channel conversion uses the ITU-R 601-2 luma (as

@@ -57,23 +57,23 @@ def log_likelihood_bound(model: "NTM", x: Tensor, y: Optional[Tensor] = None, *,
     return torch.logsumexp(torch.stack(log_w, dim=1), dim=1) - math.log(samples)
 
 
-def bits_per_dim(model: "NTM", x: Tensor, y=None, levels: int = 256,
+def bits_per_dim(model: "NTM", x: Tensor, y=None, bins: int = 256,
                  generator: Optional[torch.Generator] = None, *, dequantize: bool = False,
                  samples: int = 1, steps: Optional[int] = None) -> Tensor:
-    """Per-sample bound ``[B]`` on bits/dim of discrete data with ``levels`` bins on [-1, 1]
+    """Per-sample bound ``[B]`` on bits/dim of discrete data with ``bins`` bins on [-1, 1]
     (digits: 17; 8-bit: 256), with ``t_0 = 0`` on the grid of ``steps`` (None: the model's
     default): :func:`log_likelihood_bound` over ``samples = K`` forward trajectories
     (``K = 1``: ``(L - H_q) / (D ln 2)``; ``K > 1``: importance-weighted, tighter), in
-    bits/dim, plus ``log2(levels / 2)``.  The mean over data bounds the bits/dim of the
+    bits/dim, plus ``log2(bins / 2)``.  The mean over data bounds the bits/dim of the
     dequantised model.  ``x`` must already be uniformly dequantised
     (:func:`ntm_engine.data.dequantize`), unless ``dequantize=True``, which adds the noise here
     (drawn from ``generator`` before the trajectories).  No label dropout."""
     if dequantize:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x + (noise - 0.5) * (2.0 / levels)
+        x = x + (noise - 0.5) * (2.0 / bins)
     log_px = log_likelihood_bound(model, x, model.resolve_labels(y, x.shape[0], x.device),
                                   samples=samples, generator=generator, steps=steps)
-    return -log_px / (model.dim * math.log(2)) + math.log2(levels / 2)
+    return -log_px / (model.dim * math.log(2)) + math.log2(bins / 2)
 
 
 def trajectory_score(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:

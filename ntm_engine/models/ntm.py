@@ -142,7 +142,7 @@ class NTM(PretrainedMixin, nn.Module):
 
     @staticmethod
     def digits_config(conditional: bool = True) -> Dict[str, Any]:
-        """Default keyword arguments for the 8x8 digits (``[1, 8, 8]``, 17 levels in [-1, 1]):
+        """Default keyword arguments for the 8x8 digits (``[1, 8, 8]``, 17 bins in [-1, 1]):
         patch 4 (4 tokens per level, 16 per sample), width 128, depth 4."""
         return dict(data_shape=(1, 8, 8), steps=4, num_classes=10 if conditional else 0,
                     width=128, depth=4, heads=4, patch_size=4, transporter_layers=4,
@@ -353,15 +353,15 @@ class NTM(PretrainedMixin, nn.Module):
         """``H_q [B]`` (nats) of the forward process on grid ``t [B, T+1]``."""
         return schedule.forward_entropy(t, self.dim)
 
-    def bits_per_dim(self, x: Tensor, y: Labels = None, levels: int = 256,
+    def bits_per_dim(self, x: Tensor, y: Labels = None, bins: int = 256,
                      generator: Optional[torch.Generator] = None, *,
                      dequantize: bool = False, samples: int = 1,
                      steps: Optional[int] = None) -> Tensor:
-        """Per-sample bound ``[B]`` on bits/dim of discrete data with ``levels`` bins on [-1, 1]
+        """Per-sample bound ``[B]`` on bits/dim of discrete data with ``bins`` bins on [-1, 1]
         (:func:`~.likelihood.bits_per_dim`; ``dequantize=True`` adds the uniform noise
         here)."""
         self._check_data(x)
-        return likelihood.bits_per_dim(self, x, y, levels, generator, dequantize=dequantize,
+        return likelihood.bits_per_dim(self, x, y, bins, generator, dequantize=dequantize,
                                        samples=samples, steps=steps)
 
     # ------------------------------------------------------------------ sampling

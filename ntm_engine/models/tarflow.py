@@ -68,18 +68,18 @@ class TarFlow(PretrainedMixin, nn.Module):
         zz = z.reshape(z.shape[0], -1).to(logdet.dtype)
         return logdet - 0.5 * zz.pow(2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
 
-    def bits_per_dim(self, x: Tensor, levels: int = 256, *, dequantize: bool = False,
+    def bits_per_dim(self, x: Tensor, bins: int = 256, *, dequantize: bool = False,
                      generator: Optional[torch.Generator] = None) -> Tensor:
-        """``[B]`` bits/dim of discrete data with ``levels`` bins on [-1, 1] (digits: 17):
-        ``-log p(x) / (D ln 2) + log2(levels / 2)`` (the bin width is ``2 / levels``).  ``x``
+        """``[B]`` bits/dim of discrete data with ``bins`` bins on [-1, 1] (digits: 17):
+        ``-log p(x) / (D ln 2) + log2(bins / 2)`` (the bin width is ``2 / bins``).  ``x``
         must be uniformly dequantised (:func:`ntm_engine.data.dequantize`) unless
         ``dequantize=True``, which adds the noise here (from ``generator``)."""
-        if not isinstance(levels, int) or levels < 2:
-            raise ValueError(f"TarFlow.bits_per_dim: levels must be an int >= 2, got {levels!r}")
+        if not isinstance(bins, int) or bins < 2:
+            raise ValueError(f"TarFlow.bits_per_dim: bins must be an int >= 2, got {bins!r}")
         if dequantize:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + (noise - 0.5) * (2.0 / levels)
-        return -self.log_prob(x) / (self.dim * math.log(2)) + math.log2(levels / 2)
+            x = x + (noise - 0.5) * (2.0 / bins)
+        return -self.log_prob(x) / (self.dim * math.log(2)) + math.log2(bins / 2)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: Optional[torch.Generator] = None,

@@ -128,12 +128,12 @@ def test_data(data: DataConfig) -> Tuple[Tensor, Optional[Tensor]]:
 test_data.__test__ = False   # (not a pytest test, whatever imports it)
 
 
-def eval_levels(data: DataConfig) -> int:
+def eval_bins(data: DataConfig) -> int:
     """Levels for bits/dim: the data's (17 for digits, 256 for 8-bit images); toys are
-    continuous (levels=2 makes the ``log2(levels/2)`` term vanish, so the number is the
+    continuous (bins=2 makes the ``log2(bins/2)`` term vanish, so the number is the
     continuous bits/dim bound)."""
     images = run_data(data)
-    return 2 if images is None else images.levels
+    return 2 if images is None else images.bins
 
 
 def sample_labels(data: DataConfig, n: int) -> Optional[Tensor]:

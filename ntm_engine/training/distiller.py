@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..data import DIGITS_LEVELS, dequantize
+from ..data import DIGITS_BINS, dequantize
 from ..models import Denoiser
 from .batches import DataSource, test_data
 from .determinism import derive_seed, device_generator
@@ -134,7 +134,7 @@ class Distiller(SessionViews):
             x, y = x[:n], (None if y is None else y[:n])
             g = torch.Generator().manual_seed(derive_seed(cfg.optim.seed, 0, "eval_data"))
             if cfg.dataset == "digits":
-                x = dequantize(x, DIGITS_LEVELS, generator=g)
+                x = dequantize(x, DIGITS_BINS, generator=g)
             gm = self._generator(derive_seed(cfg.optim.seed, 0, "eval_model"))
             self._eval_set = []
             for i in range(0, len(x), B):

@@ -17,7 +17,7 @@ from ..metrics import dataset_bits_per_dim, dataset_fm_loss, frechet_distance_fe
 from ..models import histogram_bits_per_dim
 from ..models.flow_matching import EULER_STEPS
 from ..models.schedule import step_counts
-from .batches import eval_levels, sample_labels, test_data
+from .batches import eval_bins, sample_labels, test_data
 from .config import TrainConfig
 from .determinism import device_generator
 from .sections import DataConfig
@@ -29,7 +29,7 @@ def _evaluate(metric, model, cfg: TrainConfig, device, *, seed: int,
     was = model.training
     model.eval()
     try:
-        return metric(model, x, None if unconditional else y, levels=eval_levels(cfg.data),
+        return metric(model, x, None if unconditional else y, bins=eval_bins(cfg.data),
                       batch_size=cfg.run.eval_batch, seed=seed,
                       dequantize_data=cfg.data.is_image, device=device, **kw)
     finally:
@@ -54,11 +54,11 @@ def histogram_bpd(cfg) -> Dict[str, float]:
     if cfg.dataset != "digits":
         return {}
     (xtr, ytr), (xte, yte) = load_digits("train"), load_digits("test")
-    levels = eval_levels(cfg.data)
-    out = {"bpd": float(histogram_bits_per_dim(xtr, xte, levels).mean())}
+    bins = eval_bins(cfg.data)
+    out = {"bpd": float(histogram_bits_per_dim(xtr, xte, bins).mean())}
     if cfg.conditional:
         out["bpd_conditional"] = float(histogram_bits_per_dim(
-            xtr, xte, levels, train_y=ytr, test_y=yte).mean())
+            xtr, xte, bins, train_y=ytr, test_y=yte).mean())
     return out
 
 

@@ -3,7 +3,7 @@ and how well it tells two sets of images apart (AUROC).
 
 The score of an image is the importance-weighted bound of :meth:`NTM.log_prob
 <ntm_engine.models.NTM.log_prob>` over ``samples`` forward trajectories (``t_0 = 0``), in
-bits/dim of data with the model's ``levels`` (the image dequantised with uniform noise inside
+bits/dim of data with the model's ``bins`` (the image dequantised with uniform noise inside
 its bin first, fixed by ``seed``): lower is more likely under the model.  A class-conditional
 model scores ``p(x)`` (its unconditional branch, the null class) unless labels are given,
 then ``p(x | y)``.
@@ -21,7 +21,7 @@ __all__ = ["image_bits_per_dim", "auroc"]
 
 
 def image_bits_per_dim(model: nn.Module, x: Tensor, y: Optional[Tensor] = None, *,
-                       levels: int, samples: int = 16, batch_size: int = 256, seed: int = 0,
+                       bins: int, samples: int = 16, batch_size: int = 256, seed: int = 0,
                        steps: Optional[int] = None, dequantize_data: bool = True,
                        device=None) -> Tensor:
     """Bits/dim ``[N]`` (float64, CPU) of images ``x [N, *data_shape]`` in [-1, 1] (labels
@@ -33,9 +33,9 @@ def image_bits_per_dim(model: nn.Module, x: Tensor, y: Optional[Tensor] = None, 
     model.eval()
     try:
         return per_sample_values(
-            lambda xb, yb, g: model.bits_per_dim(xb, yb, levels=levels, generator=g,
+            lambda xb, yb, g: model.bits_per_dim(xb, yb, bins=bins, generator=g,
                                                  samples=samples, steps=steps),
-            x, y, levels, batch_size, seed, dequantize_data, device)
+            x, y, bins, batch_size, seed, dequantize_data, device)
     finally:
         model.train(was)
 

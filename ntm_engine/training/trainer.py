@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .. import checkpoint as ckpt
 from .. import plots
-from .batches import DataSource, eval_levels
+from .batches import DataSource, eval_bins
 from .config import TrainConfig, config_differences
 from .determinism import derive_seed, device_generator, seed_everything
 from .distributed import World, init_world
@@ -309,7 +309,7 @@ class Trainer(SessionViews):
         try:
             g = device_generator(self.device, derive_seed(self.cfg.optim.seed, self.step,
                                                           self.world.noise_stream("bpd")))
-            bpd = self.model.bits_per_dim(x, y, levels=eval_levels(self.cfg.data),
+            bpd = self.model.bits_per_dim(x, y, bins=eval_bins(self.cfg.data),
                                           generator=g).mean()
             return float(self.world.mean(bpd))
         finally:

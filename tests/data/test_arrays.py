@@ -26,7 +26,7 @@ def test_npy_nhwc_uint8_is_unlabelled_256_levels(tmp_path):
     a = _images()
     np.save(tmp_path / "x.npy", a)
     data = open_arrays(tmp_path / "x.npy", test_fraction=0.2)
-    assert data.shape == (3, 4, 4) and data.levels == 256 and data.num_classes == 0
+    assert data.shape == (3, 4, 4) and data.bins == 256 and data.num_classes == 0
     assert len(data.train) == 8 and len(data.test) == 2
     assert torch.equal(_all_codes(data), _sorted(a))
 

@@ -141,7 +141,7 @@ def test_digits_batches_use_17_levels():
 def test_bad_batch_options(kw, match):
     empty = ImageSet(torch.zeros(0, 1, 2, 2, dtype=torch.uint8), None, 256)
     train = ImageSet(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), None, 256)
-    data = ImageData(name="u", shape=(1, 2, 2), levels=256, num_classes=0, train=train,
+    data = ImageData(name="u", shape=(1, 2, 2), bins=256, num_classes=0, train=train,
                      test=empty)
     with pytest.raises(DataError, match=match):
         ImageBatches(data, seeds=seeds, **kw)

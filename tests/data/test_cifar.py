@@ -14,7 +14,7 @@ def _codes(x):
 def test_fake_cifar_reads_rows_channel_major_with_labels_and_names(tmp_path):
     batches, test = fake_cifar(tmp_path / "cifar-10-batches-py")
     data = open_cifar(tmp_path)  # the parent folder works too
-    assert data.shape == (3, 32, 32) and data.levels == 256 and data.num_classes == 10
+    assert data.shape == (3, 32, 32) and data.bins == 256 and data.num_classes == 10
     assert data.classes == tuple(f"c{k}" for k in range(10))
     x, y = data.tensors("train")
     rows = np.concatenate([b[b"data"] for b in batches])

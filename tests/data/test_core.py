@@ -6,13 +6,13 @@ from ntm_engine.data import (DataError, ImageData, ImageSet, check_labels, codes
 from ntm_engine.data.core import LazyImages
 
 
-@pytest.mark.parametrize("levels", [17, 256])
-def test_codes_map_to_bin_centres_and_dequantise_within_their_bin(levels):
-    codes = torch.arange(levels)
-    x = codes_to_unit(codes, levels)
-    width = 2.0 / levels
+@pytest.mark.parametrize("bins", [17, 256])
+def test_codes_map_to_bin_centres_and_dequantise_within_their_bin(bins):
+    codes = torch.arange(bins)
+    x = codes_to_unit(codes, bins)
+    width = 2.0 / bins
     torch.testing.assert_close(x.double(), -1 + (codes.double() + 0.5) * width, rtol=0, atol=1e-6)
-    xd = dequantize(x.repeat(50), levels, generator=torch.Generator().manual_seed(0))
+    xd = dequantize(x.repeat(50), bins, generator=torch.Generator().manual_seed(0))
     back = torch.floor((xd.double() + 1) / width).long()
     assert torch.equal(back, codes.repeat(50))
 
@@ -67,7 +67,7 @@ def test_lazy_and_in_memory_items_agree_and_tensors_materialise_them():
     eager, lazy = _tiny_sets()
     for i in range(len(eager)):
         assert torch.equal(eager[i][0], lazy[i][0]) and eager[i][1] == lazy[i][1]
-    data = {s: ImageData(name="t", shape=(3, 2, 2), levels=256, num_classes=2, train=s, test=s)
+    data = {s: ImageData(name="t", shape=(3, 2, 2), bins=256, num_classes=2, train=s, test=s)
             for s in (eager, lazy)}
     xe, ye = data[eager].tensors("test")
     xl, yl = data[lazy].tensors("test", batch_size=2)
@@ -77,7 +77,7 @@ def test_lazy_and_in_memory_items_agree_and_tensors_materialise_them():
 
 def test_image_data_split_names_are_checked():
     eager, _ = _tiny_sets()
-    data = ImageData(name="t", shape=(3, 2, 2), levels=256, num_classes=0, train=eager,
+    data = ImageData(name="t", shape=(3, 2, 2), bins=256, num_classes=0, train=eager,
                      test=eager)
     assert data.tensors("train")[1] is None  # unlabelled: no labels
     with pytest.raises(DataError, match="split: expected 'train' or 'test', got 'val'"):
@@ -93,7 +93,7 @@ def test_pixel_statistics_are_exact_in_memory_and_agree_lazily():
     eager, lazy = _tiny_sets()
     stats = {}
     for s in (eager, lazy):
-        data = ImageData(name="t", shape=(3, 2, 2), levels=256, num_classes=2, train=s, test=s)
+        data = ImageData(name="t", shape=(3, 2, 2), bins=256, num_classes=2, train=s, test=s)
         stats[s] = pixel_mean_std(data)
     x = eager.images().double()
     mean, std = stats[eager]

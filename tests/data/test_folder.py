@@ -20,7 +20,7 @@ def _values(data, split="train"):
 def test_flat_folder_is_one_unlabelled_set_with_exact_pixels(tmp_path):
     write_constants(tmp_path, [10 * i for i in range(10)])
     data = open_folder(tmp_path, test_fraction=0.2)
-    assert data.shape == (3, 4, 6) and data.levels == 256 and data.num_classes == 0
+    assert data.shape == (3, 4, 6) and data.bins == 256 and data.num_classes == 0
     train, y = _values(data)
     test, _ = _values(data, "test")
     assert y is None and len(test) == 2

@@ -3,18 +3,18 @@ import pytest
 import torch
 
 from datafiles import Items, fake_cifar, write_constants
-from ntm_engine.data import DIGITS_LEVELS, DataError, load_digits, open_dataset
+from ntm_engine.data import DIGITS_BINS, DataError, load_digits, open_dataset
 
 
 def test_digits_match_load_digits():
     data = open_dataset("digits")
-    assert data.shape == (1, 8, 8) and data.levels == DIGITS_LEVELS and data.num_classes == 10
+    assert data.shape == (1, 8, 8) and data.bins == DIGITS_BINS and data.num_classes == 10
     for split in ("train", "test"):
         x, y = load_digits(split)
         xd, yd = data.tensors(split)
         assert torch.equal(x, xd) and torch.equal(y, yd)
     assert open_dataset("digits", image_size=8, channels=1).shape == (1, 8, 8)
-    assert data.summary() == "digits: 1x8x8, 17 levels, 10 classes, 1438 train / 359 test"
+    assert data.summary() == "digits: 1x8x8, 17 bins, 10 classes, 1438 train / 359 test"
     with pytest.raises(DataError, match="the digits are fixed at 1x8x8, got image_size=16"):
         open_dataset("digits", image_size=16)
 

@@ -13,7 +13,7 @@ def _codes(x):
 def test_patches_are_deterministic_crops_of_the_photos(size):
     data = colour_patches(image_size=size, n_train=64, n_test=16)
     again = colour_patches(image_size=size, n_train=64, n_test=16)
-    assert data.shape == (3, size, size) and data.levels == 256 and data.num_classes == 0
+    assert data.shape == (3, size, size) and data.bins == 256 and data.num_classes == 0
     photos = sample_photos()
     corners = split_corners(size, n_train=64, n_test=16, height=photos.shape[2],
                             width=photos.shape[3])

@@ -131,7 +131,7 @@ def test_fm_initialised_ntm_is_exact_on_gaussian_data(t_min):
         n = 20000
         xs = m + math.sqrt(var) * torch.randn(n, D, generator=g, dtype=F64)
         with torch.no_grad():
-            bpd = model.bits_per_dim(xs, levels=2, generator=g)
+            bpd = model.bits_per_dim(xs, bins=2, generator=g)
         exact = 0.5 * math.log2(2 * math.pi * math.e * var)
         assert abs(bpd.mean().item() - exact) < 5 * bpd.std().item() / math.sqrt(n) + 1e-4
 
@@ -175,7 +175,7 @@ def test_fm_ntm_likelihood_is_exact_at_t0_zero():
         X, t = model.forward_trajectory(x, generator=torch.Generator().manual_seed(7))
         assert (t[:, 0] == 0).all()
         ref = brute_force_nll(model, X, t, y)
-        bpd = model.bits_per_dim(x, y, levels=17, generator=torch.Generator().manual_seed(1))
+        bpd = model.bits_per_dim(x, y, bins=17, generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(nll).all() and torch.isfinite(bpd).all()
     assert torch.allclose(nll, ref, rtol=1e-11, atol=1e-10), (nll, ref)
 

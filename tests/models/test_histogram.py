@@ -7,15 +7,15 @@ import torch
 from ntm_engine.models import histogram_bits_per_dim
 
 
-def centres(v, levels):
-    return (torch.as_tensor(v, dtype=torch.float64) + 0.5) / levels * 2 - 1
+def centres(v, bins):
+    return (torch.as_tensor(v, dtype=torch.float64) + 0.5) / bins * 2 - 1
 
 
 def test_histogram_bits_by_hand():
-    levels = 3
-    train = centres([[0, 1], [0, 2], [1, 2]], levels)          # 3 samples, 2 pixels
-    test = centres([[0, 2], [2, 0]], levels)
-    bpd = histogram_bits_per_dim(train, test, levels, alpha=1.0)
+    bins = 3
+    train = centres([[0, 1], [0, 2], [1, 2]], bins)          # 3 samples, 2 pixels
+    test = centres([[0, 2], [2, 0]], bins)
+    bpd = histogram_bits_per_dim(train, test, bins, alpha=1.0)
     # pixel 0 counts (2, 1, 0) + 1 -> (3, 2, 1)/6; pixel 1 counts (0, 1, 2) + 1 -> (1, 2, 3)/6
     ref = torch.tensor([-(math.log2(3 / 6) + math.log2(3 / 6)) / 2,
                         -(math.log2(1 / 6) + math.log2(1 / 6)) / 2], dtype=torch.float64)
@@ -23,14 +23,14 @@ def test_histogram_bits_by_hand():
 
 
 def test_class_conditional_histograms_use_each_class():
-    levels = 2
-    train = centres([[0], [0], [1], [1]], levels)
+    bins = 2
+    train = centres([[0], [0], [1], [1]], bins)
     y = torch.tensor([0, 0, 1, 1])
-    test = centres([[0], [1]], levels)
-    cond = histogram_bits_per_dim(train, test, levels, train_y=y, test_y=torch.tensor([0, 1]),
+    test = centres([[0], [1]], bins)
+    cond = histogram_bits_per_dim(train, test, bins, train_y=y, test_y=torch.tensor([0, 1]),
                                   alpha=0.5)
     assert torch.allclose(cond, torch.full((2,), -math.log2(2.5 / 3), dtype=torch.float64))
-    plain = histogram_bits_per_dim(train, test, levels, alpha=0.5)
+    plain = histogram_bits_per_dim(train, test, bins, alpha=0.5)
     assert torch.allclose(plain, torch.ones(2, dtype=torch.float64))
 
 

@@ -44,8 +44,8 @@ def test_bits_per_dim_matches_closed_form_for_gaussian_data():
     g = torch.Generator().manual_seed(1)
     x = m + math.sqrt(v) * torch.randn(n, D, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        bpd = model.bits_per_dim(x, levels=2, generator=torch.Generator().manual_seed(2))
-        bpd17 = model.bits_per_dim(x, levels=17, generator=torch.Generator().manual_seed(2))
+        bpd = model.bits_per_dim(x, bins=2, generator=torch.Generator().manual_seed(2))
+        bpd17 = model.bits_per_dim(x, bins=17, generator=torch.Generator().manual_seed(2))
     exact = 0.5 * math.log2(2 * math.pi * math.e * v)        # -E log2 N(x; m, v) per dim
     se = bpd.std().item() / math.sqrt(n)
     assert abs(bpd.mean().item() - exact) < 5 * se + 1e-4, (bpd.mean().item(), exact, se)
@@ -54,7 +54,7 @@ def test_bits_per_dim_matches_closed_form_for_gaussian_data():
     # step model (a plain flow) gives the same number.
     one = gaussian_model(m, v, steps=1, dim=D)
     with torch.no_grad():
-        bpd1 = one.bits_per_dim(x, levels=2, generator=torch.Generator().manual_seed(2))
+        bpd1 = one.bits_per_dim(x, bins=2, generator=torch.Generator().manual_seed(2))
     assert abs(bpd1.mean().item() - exact) < 5 * bpd1.std().item() / math.sqrt(n) + 1e-4
 
 
@@ -84,7 +84,7 @@ def test_exponentiated_bound_integrates_to_at_most_one():
             X, t = model.forward_trajectory(x, generator=torch.Generator().manual_seed(0))
             # per-sample log p(X) - log q(X_{1:T} | x): an unbiased, low-variance ELBO estimate
             per = model.trajectory_log_prob(X, t) - forward_log_q(X, t)
-            bpd = model.bits_per_dim(x, levels=2, generator=torch.Generator().manual_seed(0))
+            bpd = model.bits_per_dim(x, bins=2, generator=torch.Generator().manual_seed(0))
         elbo = per.view(-1, M).mean(1)
         total = torch.trapezoid(elbo.exp(), grid).item()
         assert elbo.exp()[[0, -1]].max() < 1e-4               # the grid covers the mass

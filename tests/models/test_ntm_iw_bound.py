@@ -23,12 +23,12 @@ def test_exact_when_q_is_the_models_posterior(K):
     model = gaussian_model(m, v, dim=D)
     x = torch.randn(20, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
-        bpd = model.bits_per_dim(x, levels=2, samples=K,
+        bpd = model.bits_per_dim(x, bins=2, samples=K,
                                  generator=torch.Generator().manual_seed(1))
     log_px = torch.distributions.Normal(m, math.sqrt(v)).log_prob(x).sum(1)
     assert torch.allclose(bpd, -log_px / (D * math.log(2)), atol=1e-10)
     with torch.no_grad():
-        one = model.bits_per_dim(x, levels=2, generator=torch.Generator().manual_seed(1))
+        one = model.bits_per_dim(x, bins=2, generator=torch.Generator().manual_seed(1))
     assert (one - bpd).abs().max() > 1e-3      # the one-trajectory bound is not exact per x
 
 
@@ -70,7 +70,7 @@ def test_decreases_in_K_and_stays_below_one_trajectory():
     model = perturbed_model()
     x = torch.randn(400, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
-        bpd = {K: model.bits_per_dim(x, levels=17, samples=K,
+        bpd = {K: model.bits_per_dim(x, bins=17, samples=K,
                                      generator=torch.Generator().manual_seed(7))
                for K in (1, 4, 16)}
     means = [bpd[K].mean().item() for K in (1, 4, 16)]

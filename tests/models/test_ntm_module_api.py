@@ -43,9 +43,9 @@ def test_log_prob_is_the_bound_and_matches_bits_per_dim(samples):
     ref = log_likelihood_bound(model, x, y, samples=samples,
                                generator=torch.Generator().manual_seed(1))
     assert torch.equal(lp, ref)
-    bpd = model.bits_per_dim(x, y, levels=17, samples=samples,
+    bpd = model.bits_per_dim(x, y, bins=17, samples=samples,
                              generator=torch.Generator().manual_seed(1))
-    # bits/dim = -log p / (D ln 2) + log2(levels / 2), exactly, in float64
+    # bits/dim = -log p / (D ln 2) + log2(bins / 2), exactly, in float64
     torch.testing.assert_close(bpd, -lp / (model.dim * math.log(2)) + math.log2(17 / 2),
                                rtol=0, atol=1e-12)
 

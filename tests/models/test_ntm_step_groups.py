@@ -139,7 +139,7 @@ def test_no_host_sync_on_a_gpu_in_training_bits_per_dim_and_sampling():
         model.trajectory_nll(x, y, generator=g).mean().backward()
         model.eval()
         for T in COUNTS:
-            model.bits_per_dim(x, y, levels=17, generator=g, steps=T)
+            model.bits_per_dim(x, y, bins=17, generator=g, steps=T)
             model.sample(3, y=1, steps=T, generator=g)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -64,7 +64,7 @@ def test_eight_gaussians_short_run():
     def evaluate():
         model.eval()
         with torch.no_grad():
-            b = model.bits_per_dim(held_out, levels=2, generator=torch.Generator().manual_seed(1))
+            b = model.bits_per_dim(held_out, bins=2, generator=torch.Generator().manual_seed(1))
             s = model.sample(1000, generator=torch.Generator().manual_seed(2))
         model.train()
         near = (torch.cdist(s, modes).min(dim=1).values < 0.5).float().mean().item()

@@ -55,7 +55,7 @@ def test_bits_per_dim():
     flow = _flow()
     x = _x()
     with torch.no_grad():
-        bpd = flow.bits_per_dim(x, levels=17)
+        bpd = flow.bits_per_dim(x, bins=17)
         ref = -flow.log_prob(x) / (32 * math.log(2)) + math.log2(17 / 2)
         noisy, again = (flow.bits_per_dim(x, 17, dequantize=True,
                                           generator=torch.Generator().manual_seed(3))
@@ -81,5 +81,5 @@ def test_bad_input_names_the_argument():
         TarFlow(SHAPE, patch_size=3)
     with pytest.raises(TypeError, match="'x' must have dtype torch.float64.*got torch.float32"):
         flow.log_prob(_x().float())
-    with pytest.raises(ValueError, match="levels must be an int >= 2, got 1"):
+    with pytest.raises(ValueError, match="bins must be an int >= 2, got 1"):
         flow.bits_per_dim(_x(), 1)
