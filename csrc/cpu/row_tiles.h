@@ -1,17 +1,18 @@
 // CPU scaffolding shared by the ntm kernels: a [B, N] problem is cut into tiles that never
-// cross a row, tiles run in parallel (at::parallel_for, so torch.set_num_threads applies): a
-// thread takes whole rows when rows are short and parts of a row when rows are long.  Per-row
-// partial sums are combined in a fixed order afterwards.  Tile boundaries depend only on N,
-// never on the thread count, so every reduction is bit-reproducible.
+// cross a row, and the tiles run in parallel on torch's threads (cpu/parallel.h, so
+// torch.set_num_threads applies): a thread takes whole rows when rows are short and parts of a
+// row when rows are long; a problem under kMinElemsPerThread elements stays on one thread.
+// Per-row partial sums are combined in a fixed order afterwards.  Tile boundaries depend only
+// on N, never on the thread count, so every reduction is bit-reproducible.
 //
 // Compiled once per CPU capability (csrc/cpu/dispatch.cpp): everything here lives in
 // ntm::cpu::CPU_CAPABILITY, like at::vec, so the variants never share a symbol.
 #pragma once
 
+#include "cpu/parallel.h"
 #include "cpu/vec_convert.h"
 #include "ntm/acc_type.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -23,6 +24,8 @@
 namespace ntm::cpu::CPU_CAPABILITY {
 
 constexpr int64_t kTileElems = 16384;  // 64 KiB of float32 per input per tile
+// Elements below which a second thread costs more than it saves (waking a thread: ~10 us).
+constexpr int64_t kMinElemsPerThread = 32768;
 
 // Runs body(row, begin, end) -> double over every tile of a B x N problem and writes the
 // per-row sum of the returned partials (added in double) to row_out (if non-null).
@@ -36,9 +39,9 @@ void run_row_tiles(int64_t B, int64_t N, acc* row_out, const Body& body) {
   const int64_t tiles_per_row = (N + kTileElems - 1) / kTileElems;
   const int64_t tiles = B * tiles_per_row;
   const int64_t tile_len = std::min(N, kTileElems);
-  const int64_t grain = std::max<int64_t>(1, 32768 / tile_len);
+  const int64_t grain = std::max<int64_t>(1, kMinElemsPerThread / tile_len);
   std::vector<double> partial(row_out ? tiles : 0);
-  at::parallel_for(0, tiles, grain, [&](int64_t first, int64_t last) {
+  parallel_for(0, tiles, grain, [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
       const int64_t row = t / tiles_per_row;
       const int64_t begin = (t % tiles_per_row) * kTileElems;
