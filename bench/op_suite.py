@@ -84,15 +84,18 @@ def make_tensors(rows: int, cols: int, dtype: torch.dtype, device: str) -> Tenso
             "gb": torch.randn(rows, device=device, generator=g, dtype=acc)}
 
 
-def column_views(t: Tensors, pad: int = 64) -> Tensors:
-    """The same values as ``t``, each ``[rows, cols]`` tensor now a column slice of a
-    ``[rows, cols + pad]`` buffer (row stride cols + pad, inner dimension contiguous): what a
-    coupling layer passes for the two halves of its input."""
+def column_views(t: Tensors, pad: Optional[int] = None) -> Tensors:
+    """The same values as ``t``, each ``[rows, cols]`` tensor now a column slice of a wider
+    buffer (inner dimension contiguous, row stride > cols): what a coupling layer passes for
+    the two halves of its input.  Default: ``buf[:, cols/2 : cols/2 + cols]`` of a
+    ``[rows, 2 cols]`` buffer (4096x1024 -> ``t[:, 512:1536]`` of 4096x2048); with ``pad``,
+    ``buf[:, pad/2 : pad/2 + cols]`` of ``[rows, cols + pad]``."""
     def widen(v: torch.Tensor) -> torch.Tensor:
         if v.dim() != 2:
             return v
-        buf = torch.empty(v.shape[0], v.shape[1] + pad, dtype=v.dtype, device=v.device)
-        return buf[:, pad // 2: pad // 2 + v.shape[1]].copy_(v)
+        extra = v.shape[1] if pad is None else pad
+        buf = torch.empty(v.shape[0], v.shape[1] + extra, dtype=v.dtype, device=v.device)
+        return buf[:, extra // 2: extra // 2 + v.shape[1]].copy_(v)
 
     return {k: widen(v) for k, v in t.items()}
 
@@ -158,11 +161,16 @@ HEADER = ["shape", "dtype", "op", "fused ms", "fused GB/s", "copy_/fused", "eage
 
 def run_suite(shapes: Sequence[Tuple[int, int]], dtypes: Sequence[torch.dtype], device: str,
               rounds: int = 7, inner: int = 3, compile_twin: bool = True,
-              emit: Callable[[List[object]], None] = lambda row: None) -> List[List[object]]:
+              emit: Callable[[List[object]], None] = lambda row: None,
+              records: Optional[list] = None) -> List[List[object]]:
     """One row (columns :data:`HEADER`) per (shape, dtype, op): times (ms), GB/s and the
     ratios of one interleaved run (no autograd).  ``emit`` receives each row as soon as it is
-    measured, so a run cut short by a time limit still reports what it measured."""
-    from timing import time_interleaved
+    measured, so a run cut short by a time limit still reports what it measured.  ``records``,
+    if given, receives every variant's per-round times as a ``timing.Measurement`` (for
+    ``timing.write_benchmark_json``)."""
+    import statistics
+
+    from timing import Measurement, time_interleaved_samples
 
     rows = []
     for (r, c) in shapes:
@@ -173,7 +181,16 @@ def run_suite(shapes: Sequence[Tuple[int, int]], dtypes: Sequence[torch.dtype], 
                 cands = {k: f for k, f in candidates(case, t, compile_twin).items()
                          if f is not None}
                 with torch.no_grad():
-                    timed = time_interleaved(cands, device, rounds, inner)
+                    samples = time_interleaved_samples(cands, device, rounds, inner)
+                timed = {k: statistics.median(v) for k, v in samples.items()}
+                if records is not None:
+                    dt = str(dtype).replace("torch.", "")
+                    records.extend(
+                        Measurement(f"{case.name}[{k}-{dt}-{r}x{c}]", f"{case.name} {dt} {r}x{c}",
+                                    {"variant": k, "dtype": dt, "shape": f"{r}x{c}",
+                                     "threads": torch.get_num_threads()},
+                                    v, inner, {"bytes": case.bytes_moved(t)})
+                        for k, v in samples.items())
                 fused, copy, comp = timed["fused"], timed["copy_"], timed.get("compile")
                 row = [f"{r}x{c}", str(dtype).replace("torch.", ""), case.name,
                        fused * 1e3, case.bytes_moved(t) / fused / 1e9, copy / fused,

@@ -1,6 +1,9 @@
 // The Python module ntm_engine._C: loading it registers the ntm ops; build_info() says how
-// this copy was compiled and which CPU kernels run; set_cpu_capability() overrides the choice.
+// this copy was compiled and which CPU kernels run; set_cpu_capability() overrides the choice;
+// input_copy_count() / reset_input_copy_count() expose ntm::input_copy_counter(), and
+// last_parallel_chunks() how many threads the last CPU kernel ran on.
 #include "cpu/cpu_ops.h"
+#include "ntm/input_copies.h"
 
 #include <torch/extension.h>
 
@@ -23,4 +26,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("set_cpu_capability", &ntm::cpu::set_capability, pybind11::arg("name"),
         "Run the CPU kernels of capability `name` ('default', 'avx2' or 'avx512').");
+  m.def("last_parallel_chunks", [] { return ntm::cpu::last_parallel_chunks().load(); },
+        "Chunks (threads) the last CPU kernel's parallel section was split into.");
+  m.def("input_copy_count", [] { return ntm::input_copy_counter().load(); },
+        "Op inputs copied so far because their rows were not contiguous.");
+  m.def("reset_input_copy_count", [] { ntm::input_copy_counter().store(0); },
+        "Set input_copy_count() back to 0.");
 }

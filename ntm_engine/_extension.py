@@ -71,7 +71,13 @@ def set_cpu_capability(name: str) -> None:
     if not isinstance(name, str):
         raise TypeError(f"set_cpu_capability: argument 'name' must be a str, got "
                         f"{type(name).__name__}")
+    compiled("set_cpu_capability").set_cpu_capability(name)
+
+
+def compiled(what: str):
+    """``ntm_engine._C``, or a RuntimeError naming ``what`` when the reference ops run instead
+    (there are no kernels to set or ask)."""
     if _C is None:
-        raise RuntimeError("set_cpu_capability: the compiled extension is not loaded (build_info()"
-                           "['backend'] is 'reference'); there are no CPU kernels to choose")
-    _C.set_cpu_capability(name)
+        raise RuntimeError(f"{what}: the compiled extension is not loaded (build_info()"
+                           "['backend'] is 'reference'); there are no kernels to set or ask")
+    return _C

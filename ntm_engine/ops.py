@@ -6,8 +6,9 @@ specification.  Shapes: every per-element argument is ``[B, ...]`` (all the same
 and device); per-sample results are ``[B]`` in the accumulation dtype (float64 for float64
 inputs, float32 otherwise).  Inputs may be non-contiguous: a tensor whose dims after the first
 form one contiguous block (a column slice ``x[:, a:b]`` of a matrix, a batch-expanded tensor)
-is read in place through its row stride, any other layout is copied first.  Outputs are
-contiguous.
+is read in place through its row stride, any other layout is copied first (and counted: see
+:func:`input_copy_count`).  Outputs are contiguous.  The CPU kernels split their work over
+``torch.get_num_threads()`` threads; results do not depend on the thread count, bit for bit.
 
 The CPU kernels are compiled for several instruction sets and chosen at run time (see
 :func:`set_cpu_capability`, ``build_info()['cpu_capability']``; docs/design.md, sections 2 and 5).
@@ -29,6 +30,9 @@ __all__ = [
     "gaussian_nll",
     "gaussian_nll_backward",
     "set_cpu_capability",
+    "input_copy_count",
+    "reset_input_copy_count",
+    "last_cpu_parallel_chunks",
 ]
 
 _ops = torch.ops.ntm
@@ -84,6 +88,26 @@ def set_cpu_capability(name: str) -> None:
     supported levels.
     """
     _extension.set_cpu_capability(name)
+
+
+def input_copy_count() -> int:
+    """How many per-element inputs the ops (CPU and CUDA) have copied since the last
+    :func:`reset_input_copy_count` because their rows were not contiguous (a transposed or
+    step-sliced tensor, say).  Column slices ``t[:, a:b]`` and batch-expanded tensors are read in
+    place and never count; a copy is an extra pass over the input that a benchmark should see."""
+    return int(_extension.compiled("input_copy_count").input_copy_count())
+
+
+def reset_input_copy_count() -> None:
+    """Set :func:`input_copy_count` back to 0."""
+    _extension.compiled("reset_input_copy_count").reset_input_copy_count()
+
+
+def last_cpu_parallel_chunks() -> int:
+    """How many chunks the last CPU op call split its work into: one per thread that took part
+    (at most ``torch.get_num_threads()``), 1 for shapes too small to share (under 32768
+    elements a thread).  A diagnostic, racy when ops run concurrently."""
+    return int(_extension.compiled("last_cpu_parallel_chunks").last_parallel_chunks())
 
 
 def gaussian_nll(u: Tensor, mean: Tensor, log_sigma: Tensor) -> Tensor:

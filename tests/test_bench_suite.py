@@ -44,3 +44,27 @@ def test_tiny_suite_run_reports_every_op():
         col = dict(zip(op_suite.HEADER, r))
         assert col["fused ms"] > 0 and col["fused GB/s"] > 0 and col["copy_/fused"] > 0
         assert col["compile/fused"] is None and col["compile ms"] is None
+
+
+def test_suite_timings_are_written_as_pytest_benchmark_json(tmp_path):
+    """The JSON next to a bench's table has pytest-benchmark's layout (what `pytest-benchmark
+    compare` reads): one entry per (op, variant) with its raw rounds and stats."""
+    import json
+
+    import timing
+
+    records = []
+    op_suite.run_suite([(4, 32)], [torch.float32], "cpu", rounds=2, inner=1,
+                       compile_twin=False, records=records)
+    path = tmp_path / "run.json"
+    timing.write_benchmark_json(str(path), records, source="bench/bench_ops.py", rounds=2,
+                                warmup=2)
+    doc = json.loads(path.read_text())
+    assert {"machine_info", "commit_info", "benchmarks", "datetime", "version"} <= set(doc)
+    names = {b["name"] for b in doc["benchmarks"]}
+    assert len(names) == len(records) == 3 * len(op_suite.op_cases())  # fused, eager, copy_
+    for b in doc["benchmarks"]:
+        assert b["fullname"] == "bench/bench_ops.py::" + b["name"]
+        assert len(b["stats"]["data"]) == b["stats"]["rounds"] == 2
+        assert b["stats"]["min"] <= b["stats"]["median"] <= b["stats"]["max"]
+        assert b["extra_info"]["bytes"] > 0

@@ -63,10 +63,23 @@ def test_levels_agree_with_each_other_within_rounding(level):
 
 
 def _copies_made(fn):
+    """(inputs the ops copied by their own count, ATen copy ops the profiler saw) in fn()."""
+    ops.reset_input_copy_count()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fn()
     names = {e.name for e in prof.events()}
-    return names & {"aten::contiguous", "aten::clone", "aten::copy_"}
+    return ops.input_copy_count(), names & {"aten::contiguous", "aten::clone", "aten::copy_"}
+
+
+def _every_op(grad_ps):
+    """Each op as f(a, b, c) -> tuple of its outputs (b, c: shift/mean, logits/log-sigma)."""
+    return {
+        "forward": lambda a, b, c: ops.affine_coupling(a, b, c, 2.0),
+        "inverse": lambda a, b, c: ops.affine_coupling_inverse(a, b, c, 2.0),
+        "backward": lambda a, b, c: ops.affine_coupling_backward(a, b, c, b, grad_ps, 2.0)[:2],
+        "nll": lambda a, b, c: (ops.gaussian_nll(a, b, c),),
+        "nll_backward": lambda a, b, c: ops.gaussian_nll_backward(a, b, c, grad_ps),
+    }
 
 
 @pytest.mark.parametrize("dtype", (torch.float64,) + LOW_PRECISION, ids=str)
@@ -74,17 +87,38 @@ def test_column_views_are_read_in_place_and_match_copies(dtype):
     base = make_inputs((6, 3 * 301), dtype, seed=12)
     views = [t[:, 301:602] for t in base]       # row stride 903, inner dim contiguous
     copies = [v.contiguous() for v in views]
-    grad_ld = torch.randn(6, dtype=R.accumulation_dtype(dtype))  # (another dtype is converted)
-    calls = {
-        "forward": lambda a, b, c: ops.affine_coupling(a, b, c, 2.0),
-        "inverse": lambda a, b, c: ops.affine_coupling_inverse(a, b, c, 2.0),
-        "backward": lambda a, b, c: ops.affine_coupling_backward(a, b, c, a, grad_ld, 2.0)[:2],
-        "nll": lambda a, b, c: (ops.gaussian_nll(a, b, c),),
-        "nll_backward": lambda a, b, c: ops.gaussian_nll_backward(a, b, c, grad_ld),
-    }
-    for name, call in calls.items():
-        assert not _copies_made(lambda: call(*views)), name
+    grad_ld = torch.randn(6, dtype=R.accumulation_dtype(dtype))
+    for name, call in _every_op(grad_ld).items():
+        assert _copies_made(lambda: call(*views)) == (0, set()), name
         for got, want in zip(call(*views), call(*copies)):
+            assert torch.equal(got, want), name
+
+
+# name: (a strided tensor, whether the ops read it in place).  In place: row r of the [B, ...]
+# tensor is one contiguous block at r * stride(0); otherwise its rows are scattered.
+LAYOUTS = {
+    "t[:, 512:1536] of [B, 2048]": (lambda: torch.randn(5, 2048)[:, 512:1536], True),
+    "channel slice [:, 1:3] of [B, 4, L]": (lambda: torch.randn(5, 4, 33)[:, 1:3], True),
+    "batch-expanded row": (lambda: torch.randn(1, 97).expand(5, 97), True),
+    "transposed": (lambda: torch.randn(97, 5).t(), False),
+    "every other column": (lambda: torch.randn(5, 194)[:, ::2], False),
+    "last-dim slice [:, :, :16] of [B, 4, L]": (lambda: torch.randn(5, 4, 33)[:, :, :16], False),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_inputs_are_copied_only_when_rows_are_scattered(layout):
+    """ops.input_copy_count() stays put for layouts with contiguous rows and moves by one per
+    scattered input otherwise; results equal the contiguous run bit for bit either way."""
+    make, in_place = LAYOUTS[layout]
+    torch.manual_seed(15)
+    x = make()
+    assert not x.is_contiguous()
+    b, c = torch.randn(x.shape), 0.5 * torch.randn(x.shape)
+    for name, call in _every_op(torch.randn(x.shape[0])).items():
+        copies, _ = _copies_made(lambda: call(x, b, c))
+        assert copies == (0 if in_place else 1), f"{name}: {copies} copies"
+        for got, want in zip(call(x, b, c), call(x.contiguous(), b, c)):
             assert torch.equal(got, want), name
 
 
@@ -92,7 +126,7 @@ def test_batch_expanded_inputs_are_read_in_place():
     x = make_inputs((4, 257), torch.float32, seed=13)[0]
     shift = torch.randn(1, 257).expand(4, 257)          # row stride 0
     logits = torch.randn(1, 257).expand(4, 257)
-    assert not _copies_made(lambda: ops.affine_coupling(x, shift, logits, 1.5))
+    assert _copies_made(lambda: ops.affine_coupling(x, shift, logits, 1.5)) == (0, set())
     got = ops.affine_coupling(x, shift, logits, 1.5)
     want = ops.affine_coupling(x, shift.contiguous(), logits.contiguous(), 1.5)
     for g, w in zip(got, want):
@@ -100,10 +134,11 @@ def test_batch_expanded_inputs_are_read_in_place():
 
 
 def test_layouts_without_contiguous_rows_are_copied():
-    """The positive control of the copy detector: a transposed input must be copied."""
+    """The positive control of both copy detectors: a transposed input must be copied."""
     x = make_inputs((64, 5), torch.float32)[0].t()      # [5, 64], inner stride 5
     shift, logits = torch.zeros(5, 64), torch.zeros(5, 64)
-    assert _copies_made(lambda: ops.affine_coupling(x, shift, logits))
+    copies, seen = _copies_made(lambda: ops.affine_coupling(x, shift, logits))
+    assert copies == 1 and seen
     torch.testing.assert_close(ops.affine_coupling(x, shift, logits)[0], x)
 
 
@@ -136,6 +171,26 @@ def test_autograd_backward_returns_grad_y_as_grad_shift():
 
 
 # ----------------------------------------------------------------------------- edge values
+
+
+@pytest.mark.parametrize("level", SUPPORTED_CAPABILITIES)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+def test_reduced_precision_stores_round_like_torch_bit_for_bit(level, dtype):
+    """With scale_logits = 0 the forward is y = x * 1 + shift: one float32 add of two exact
+    values, so y shows the kernel's store conversion alone.  Over random bit patterns (ties,
+    subnormals, overflow to inf, inf and NaN inputs) it must round as torch's own conversion
+    does, bit for bit; NaN stays NaN (its payload may differ).  1000 columns: the vector path
+    and the partial last vector."""
+    g = torch.Generator().manual_seed(17)
+    x, shift = (torch.randint(-2**15, 2**15, (64, 1000), generator=g, dtype=torch.int32)
+                .to(torch.int16).view(dtype) for _ in range(2))
+    want = (x.float() + shift.float()).to(dtype)
+    with using_capability(level):
+        got = ops.affine_coupling(x, shift, torch.zeros_like(x))[0]
+    nan = want.isnan()
+    assert torch.equal(got.isnan(), nan)
+    assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
+
 
 
 @pytest.mark.parametrize("level", SUPPORTED_CAPABILITIES)

@@ -5,6 +5,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -23,4 +25,9 @@ std::string current_capability();
 // Makes the ops run the kernels of `name`; raises ValueError if it is not compiled or not
 // supported by this CPU.
 void set_capability(const std::string& name);
+
+// How many chunks (one per thread that took part) the last parallel section of a CPU kernel
+// was split into: 1 when it ran on the calling thread alone.  A diagnostic for the tests
+// (threads are really used) -- racy, by design, when several ops run at once.
+std::atomic<int64_t>& last_parallel_chunks();
 }  // namespace ntm::cpu

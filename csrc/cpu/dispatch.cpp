@@ -128,6 +128,11 @@ std::vector<std::string> supported_capabilities() {
   return out;
 }
 
+std::atomic<int64_t>& last_parallel_chunks() {
+  static std::atomic<int64_t> chunks{0};
+  return chunks;
+}
+
 std::string current_capability() { return kNames[current_level()]; }
 
 void set_capability(const std::string& name) {

@@ -1,6 +1,6 @@
 // CPU kernels of affine_coupling, affine_coupling_inverse and affine_coupling_backward:
 // one pass over memory each, SIMD through at::vec, the per-sample log-det reduced in the pass.
-// Inputs are read through their row strides (ntm::RowView); outputs are contiguous.
+// Inputs are read through their row strides (RowReader, cpu/row_tiles.h); outputs are contiguous.
 // Compiled once per CPU capability (csrc/cpu/dispatch.cpp), into ntm::cpu::CPU_CAPABILITY.
 #include "cpu/row_tiles.h"
 #include "ntm/element_math.h"
@@ -39,13 +39,13 @@ std::tuple<at::Tensor, at::Tensor> coupling_map(const char* op, const char* in_n
     const Vec zero(acc(0));
     run_row_tiles<acc>(B, N, io.logdet.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
                                                                int64_t end) {
-      const scalar_t *pi = io.in.row_data<scalar_t>(row), *pb = io.shift.row_data<scalar_t>(row),
-                     *pl = io.logits.row_data<scalar_t>(row);
+      const RowReader<scalar_t> in(io.in, row, B, N), shift(io.shift, row, B, N),
+          logits(io.logits, row, B, N);
       scalar_t* po = out + row * N;
       BlockedSum<acc> sum;
       for_each_vector<acc>(begin, end, [&](int64_t i, int64_t n) {
-        const Vec s = soft_clamp(load(pl + i, n), cp);
-        const Vec v = load(pi + i, n), b = load(pb + i, n);
+        const Vec s = soft_clamp(logits.load(i, n), cp);
+        const Vec v = in.load(i, n), b = shift.load(i, n);
         store(kInverse ? coupling_inverse(v, b, s) : coupling_forward(v, b, s), po + i, n);
         sum.add(n == Vec::size() ? s : Vec::set(zero, s, n));
       });
@@ -93,15 +93,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_coupling_backw
     // when nobody reads it
     const auto run = [&](auto with_x) {
       run_row_tiles<acc>(B, N, nullptr, [&](int64_t row, int64_t begin, int64_t end) {
-        const scalar_t *py = io.y.row_data<scalar_t>(row), *pb = io.shift.row_data<scalar_t>(row),
-                       *pl = io.logits.row_data<scalar_t>(row),
-                       *pg = io.grad_y.row_data<scalar_t>(row);
+        const RowReader<scalar_t> y(io.y, row, B, N), shift(io.shift, row, B, N),
+            logits(io.logits, row, B, N), grad_y(io.grad_y, row, B, N);
         const int64_t o = row * N;
         const Vec vgld(pgld ? pgld[row] : acc(0));
         for_each_vector<acc>(begin, end, [&](int64_t i, int64_t n) {
-          const Vec s = soft_clamp(load(pl + i, n), cp);
-          const Vec g = load(pg + i, n);
-          const auto r = coupling_backward(load(py + i, n), load(pb + i, n), s, g, vgld);
+          const Vec s = soft_clamp(logits.load(i, n), cp);
+          const Vec g = grad_y.load(i, n);
+          const auto r = coupling_backward(y.load(i, n), shift.load(i, n), s, g, vgld);
           if constexpr (decltype(with_x)::value) store(r.x, x + o + i, n);
           store(r.grad_x, gx + o + i, n);
           if (gb) store(g, gb + o + i, n);

@@ -1,5 +1,5 @@
 // CPU kernels of gaussian_nll and its backward: one pass, per-sample sum in the same pass.
-// Inputs are read through their row strides (ntm::RowView); outputs are contiguous.
+// Inputs are read through their row strides (RowReader, cpu/row_tiles.h); outputs are contiguous.
 // Compiled once per CPU capability (csrc/cpu/dispatch.cpp), into ntm::cpu::CPU_CAPABILITY.
 #include "cpu/row_tiles.h"
 #include "ntm/element_math.h"
@@ -24,11 +24,11 @@ at::Tensor gaussian_nll(const at::Tensor& u_, const at::Tensor& mean_,
     const Vec half(acc(0.5)), zero(acc(0));
     run_row_tiles<acc>(B, N, io.nll.mutable_data_ptr<acc>(), [&](int64_t row, int64_t begin,
                                                             int64_t end) {
-      const scalar_t *pu = io.u.row_data<scalar_t>(row), *pm = io.mean.row_data<scalar_t>(row),
-                     *ps = io.log_sigma.row_data<scalar_t>(row);
+      const RowReader<scalar_t> u(io.u, row, B, N), mean(io.mean, row, B, N),
+          log_sigma(io.log_sigma, row, B, N);
       BlockedSum<acc> sum;
       for_each_vector<acc>(begin, end, [&](int64_t i, int64_t n) {
-        const Vec t = nll_element(load(pu + i, n), load(pm + i, n), load(ps + i, n), half);
+        const Vec t = nll_element(u.load(i, n), mean.load(i, n), log_sigma.load(i, n), half);
         sum.add(n == Vec::size() ? t : Vec::set(zero, t, n));
       });
       return sum.total();
@@ -52,13 +52,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_nll_backward(
              *pgs = io.grad_log_sigma.mutable_data_ptr<scalar_t>();
     const Vec one(acc(1)), zero(acc(0));
     run_row_tiles<acc>(B, N, nullptr, [&](int64_t row, int64_t begin, int64_t end) {
-      const scalar_t *pu = io.u.row_data<scalar_t>(row), *pm = io.mean.row_data<scalar_t>(row),
-                     *ps = io.log_sigma.row_data<scalar_t>(row);
+      const RowReader<scalar_t> u(io.u, row, B, N), mean(io.mean, row, B, N),
+          log_sigma(io.log_sigma, row, B, N);
       const int64_t base = row * N;
       const Vec g(pg[row]);
       for_each_vector<acc>(begin, end, [&](int64_t i, int64_t n) {
-        const auto r = nll_element_grads(load(pu + i, n), load(pm + i, n), load(ps + i, n),
-                                             g, one);
+        const auto r = nll_element_grads(u.load(i, n), mean.load(i, n), log_sigma.load(i, n),
+                                         g, one);
         store(r.grad_u, pgu + base + i, n);
         store(zero - r.grad_u, pgm + base + i, n);
         store(r.grad_log_sigma, pgs + base + i, n);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "ntm/element_math.h"
+#include "ntm/input_copies.h"
 #include "ntm/op_checks.h"
 
 #include <ATen/ops/empty.h>
@@ -12,7 +13,8 @@ namespace ntm {
 
 // A per-element argument seen as [rows, n]: row r holds the n elements starting at
 // data + r * stride (in elements).  Column slices of a wider matrix and batch-expanded tensors
-// (stride 0) are used in place; any layout whose rows are not contiguous is copied.
+// (stride 0) are used in place; any layout whose rows are not contiguous is copied, and the
+// copy is counted (ntm/input_copies.h).
 struct RowView {
   at::Tensor t;
   int64_t stride;
@@ -34,7 +36,9 @@ inline bool rows_are_contiguous(const at::Tensor& t) {
 }
 
 inline RowView row_view(const at::Tensor& t) {
-  const at::Tensor v = rows_are_contiguous(t) ? t : t.contiguous();
+  const bool in_place = rows_are_contiguous(t);
+  if (!in_place) input_copy_counter().fetch_add(1, std::memory_order_relaxed);
+  const at::Tensor v = in_place ? t : t.contiguous();
   const int64_t stride = v.size(0) > 1 ? v.stride(0) : row_length(v);
   return {v, stride};
 }
