@@ -90,10 +90,14 @@ struct Lanes {
 };
 #endif
 
-inline Lanes::F exp_lanes(Lanes::F x) {
+// exp(x) = y * 2^n with n = round(x / ln 2) and y = exp(x - n ln 2) (Cody-Waite reduction, a
+// degree-6 polynomial); x must already be clamped to a finite range.
+struct ExpParts {
+  Lanes::F y, n;
+};
+
+inline ExpParts exp_parts(Lanes::F xc) {
   using L = Lanes;
-  const L::F hi = L::set1(88.7228391116729996f), lo = L::set1(-87.3365447505531f);
-  const L::F xc = L::max(L::min(x, hi), lo);
   const L::F n = L::round(L::mul(xc, L::set1(1.44269504088896341f)));
   L::F r = L::fnmadd(n, L::set1(0.693359375f), xc);
   r = L::fnmadd(n, L::set1(-2.12194440e-4f), r);
@@ -103,16 +107,35 @@ inline Lanes::F exp_lanes(Lanes::F x) {
   p = L::fmadd(p, r, L::set1(4.1665795894e-2f));
   p = L::fmadd(p, r, L::set1(1.6666665459e-1f));
   p = L::fmadd(p, r, L::set1(5.0000001201e-1f));
-  L::F y = L::fmadd(p, L::mul(r, r), L::add(r, L::set1(1.0f)));
+  return {L::fmadd(p, L::mul(r, r), L::add(r, L::set1(1.0f))), n};
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// y * 2^n in one vscalefps, which overflows to +inf and underflows through the subnormals to 0
+// by itself: the input is only clamped to where that has happened (exp(-104) rounds to 0,
+// exp(89) to inf), and the clamp keeps NaN (vminps / vmaxps return their second operand when
+// either is NaN).  Half the instructions of the version below; the same bits wherever the
+// result is a normal float (below: 0 under exp(-87.34), here the subnormals).
+inline Lanes::F exp_lanes(Lanes::F x) {
+  const Lanes::F xc = _mm512_max_ps(Lanes::set1(-104.0f), _mm512_min_ps(Lanes::set1(89.0f), x));
+  const ExpParts e = exp_parts(xc);
+  return _mm512_scalef_ps(e.y, e.n);
+}
+#else
+inline Lanes::F exp_lanes(Lanes::F x) {
+  using L = Lanes;
+  const L::F hi = L::set1(88.7228391116729996f), lo = L::set1(-87.3365447505531f);
+  const ExpParts e = exp_parts(L::max(L::min(x, hi), lo));
   // y * 2^n in two halves so that n = 128 (x near the top of the range) does not overflow
-  const L::I ni = L::to_int(n);
+  const L::I ni = L::to_int(e.n);
   const L::I n1 = L::half_of(ni), n2 = L::subi(ni, n1), bias = L::set1i(127);
-  y = L::mul(y, L::exponent_to_float(L::addi(n1, bias)));
+  L::F y = L::mul(e.y, L::exponent_to_float(L::addi(n1, bias)));
   y = L::mul(y, L::exponent_to_float(L::addi(n2, bias)));
   y = L::select(L::gt(x, hi), L::set1(INFINITY), y);
   y = L::select(L::lt(x, lo), L::set1(0.0f), y);
   return L::select(L::is_nan(x), x, y);  // NaN in, NaN out
 }
+#endif
 
 inline Lanes::F tanh_lanes(Lanes::F x) {
   using L = Lanes;
