@@ -40,12 +40,40 @@ def _one_step(rank, port, cfg, out, grads_dir):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         t = trainer(cfg, out, world=World(rank=rank, size=WORLD))
+        assert type(t.objective.forward).__name__ == "DistributedDataParallel"
         t.train_step()
         torch.save({n: p.grad for n, p in t.model.named_parameters() if p.grad is not None},
                    Path(grads_dir) / f"rank{rank}.pt")
         t.close()
     finally:
         dist.destroy_process_group()
+
+
+def _steps_over_a_nonfinite_one(rank, port, cfg, out, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        t = trainer(cfg, out, world=World(rank=rank, size=WORLD), fault_nonfinite_steps=[2])
+        recs = [t.train_step() for _ in range(3)]
+        torch.save([(r["finite"], r["loss"]) for r in recs], Path(result_dir) / f"r{rank}.pt")
+        t.close()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_ddp_path_steps_over_a_nonfinite_loss(tmp_path):
+    """Under DDP a step whose loss is not finite (on any rank) skips its backward and update
+    on every rank, and the next DDP forward and backward run as usual."""
+    cfg = make_config("digits", True, model=TINY, batch_size=8, iters=3, eval_samples=0)
+    mp.spawn(_steps_over_a_nonfinite_one, args=(_free_port(), cfg.to_dict(),
+                                                str(tmp_path / "run"), str(tmp_path)),
+             nprocs=WORLD)
+    for r in range(WORLD):
+        finite = [f for f, _ in torch.load(tmp_path / f"r{r}.pt")]
+        assert finite == [True, False, True]
 
 
 def _reference_gradient(cfg: TrainConfig):

@@ -42,10 +42,11 @@ class NTMLikelihood:
 
     def __init__(self, model: nn.Module, *, trajectory_loss: str = "end_to_end"):
         self.model, self.trajectory_loss = model, trajectory_loss
+        self.forward: nn.Module = model   # what runs the forward (a DDP wrapper of the model)
 
     def loss(self, batch: Batch) -> Tuple[Tensor, Metrics]:
-        nll = self.model(batch.x, batch.y, generator=batch.generator,
-                         trajectory_loss=self.trajectory_loss)
+        nll = self.forward(batch.x, batch.y, generator=batch.generator,
+                           trajectory_loss=self.trajectory_loss)
         return nll, {"nll": nll}
 
     def loss_parts(self, batch: Batch, parts: int) -> Parts:

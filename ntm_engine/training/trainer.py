@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import checkpoint as ckpt
 from .. import plots
@@ -31,7 +32,7 @@ from .factory import (ModelFactory, build_model, init_reference, load_init_sourc
 from .fsdp import FullStates, check_sharding, shard_model
 from .loop import Loop
 from .metrics_log import read_metrics
-from .objectives import Batch
+from .objectives import Batch, NTMLikelihood
 from .optim import EMA, adamw, guarded_update, learning_rate, set_lr
 from .precision import autocast
 from .run_folder import RunFolder
@@ -148,6 +149,7 @@ class Trainer(SessionViews):
         else:
             self.world.broadcast_module(self.model)
             self.ema = EMA(self.model, cfg.optim.ema_decay)
+        self.ddp = self._wrap_ddp()
         if self.device.type != "cpu":
             preflight(self.model, cfg, self.device)
         self.data = DataSource(cfg, device=self.device,
@@ -158,6 +160,19 @@ class Trainer(SessionViews):
                              states=FullStates() if self.sharded else ProcessStates())
         session.begin(resumed, on_fresh_start=self._on_fresh_start)
         return session
+
+    def _wrap_ddp(self) -> Optional[DistributedDataParallel]:
+        """Several processes, replicated model, NTM likelihood: the objective's forward runs
+        through ``DistributedDataParallel`` (gradients all-reduced in buckets while the backward
+        runs).  The other objectives, and ``grad_accum > 1``, keep the one all-reduce after the
+        backward (:meth:`~.distributed.World.average_gradients`)."""
+        if not self.world.enabled or self.sharded or not isinstance(self.objective,
+                                                                     NTMLikelihood):
+            return None
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+        self.objective.forward = ddp
+        return ddp
 
     def _open_folder(self, resume: bool, restart: bool) -> Optional[ckpt.Checkpoint]:
         """Rank 0 owns the folder and picks the checkpoint to continue from; the other ranks
@@ -222,10 +237,12 @@ class Trainer(SessionViews):
         if step + 1 in self.fault_steps:  # (numbered like the log: the step being made)
             loss = loss * float("nan")
         global_loss = self.world.mean(loss)
+        loss_finite = bool(torch.isfinite(global_loss))
+        through_ddp = self.ddp is not None and self.grad_accum == 1
         finite, gnorm = guarded_update(loss, self.model, self.session.optimizer, self.ema,
                                        grad_clip=cfg.optim.grad_clip, ema_updates=step,
-                                       loss_finite=bool(torch.isfinite(global_loss)),
-                                       sync_grads=None if self.sharded else
+                                       loss_finite=loss_finite,
+                                       sync_grads=None if self.sharded or through_ddp else
                                        self.world.average_gradients,
                                        backward_done=self.grad_accum > 1)
         st.count(finite)
