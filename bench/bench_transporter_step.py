@@ -30,7 +30,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, when not pip-installed

@@ -2,7 +2,6 @@
 with ``--denoiser`` also the ``t_0 = t_d`` sampler without and with the denoiser; writes JSON."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time

@@ -2,7 +2,6 @@
 timed; ``--denoiser`` samples on the ``t_0 = t_d`` grid with a distilled denoiser."""
 from __future__ import annotations
 
-import argparse
 import io
 import math
 from pathlib import Path

@@ -49,20 +49,6 @@ class PretrainedError(ValueError):
 _CLASSES: Dict[str, Type[nn.Module]] = {}
 
 
-def _model_classes() -> Dict[str, Type[nn.Module]]:
-    return dict(_CLASSES)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
-
-
 class PretrainedMixin:
     """``save_pretrained(dir)`` and ``cls.from_pretrained(dir)`` for an ``nn.Module`` whose
     ``config`` attribute holds its constructor's keyword arguments (module docstring).
@@ -97,9 +83,9 @@ class PretrainedMixin:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "class": type(self).__name__, "ntm_engine_version": __version__,
-                "model": _jsonable(self.config), "card": _jsonable(dict(card or {}))}
+                "model": dict(self.config), "card": dict(card or {})}
         if train_config is not None:
-            meta["train_config"] = _jsonable(dict(train_config))
+            meta["train_config"] = dict(train_config)
         atomic_write_bytes(directory / WEIGHTS_FILE,
                            st_save(tensors_for_saving(self.state_dict())))
         atomic_write_text(directory / CARD_FILE, model_card(meta, self))
@@ -148,9 +134,9 @@ def read_pretrained(directory: Union[str, Path]) -> Tuple[Dict[str, Any],
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise PretrainedError(f"{cfg_path} has format_version {meta['format_version']}; this "
                               f"ntm_engine ({__version__}) reads up to {FORMAT_VERSION}")
-    if meta.get("class") not in _model_classes():
+    if meta.get("class") not in _CLASSES:
         raise PretrainedError(f"{cfg_path}: unknown model class {meta.get('class')!r}, expected "
-                              f"one of {sorted(_model_classes())}")
+                              f"one of {sorted(_CLASSES)}")
     if not weights_path.is_file():
         raise PretrainedError(f"{directory} has no {WEIGHTS_FILE}")
     try:
@@ -179,7 +165,7 @@ def load_pretrained(directory: Union[str, Path], *,
                     device: Union[str, torch.device] = "cpu") -> nn.Module:
     """The model of any class saved in ``directory`` (eval mode, on ``device``)."""
     meta, state = read_pretrained(directory)
-    return _build(_model_classes()[meta["class"]], meta, state, directory).to(device).eval()
+    return _build(_CLASSES[meta["class"]], meta, state, directory).to(device).eval()
 
 
 def model_card(meta: Mapping[str, Any], model: nn.Module) -> str:

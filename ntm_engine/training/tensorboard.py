@@ -49,8 +49,7 @@ class TensorBoardSink:
             self.writer = self._make(log_dir=str(self.log_dir))
         kind = rec.get("type", "record")
         for tag, value in scalars(rec):
-            if tag != "type":
-                self.writer.add_scalar(f"{kind}/{tag}", value, int(step))
+            self.writer.add_scalar(f"{kind}/{tag}", value, int(step))
         if kind != "train":
             self.writer.flush()
 
