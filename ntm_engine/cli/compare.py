@@ -43,6 +43,33 @@ def _int_list(s: str) -> List[int]:
     return vals
 
 
+def _seed_list(s: str) -> List[int]:
+    try:
+        vals = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        vals = []
+    if not vals or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(f"expected an integer or distinct comma-separated "
+                                         f"integers, got {s!r}")
+    return vals
+
+
+def _role_iters(s: str) -> Dict[str, int]:
+    """``N`` (every run) or ``ntm=N,fm=N,ablation=N`` (each run its own, e.g. the same
+    wall-clock by measured per-iteration costs) -> role -> iterations."""
+    try:
+        if "=" not in s:
+            out = dict.fromkeys(ROLES, int(s))
+        else:
+            out = {k.strip(): int(v) for k, v in (kv.split("=") for kv in s.split(","))}
+    except ValueError:
+        out = {}
+    if sorted(out) != sorted(ROLES) or min(out.values()) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or {','.join(f'{r}=N' for r in ROLES)}, got {s!r}")
+    return out
+
+
 def _name_list(s: str) -> List[str]:
     vals = [v.strip() for v in s.split(",") if v.strip()]
     bad = [v for v in vals if v not in SCHEDULER_NAMES]
@@ -90,7 +117,9 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--ntm-steps", type=_int_list, default=None,
                    help="NTM step counts (default: its trained steps)")
     p.add_argument("--ablation-steps", type=_int_list, default=[4])
-    p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every sampler")
+    p.add_argument("--seed", type=_seed_list, default=[0], metavar="SEED[,SEED...]",
+                   help="noise seed, the same for every sampler; several: each sampler draws "
+                   "--n samples per seed, the table gives mean +- standard error")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="classifier-free guidance weight for every sampler (class-conditional "
                    "runs)")
@@ -113,8 +142,9 @@ def add_compare_arguments(p) -> None:
     t.add_argument("--class-conditional", action="store_true", default=False)
     t.add_argument("--image-size", type=_positive(int), default=None)
     t.add_argument("--channels", type=int, choices=(1, 3), default=None)
-    t.add_argument("--iters", type=_positive(int), default=None,
-                   help="iterations per run (reproducible on a busy machine)")
+    t.add_argument("--iters", type=_role_iters, default=None, metavar="N|ntm=N,fm=N,ablation=N",
+                   help="iterations per run, or per role (e.g. the same wall-clock by measured "
+                   "per-iteration costs); reproducible on a busy machine")
     t.add_argument("--minutes", type=_positive(float), default=None,
                    help="minutes of training per run (the runs end at whichever of --iters "
                    "and --minutes comes first; neither: ntm train's default for the dataset)")
@@ -181,6 +211,8 @@ def report_meta(args, cks: Dict[str, Any], rating) -> Dict[str, Any]:
     if rating.reference is not None:
         meta["reference_frechet_distance"] = rating.reference
         meta["reference"] = rating.reference_note
+    for metric, value in rating.other_references.items():
+        meta[f"reference_{metric}"] = value
     for role, ck in cks.items():
         meta[f"{role}_run"] = {"path": str(ck.path), "step": ck.step,
                                "train_elapsed_s": ck.state.get("elapsed_s"),
@@ -256,7 +288,7 @@ SET_BY_COMPARE = {
     "no_progress": ("--no-progress", "give it to ntm compare"),
 }
 # ntm compare options handed to every run as they are
-SHARED = ("dataset", "image_size", "channels", "iters", "minutes")
+SHARED = ("dataset", "image_size", "channels", "minutes")   # and --iters, per role
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -286,6 +318,7 @@ def plan_runs(args, out: Path, error: Callable[[str], None]) -> List[RunPlan]:
         ns = copy.copy(given)
         for k in SHARED:
             setattr(ns, k, getattr(args, k))
+        ns.iters = args.iters[role] if args.iters else None
         ns.class_conditional = True if args.class_conditional else None
         ns.out, ns.resume = str(out / role), True
         for k, v in overrides.items():

@@ -2,7 +2,9 @@
 runs share.
 
 * digits: the cached classifier's accuracy and the Frechet distance of its features to the
-  test split (:func:`digits_quality`; reference: the training digits' distance);
+  test split (:func:`digits_quality`; reference: the training digits' distance), and next to
+  it the raw-pixel distance below: the classifier's features saturate (good solvers score
+  what real digits score), the pixels judge independently;
 * everything else (colour patches, image folders, arrays, the 2-D toys): the Frechet distance
   of the raw values to the test split (:func:`~ntm_engine.training.raw_quality`, the one
   ``ntm eval`` uses; reference: ``n`` held-out real training examples, so that it carries the
@@ -39,13 +41,15 @@ REFERENCE_SEED = 4321   # which held-out real examples make the reference
 
 class Rating(NamedTuple):
     """``labels [n]`` (or None), ``quality(samples) -> {metric: value, ...}``, ``metric``
-    (the Frechet-distance key of :data:`METRICS`), ``reference`` (what real data scores on
-    it) and ``reference_note`` (which real data)."""
+    (the Frechet-distance key of :data:`METRICS` the plot shows), ``reference`` (what real
+    data scores on it), ``reference_note`` (which real data) and ``other_references``
+    (metric -> what real data scores on the other distances ``quality`` returns)."""
     labels: Optional[Tensor]
     quality: Quality
     metric: str
     reference: float
     reference_note: str
+    other_references: Mapping[str, float] = {}
 
 
 def shared_data(configs: Mapping[str, Mapping[str, Any]]) -> DataConfig:
@@ -90,15 +94,17 @@ def held_out_examples(data: DataConfig, n: int, seed: int = REFERENCE_SEED) -> T
 def rating_for(configs: Mapping[str, Mapping[str, Any]], n: int, *, classifier=None,
                log=None) -> Rating:
     """The :class:`Rating` of ``n`` samples of runs with these (flat) configs (role ->
-    config; :func:`shared_data`): digits by the classifier, other data by the raw-value
-    Frechet distance, the reference from ``n`` held-out real examples."""
+    config; :func:`shared_data`): digits by the classifier and by the raw-pixel Frechet
+    distance, other data by the raw-value one; the raw reference from ``n`` held-out real
+    examples."""
     data = shared_data(configs)
     labels = sample_labels(data, n)
+    raw = raw_quality(data)
+    raw_reference = raw(held_out_examples(data, n))["frechet_distance_raw"]
+    raw_note = f"{n} held-out real examples (training split) against the test split"
     if data.dataset == "digits":
-        quality, reference = digits_quality(labels, classifier, log=log)
-        return Rating(labels, quality, "frechet_distance", reference,
-                      "the training digits against the test split")
-    quality = raw_quality(data)
-    reference = quality(held_out_examples(data, n))["frechet_distance_raw"]
-    return Rating(labels, quality, "frechet_distance_raw", reference,
-                  f"{n} held-out real examples (training split) against the test split")
+        digits, reference = digits_quality(labels, classifier, log=log)
+        return Rating(labels, lambda s: {**digits(s), **raw(s)}, "frechet_distance", reference,
+                      f"the training digits against the test split (raw pixels: {raw_note})",
+                      {"frechet_distance_raw": raw_reference})
+    return Rating(labels, raw, "frechet_distance_raw", raw_reference, raw_note)

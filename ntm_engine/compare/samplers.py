@@ -8,10 +8,12 @@ all), times them (ms per sample after a warm-up, NFE), rates them with a ``quali
 """
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -21,7 +23,8 @@ from .names import STEPS
 from .report import write_report
 from .schedulers import SCHEDULERS, fm_velocity, sample_with_scheduler
 
-__all__ = ["STEPS", "Sampler", "compare_samplers", "samplers_for", "time_sampler"]
+__all__ = ["STEPS", "Sampler", "compare_samplers", "samplers_for", "seed_summary",
+           "time_sampler"]
 
 WARMUP = 2   # samples drawn once before timing (first-call allocations)
 Quality = Callable[[Tensor], Dict[str, float]]
@@ -100,19 +103,43 @@ def time_sampler(sampler: Sampler, n: int, y: Optional[Tensor], *, seed: int,
     return x.cpu(), {"nfe": int(nfe), "ms_per_sample": 1e3 * wall / n, "wall_s": wall}
 
 
+def seed_summary(per_seed: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One row from the rows of one sampler at several noise seeds: the quality figures
+    averaged, with ``<key>_sem`` (standard error of the mean over seeds, when there are
+    several) and ``<key>_per_seed``; ``ms_per_sample`` the median; ``wall_s`` and
+    ``samples_nonfinite`` summed."""
+    first = per_seed[0]
+    out: Dict[str, Any] = {k: first[k] for k in ("sampler", "model", "steps", "nfe")}
+    out["seeds"] = [r["seed"] for r in per_seed]
+    out["ms_per_sample"] = float(statistics.median(r["ms_per_sample"] for r in per_seed))
+    out["wall_s"] = sum(r["wall_s"] for r in per_seed)
+    out["samples_nonfinite"] = sum(r["samples_nonfinite"] for r in per_seed)
+    for k in first:
+        if k in out or k in ("seed",) or not isinstance(first[k], float):
+            continue
+        vals = [float(r[k]) for r in per_seed]
+        out[k] = sum(vals) / len(vals)
+        if len(vals) > 1:
+            out[f"{k}_sem"] = statistics.stdev(vals) / math.sqrt(len(vals))
+            out[f"{k}_per_seed"] = vals
+    return out
+
+
 def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
                      labels: Optional[Tensor] = None, n: int = 1000,
                      steps: Sequence[int] = STEPS,
                      schedulers: Sequence[str] = tuple(SCHEDULERS),
                      ntm_steps: Optional[Sequence[int]] = None,
                      ablation_steps: Sequence[int] = (4,), guidance: float = 0.0,
-                     seed: int = 0, device="cpu",
+                     seed: Union[int, Sequence[int]] = 0, device="cpu",
                      out_dir=None, title: str = "Quality against steps",
                      meta: Optional[Dict[str, Any]] = None,
                      progress: bool = True) -> List[Dict[str, Any]]:
     """Rows ``{"sampler", "model", "steps", "nfe", "ms_per_sample", "wall_s",
     "samples_nonfinite", **quality(samples)}``, one per sampler of :func:`samplers_for`
     (models in eval mode on ``device``; ``labels [n]`` or None, the same for every sampler).
+    ``seed``: one noise seed, or several: each sampler then draws ``n`` samples per seed and
+    its row holds the mean of each figure with its standard error (:func:`seed_summary`).
     Non-finite samples are counted, then replaced (0 / +-1e3) before rating.  With
     ``out_dir``: writes the table, plot and JSON there (:func:`~.report.write_report`, with
     ``title`` and ``meta``, which gains ``n``, ``seed``, ``guidance`` and ``device``)."""
@@ -122,20 +149,29 @@ def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
         raise ValueError(f"labels must have shape [{n}], got {list(labels.shape)}")
     if guidance != 0 and labels is None:
         raise ValueError(f"guidance {guidance} needs labels, got labels=None")
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed must be one integer or distinct integers, got {seed!r}")
     samplers = samplers_for(ntm=ntm, fm=fm, ntm_ablation=ntm_ablation, steps=steps,
                             schedulers=schedulers, ntm_steps=ntm_steps,
                             ablation_steps=ablation_steps, guidance=guidance)
     rows = []
-    bar = tqdm(samplers, desc="compare", unit="sampler", disable=not progress)
-    for s in bar:
-        bar.set_postfix_str(f"{s.name} {s.steps} steps")
-        x, timing = time_sampler(s, n, labels, seed=seed, device=device)
+    bar = tqdm([(s, k) for s in samplers for k in seeds], desc="compare", unit="draw",
+               disable=not progress)
+    per_seed: List[Dict[str, Any]] = []
+    for s, k in bar:
+        bar.set_postfix_str(f"{s.name} {s.steps} steps, seed {k}")
+        x, timing = time_sampler(s, n, labels, seed=k, device=device)
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         x = torch.nan_to_num(x, nan=0.0, posinf=1e3, neginf=-1e3)
-        rows.append({"sampler": s.name, "model": s.model, "steps": s.steps, **timing,
-                     "samples_nonfinite": bad, **quality(x)})
+        per_seed.append({"sampler": s.name, "model": s.model, "steps": s.steps, **timing,
+                         "seed": k, "samples_nonfinite": bad, **quality(x)})
+        if len(per_seed) == len(seeds):
+            rows.append(seed_summary(per_seed) if len(seeds) > 1 else
+                        {k2: v for k2, v in per_seed[0].items() if k2 != "seed"})
+            per_seed = []
     if out_dir is not None:
-        write_report(rows, Path(out_dir), title=title, meta=dict(meta or {}, n=n, seed=seed,
-                                                                  guidance=guidance,
-                                                                  device=str(device)))
+        write_report(rows, Path(out_dir), title=title, meta=dict(
+            meta or {}, n=n, seed=seeds[0] if len(seeds) == 1 else seeds, guidance=guidance,
+            device=str(device)))
     return rows

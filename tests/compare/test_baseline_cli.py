@@ -63,6 +63,34 @@ def test_compare_writes_the_report(tmp_path, capsys):
     assert "| unipc | flow_matching | 2 | 2 |" in capsys.readouterr().out
 
 
+def test_several_seeds_give_the_mean_and_standard_error(tmp_path):
+    """--seed 3,4,5: one row per sampler holding the mean over the seeds, its standard error
+    and each seed's figure; the first seed's figure is what --seed 3 alone gives."""
+    def rows(seed, out):
+        parser, args = parse(["runs/ntm", "--fm", "runs/fm", "--n", "16", "--steps", "2",
+                              "--schedulers", "flow_euler", "--seed", seed, "--out",
+                              str(tmp_path / out), "--no-progress", "--device", "cpu"])
+        assert cmd_compare(args, parser, load_model=fake_runs(tmp_path), device_of=torch.device,
+                           log=lambda m: None) == 0
+        data = json.loads((tmp_path / out / "quality_vs_steps.json").read_text())
+        return data, {r["sampler"]: r for r in data["rows"]}
+    single, one = rows("3", "one")
+    data, several = rows("3,4,5", "several")
+    assert data["meta"]["seed"] == [3, 4, 5] and single["meta"]["seed"] == 3
+    key = "frechet_distance_raw"
+    for name, r in several.items():
+        vals = r[f"{key}_per_seed"]
+        assert len(vals) == 3 and len(set(vals)) == 3 and r["seeds"] == [3, 4, 5]
+        assert vals[0] == one[name][key]
+        assert r[key] == pytest.approx(sum(vals) / 3, rel=1e-12)
+        assert r[f"{key}_sem"] == pytest.approx(torch.tensor(vals).std().item() / 3 ** 0.5,
+                                                rel=1e-6)
+        assert f"{key}_sem" not in one[name]
+    md = (tmp_path / "several" / "quality_vs_steps.md").read_text()
+    r = several["flow_euler"]
+    assert f"| {r[key]:.4f} +- {r[key + '_sem']:.4f} |" in md
+
+
 def test_runs_on_different_datasets_are_refused(tmp_path):
     parser, args = parse(["runs/ntm", "--fm", "runs/fm", "--n", "4", "--no-progress",
                           "--device", "cpu", "--out", str(tmp_path / "cmp")])

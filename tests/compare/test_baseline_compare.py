@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 
 from ntm_engine.compare import compare_samplers, samplers_for  # noqa: E402
-from ntm_engine.compare.report import markdown_table, quality_key  # noqa: E402
+from ntm_engine.compare.report import markdown_table, quality_keys  # noqa: E402
 from ntm_engine.models import NTM, FlowMatchingModel  # noqa: E402
 
 SMALL = dict(data_shape=(1, 4, 4), steps=2, num_classes=3, width=32, depth=1, heads=2,
@@ -70,9 +70,9 @@ def test_markdown_table_sorts_and_formats():
     lines = markdown_table(rows).splitlines()
     assert lines[0] == "| sampler | model | steps | NFE | ms / sample | Frechet distance |"
     assert lines[2] == "| unipc | flow_matching | 4 | 4 | 0.250 | 32.12 |"
-    assert quality_key(rows) == "frechet_distance"
+    assert quality_keys(rows) == ["frechet_distance"]
     with pytest.raises(ValueError, match="frechet_distance"):
-        quality_key([{"sampler": "x"}])
+        quality_keys([{"sampler": "x"}])
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -91,6 +91,15 @@ def test_a_larger_budget_resumes_each_run(tmp_path):
     assert all(report(out)["meta"][f"{r}_run"]["step"] == 4 for r in ("ntm", "fm", "ablation"))
 
 
+def test_each_run_can_have_its_own_iteration_budget(tmp_path):
+    """--iters ntm=N,fm=N,ablation=N: the same wall-clock by measured per-iteration costs."""
+    out = tmp_path / "cmp"
+    assert compare(out, iters="ntm=4,fm=6,ablation=2") == 0
+    steps = {r: report(out)["meta"][f"{r}_run"]["step"] for r in ("ntm", "fm", "ablation")}
+    assert steps == {"ntm": 4, "fm": 6, "ablation": 2}
+    assert json.loads((out / "fm" / "config.json").read_text())["iters"] == 6
+
+
 def test_a_killed_compare_continues_where_it_stopped(tmp_path):
     """SIGKILL while the flow-matching run trains; run again, the NTM is kept, the FM run
     resumes from its last checkpoint and the ablation is trained."""
@@ -145,6 +154,21 @@ def test_the_raw_rating_compares_with_the_test_split_of_the_runs_data():
     assert rating.quality(noise)["frechet_distance_raw"] > 2 * rating.reference
 
 
+def test_digits_are_rated_by_the_classifier_and_by_the_raw_pixels():
+    """Digits carry both distances: the classifier's features (which saturate: good solvers
+    score what real digits score) and the raw pixels, each with what real digits score."""
+    digits = {"dataset": "digits", "class_conditional": True, "model": {"data_shape": [1, 8, 8]}}
+    rating = rating_for({"ntm": digits, "fm": digits}, 64)
+    assert rating.metric == "frechet_distance" and list(rating.labels.shape) == [64]
+    real = held_out_examples(shared_data({"ntm": digits}), 64)
+    q_real = rating.quality(real)
+    assert set(q_real) >= {"frechet_distance", "frechet_distance_raw", "class_accuracy"}
+    assert q_real["frechet_distance_raw"] == pytest.approx(
+        rating.other_references["frechet_distance_raw"], rel=1e-9)
+    blurred = torch.nn.functional.avg_pool2d(real, 3, 1, 1)
+    assert rating.quality(blurred)["frechet_distance_raw"] > 2 * q_real["frechet_distance_raw"]
+
+
 def test_the_reference_examples_are_held_out_training_images():
     data = shared_data({"ntm": COLOUR8})
     x = held_out_examples(data, 16)
@@ -184,7 +208,13 @@ def test_changed_run_options_are_refused_before_training(trained, capsys):
     (["runs/ntm", "--fm", "runs/fm", "--minutes", "5"], "--minutes applies with --train only"),
     (["runs/ntm"], "give NTM_RUN and --fm FM_RUN (existing runs), or --train --dataset D"),
     (["--train", "--dataset", "two_moons", "--iters", "0"],
-     "argument --iters: expected an integer > 0, got '0'"),
+     "argument --iters: expected a positive integer or ntm=N,fm=N,ablation=N, got '0'"),
+    (["--train", "--dataset", "two_moons", "--iters", "ntm=5,fm=5"],
+     "argument --iters: expected a positive integer or ntm=N,fm=N,ablation=N, got 'ntm=5,fm=5'"),
+    (["--train", "--dataset", "two_moons", "--iters", "ntm=5,fm=x,ablation=5"],
+     "argument --iters: expected a positive integer or ntm=N,fm=N,ablation=N, got"),
+    (["--train", "--dataset", "two_moons", "--seed", "1,1"],
+     "argument --seed: expected an integer or distinct comma-separated integers, got '1,1'"),
     (["--train", "--dataset", "two_moons", "--minutes", "nan"],
      "argument --minutes: expected a number > 0, got 'nan'"),
     (["--train", "--dataset", "two_moons", "--train-options", "--out elsewhere"],
