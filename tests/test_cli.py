@@ -111,6 +111,20 @@ def test_digits_conditional_train_sample_eval(tmp_path, capsys):
     assert saved["labels"].tolist() == [3, 5, 3, 5, 3, 5]
     capsys.readouterr()
 
+    # the digits' default trains 2, 4 and 8 steps; --steps all draws a grid at each
+    assert json.loads((run / "config.json").read_text())["model"]["steps"] == [2, 4, 8]
+    assert run_cli("sample", run, "-n", 4, "--steps", "all", "--out", tmp_path / "g.png",
+                   "--save-npy") == 0
+    grids = {T: np.load(tmp_path / f"g_{T}step.npy") for T in (2, 4, 8)}
+    assert all((tmp_path / f"g_{T}step.png").is_file() for T in grids)
+    assert not (tmp_path / "g.png").exists()
+    assert run_cli("sample", run, "-n", 4, "--steps", "4", "--out", tmp_path / "four.png",
+                   "--save-npy") == 0
+    assert np.array_equal(np.load(tmp_path / "four.npy"), grids[4])
+    assert " 8 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run_cli("sample", run, "--steps", "al")
+
     out = tmp_path / "e.json"
     assert run_cli("eval", run, "--n-samples", 40, "--guidance", 1.0, "--out", out) == 0
     res = json.loads(out.read_text())

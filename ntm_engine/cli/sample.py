@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
     s.add_argument("--labels", default=None,
                    help="class-conditional models: comma-separated labels cycled over the "
                    "samples, 'all' (0..9 cycled; the default) or 'none' (unconditional)")
-    s.add_argument("--steps", type=positive_int, default=None,
-                   help="sampling steps (default: the trained T)")
+    s.add_argument("--steps", type=steps_option, default=None, metavar="T|all",
+                   help="sampling steps (default: the smallest trained T); 'all': one grid per "
+                   "trained T, named <out>_<T>step.png")
     s.add_argument("--temperature", type=nonneg_float, default=1.0)
     s.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight")
     s.add_argument("--seed", type=int, default=0)
@@ -48,6 +49,19 @@ def add_parser(sub) -> None:
                    "model's t_min_max, the default t_d of `ntm distill`)")
     add_device_options(s)
     s.set_defaults(handler=run)
+
+
+def steps_option(s: str):
+    """``--steps``: a positive integer, or ``"all"`` (every trained step count)."""
+    return s if s == "all" else positive_int(s)
+
+
+def step_outputs(steps, trained: List[int], out: Path) -> List[Tuple[Optional[int], Path]]:
+    """``(T, path)`` per grid to draw: ``--steps all`` -> each trained ``T`` into
+    ``<out stem>_<T>step<suffix>``; else ``(steps, out)``."""
+    if steps != "all":
+        return [(steps, out)]
+    return [(T, out.with_name(f"{out.stem}_{T}step{out.suffix}")) for T in trained]
 
 
 def labels(spec: Optional[str], cfg: TrainConfig, n: int) -> Optional[torch.Tensor]:
@@ -107,18 +121,20 @@ def run(args, parser) -> int:
         raise SystemExit("ntm sample: error: --guidance needs a class-conditional model and labels")
     denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
     den_kw = decoder_options(args, r, denoiser, t_d)
-    x, dt = timed_samples(r.model, args.n, y, device, steps=args.steps,
-                          temperature=args.temperature, guidance=args.guidance, seed=args.seed,
-                          **den_kw)
-    written = _write(x, y, Path(args.out) if args.out else r.run_dir / "sample.png", args,
-                     r.config)
-    steps = args.steps or default_sample_steps(r.config)
-    print(f"{args.n} samples from {r.checkpoint.path} (step {r.step}, "
-          f"{'raw' if args.no_ema else 'EMA'} weights), {steps} steps, temperature "
-          f"{args.temperature}, guidance {args.guidance}"
-          + ("" if denoiser is None else f", t_0 = {t_d} with the denoiser {den_ck.path}")
-          + ("" if args.sampler == "transporter" else
-             f", t_0 = {den_kw['t_min']} with trajectory denoising")
-          + f": {dt:.3f} s, {1e3 * dt / args.n:.3f} ms per sample on {device}")
-    print("wrote " + ", ".join(written))
+    out = Path(args.out) if args.out else r.run_dir / "sample.png"
+    trained = list(getattr(r.model, "trained_steps", [default_sample_steps(r.config)]))
+    for T, path in step_outputs(args.steps, trained, out):
+        x, dt = timed_samples(r.model, args.n, y, device, steps=T,
+                              temperature=args.temperature, guidance=args.guidance,
+                              seed=args.seed, **den_kw)
+        written = _write(x, y, path, args, r.config)
+        print(f"{args.n} samples from {r.checkpoint.path} (step {r.step}, "
+              f"{'raw' if args.no_ema else 'EMA'} weights), "
+              f"{T or default_sample_steps(r.config)} steps, temperature "
+              f"{args.temperature}, guidance {args.guidance}"
+              + ("" if denoiser is None else f", t_0 = {t_d} with the denoiser {den_ck.path}")
+              + ("" if args.sampler == "transporter" else
+                 f", t_0 = {den_kw['t_min']} with trajectory denoising")
+              + f": {dt:.3f} s, {1e3 * dt / args.n:.3f} ms per sample on {device}")
+        print("wrote " + ", ".join(written))
     return 0

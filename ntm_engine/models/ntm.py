@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -141,12 +141,22 @@ class NTM(PretrainedMixin, nn.Module):
                 if p.default is not inspect.Parameter.empty}
 
     @staticmethod
+    def image_step_counts(data_shape: Sequence[int]) -> List[int]:
+        """The step counts the image configs train on (one model samples at each):
+        ``[2, 4, 8]`` for up to 256 values per image (the 8x8 digits), ``[4, 8, 16]`` above
+        (``bench/results/2026-12-05-digits-paper-defaults.md`` for the measurement)."""
+        return [2, 4, 8] if math.prod(data_shape) <= 256 else [4, 8, 16]
+
+    @staticmethod
     def digits_config(conditional: bool = True) -> Dict[str, Any]:
         """Default keyword arguments for the 8x8 digits (``[1, 8, 8]``, 17 bins in [-1, 1]):
-        patch 4 (4 tokens per level, 16 per sample), width 128, depth 4."""
-        return dict(data_shape=(1, 8, 8), steps=4, num_classes=10 if conditional else 0,
-                    width=128, depth=4, heads=4, patch_size=4, transporter_layers=4,
-                    transporter_hidden=128, data_mean=-0.37, data_std=0.71)
+        trained on 2, 4 and 8 steps with the paper's time shift (``"auto"``), patch 4
+        (4 tokens per level, 16 per sample), width 128, depth 4, a label-free coupling
+        transporter of 4 layers."""
+        return dict(data_shape=(1, 8, 8), steps=NTM.image_step_counts((1, 8, 8)), shift="auto",
+                    num_classes=10 if conditional else 0, width=128, depth=4, heads=4,
+                    patch_size=4, transporter_layers=4, transporter_hidden=128,
+                    data_mean=-0.37, data_std=0.71)
 
     @staticmethod
     def toy_config() -> Dict[str, Any]:

@@ -169,7 +169,8 @@ def default_model_config(dataset: Union[str, DataConfig],
                          class_conditional: bool = False) -> Dict[str, Any]:
     """Every :class:`~ntm_engine.models.NTM` constructor default, then the dataset's config:
     the digits' or the toys' own, or for other images the digits' architecture with the
-    data's shape, classes and pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`)."""
+    data's shape, step counts (:meth:`~ntm_engine.models.NTM.image_step_counts`), classes and
+    pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`)."""
     data = dataset if isinstance(dataset, DataConfig) else DataConfig(dataset, class_conditional)
     cfg = NTM.defaults()
     if not data.is_image:
@@ -181,6 +182,7 @@ def default_model_config(dataset: Union[str, DataConfig],
             mean, std = pixel_mean_std(images)
             cfg.update(data_shape=list(images.shape), data_mean=round(mean, 4),
                        data_std=round(std, 4), patch_size=default_patch_size(images.shape),
+                       steps=NTM.image_step_counts(images.shape),
                        num_classes=images.num_classes if data.class_conditional else 0)
     cfg["data_shape"] = list(cfg["data_shape"])
     return cfg

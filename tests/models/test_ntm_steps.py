@@ -128,7 +128,7 @@ def test_auto_shift_is_the_papers_rule():
     assert digits.predictor.tokens == 4
     assert digits.shift == pytest.approx(math.exp(0.5 + 0.65 * (4 - 256) / 3840), rel=1e-15)
     assert digits.config["shift"] == "auto"
-    t = digits.time_grid(1, dtype=torch.float64)[0]
+    t = digits.time_grid(1, steps=4, dtype=torch.float64)[0]
     r = torch.arange(5, dtype=torch.float64) / 4
     assert torch.allclose(t[1:], (digits.shift * r / (1 + (digits.shift - 1) * r))[1:])
     assert NTM((2,), shift=None, width=16, depth=1, heads=2).shift == 1.0
