@@ -1,6 +1,7 @@
 """Evaluation metrics: bits/dim aggregation, Frechet distance, and a small digits classifier.
 
-* :func:`dataset_bits_per_dim` -- mean bits/dim (``t_0 = 0`` bound) of a model over a dataset;
+* :func:`dataset_bits_per_dim` -- mean bits/dim (``t_0 = 0`` bound) of a model over a dataset
+  (:func:`dataset_nats_per_dim`: nats/dim of continuous data, latents);
   :func:`dataset_fm_loss` -- the same for a flow-matching model's loss.
 * :func:`sqrtm_psd`, :func:`frechet_distance` -- pure-torch (float64 eigendecomposition), no scipy.
 * :class:`DigitsClassifier` + :func:`load_or_train_classifier` -- a small CNN on the 8x8 digits,
@@ -70,13 +71,34 @@ def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, bins: int
     passed to ``model.bits_per_dim`` when they differ from those defaults, so any model with
     ``bits_per_dim(x, y, bins=, generator=)`` can be measured.
     """
+    return _dataset_likelihood(
+        "bpd", lambda xb, yb, g, **kw: model.bits_per_dim(xb, yb, bins=bins, generator=g, **kw),
+        model, x, y, bins, batch_size, seed, dequantize_data, device, samples, steps)
+
+
+def dataset_nats_per_dim(model, x: Tensor, y: Optional[Tensor] = None, bins: int = 0,
+                         batch_size: int = 512, seed: int = 0, dequantize_data: bool = False,
+                         device=None, *, samples: int = 1, steps: Optional[int] = None
+                         ) -> Dict[str, float]:
+    """Mean and standard error of ``model.nats_per_dim`` over continuous data ``x``
+    (latents: never dequantised, whatever ``bins`` and ``dequantize_data`` say; the
+    arguments are :func:`dataset_bits_per_dim`'s): ``{"nats_per_dim", "nats_per_dim_sem",
+    "n"}``."""
+    return _dataset_likelihood(
+        "nats_per_dim", lambda xb, yb, g, **kw: model.nats_per_dim(xb, yb, generator=g, **kw),
+        model, x, y, 0, batch_size, seed, False, device, samples, steps)
+
+
+def _dataset_likelihood(key: str, per_sample, model, x, y, bins, batch_size, seed,
+                        dequantize_data, device, samples, steps) -> Dict[str, float]:
+    """``{key, key_sem, n}`` of ``per_sample(x, y, generator, **extra)`` over ``x``;
+    ``extra`` holds ``samples``/``steps`` only when they differ from the defaults."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     extra = {**({"samples": samples} if samples != 1 else {}),
              **({"steps": steps} if steps is not None else {})}
-    r = dataset_mean(lambda xb, yb, g: model.bits_per_dim(xb, yb, bins=bins, generator=g,
-                                                          **extra),
+    r = dataset_mean(lambda xb, yb, g: per_sample(xb, yb, g, **extra),
                      x, y, bins, batch_size, seed, dequantize_data, device)
-    return {"bpd": r["mean"], "bpd_sem": r["sem"], "n": r["n"]}
+    return {key: r["mean"], f"{key}_sem": r["sem"], "n": r["n"]}
 
 
 def dataset_fm_loss(model, x: Tensor, y: Optional[Tensor] = None, bins: int = DIGITS_BINS,

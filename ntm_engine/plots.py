@@ -1,5 +1,5 @@
-"""Figures: digit grids (Pillow, upscaled so a person can see them), toy scatter plots and
-training curves (matplotlib, Agg backend)."""
+"""Figures: digit grids (Pillow, upscaled so a person can see them; latents through
+:func:`latent_preview`), toy scatter plots and training curves (matplotlib, Agg backend)."""
 from __future__ import annotations
 
 import io
@@ -61,6 +61,20 @@ def save_digit_grid(images: Tensor, path, nrow: int = 10, scale: int = 8,
     return _save_png(img, path)
 
 
+def latent_preview(z: Tensor, mean: Sequence[float], scale: Sequence[float],
+                   spread: float = 3.0):
+    """``(images [N, 3 or 1, H, W] in [-1, 1], what)``: a view of latents ``z [N, C, H, W]``
+    without a decoder -- channels 0-2 as RGB (channel 0 as grey when ``C < 3``), each
+    normalised by its ``mean``/``scale`` and shown over ``mean +- spread * scale``; ``what``
+    says so in a few words (a grid's title)."""
+    x = z.detach().float().cpu()
+    k = 3 if x.shape[1] >= 3 else 1
+    m = torch.tensor(list(mean)[:k]).view(1, k, 1, 1)
+    s = torch.tensor(list(scale)[:k]).view(1, k, 1, 1)
+    shown = "channels 0-2 as RGB" if k == 3 else "channel 0"
+    return ((x[:, :k] - m) / (spread * s)).clamp(-1, 1), f"{shown}, mean +- {spread:g} std"
+
+
 def figure(figsize):
     import matplotlib   # deferred on purpose: heavy, and only the curves and scatters need it
     matplotlib.use("Agg", force=False)
@@ -96,9 +110,13 @@ def save_toy_scatter(samples: Tensor, path, reference: Optional[Tensor] = None,
 
 
 def plot_metrics(records: List[Dict[str, Any]], path) -> Path:
-    """Training loss, train bits/dim and test bits/dim against the step."""
+    """Training loss, train bits/dim and test bits/dim against the step (nats/dim for a run
+    on latents)."""
     train = [r for r in records if r.get("type") == "train"]
-    evals = [r for r in records if r.get("type") == "eval" and "test_bpd" in r]
+    nats = any("train_nats_per_dim" in r for r in train) or any(
+        "test_nats_per_dim" in r for r in records)
+    key, unit = ("nats_per_dim", "nats/dim") if nats else ("bpd", "bits/dim")
+    evals = [r for r in records if r.get("type") == "eval" and f"test_{key}" in r]
     fig = figure((9, 3.5))
     ax1 = fig.add_subplot(1, 2, 1)
     if train:
@@ -107,21 +125,21 @@ def plot_metrics(records: List[Dict[str, Any]], path) -> Path:
     ax1.set_ylabel("trajectory NLL (nats/dim)")
     ax1.set_title("training loss", fontsize=9)
     ax2 = fig.add_subplot(1, 2, 2)
-    train = [r for r in train if "train_bpd" in r]
+    train = [r for r in train if f"train_{key}" in r]
     if train:
-        ax2.plot([r["step"] for r in train], [r["train_bpd"] for r in train], lw=1,
+        ax2.plot([r["step"] for r in train], [r[f"train_{key}"] for r in train], lw=1,
                  label="train batch")
     if evals:
-        ax2.plot([r["step"] for r in evals], [r["test_bpd"] for r in evals], "o-", ms=3,
+        ax2.plot([r["step"] for r in evals], [r[f"test_{key}"] for r in evals], "o-", ms=3,
                  label="test (EMA)")
     fm = [r for r in records if r.get("type") == "eval" and "test_fm_loss" in r]
     if fm:   # a flow-matching run: its test loss instead
         ax2.plot([r["step"] for r in fm], [r["test_fm_loss"] for r in fm], "o-", ms=3,
                  label="test (EMA)")
     ax2.set_xlabel("step")
-    ax2.set_ylabel("flow-matching loss" if fm else "bits/dim (t0 = 0 bound)")
+    ax2.set_ylabel("flow-matching loss" if fm else f"{unit} (t0 = 0 bound)")
     ax2.legend(fontsize=8)
-    ax2.set_title("test flow-matching loss" if fm else "bits/dim", fontsize=9)
+    ax2.set_title("test flow-matching loss" if fm else unit, fontsize=9)
     return save_fig(fig, path)
 
 

@@ -11,6 +11,9 @@
     ntm score   RUN [--dataset D] [--bpd-samples K] [--out scores.csv]   (bits/dim per image)
     ntm --version
 
+Latents (``--dataset latents.npz`` with a ``latents`` array, ``--decoder MODULE:FUNCTION``):
+likelihoods in nats per latent dimension, sample grids through the decoder (README).
+
 Flow-matching pretraining and the NTM started from it, and self-distillation: see
 ``docs/design.md`` section 1 and the README.  Errors in the configuration are reported before
 any work starts (exit status 2 for argument errors, 1 for everything else, with a message that

@@ -1,5 +1,6 @@
-"""``ntm eval``: test bits/dim (or the flow-matching test loss) and sample quality of a run,
-with ``--denoiser`` also the ``t_0 = t_d`` sampler without and with the denoiser; writes JSON."""
+"""``ntm eval``: test bits/dim (nats/dim of latents, or the flow-matching test loss) and sample
+quality of a run, with ``--denoiser`` also the ``t_0 = t_d`` sampler without and with the
+denoiser; writes JSON."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from .. import metrics
 from ..checkpoint import atomic_write_text
 from ..data import load_digits
 from ..training import (Run, default_sample_steps, denoiser_for, eval_bins, evaluate_bpd,
-                        evaluate_test, histogram_bpd, load_run, model_code_fingerprint,
-                        raw_quality)
+                        evaluate_test, histogram_bpd, latent_quality, likelihood_key, load_run,
+                        model_code_fingerprint, raw_quality, run_decoder)
 from .common import (HelpFormatter, add_device_options, log, nonneg_float, nonneg_int,
                      positive_int, setup_device,
                      timed_samples)
@@ -32,10 +33,12 @@ def add_parser(sub) -> None:
     e.add_argument("--guidance", type=float, default=0.0)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--bpd-repeats", type=positive_int, default=1,
-                   help="passes over the test split with fresh noise for bits/dim")
+                   help="passes over the test split with fresh noise for bits/dim (nats/dim "
+                   "of latents)")
     e.add_argument("--bpd-samples", type=positive_int, default=16, metavar="K",
                    help="trajectories per test image of the importance-weighted bound "
-                   "(test_bpd_iw; test_bpd stays the single-trajectory bound)")
+                   "(test_bpd_iw; test_bpd stays the single-trajectory bound; latents: "
+                   "test_nats_per_dim_iw and test_nats_per_dim)")
     e.add_argument("--t-min", type=nonneg_float, default=None, metavar="T_D",
                    help="t_0 of the trajectory-denoise sampler (default: the --denoiser's t_d, "
                    "else the model's t_min_max)")
@@ -47,48 +50,65 @@ def add_parser(sub) -> None:
     e.add_argument("--denoiser", default=None, metavar="DIR",
                    help="also evaluate sampling with t_0 = the denoiser's t_d, with the "
                    "transporter inverse and with the denoiser (made by `ntm distill`)")
+    e.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
+                   help="latent runs: the function from latents to images (default: the run's "
+                   "own --decoder); with one, samples are also compared as decoded images")
     add_device_options(e)
     e.set_defaults(handler=run)
+
+
+LATENT_NOTE = ("upper bound on -log p(z) / D, nats per latent dimension, with t_0 = 0: the "
+               "continuous density of the latents in their own scale (the per-channel "
+               "normalisation's log-Jacobian included); no bins, no dequantisation; no pixel "
+               "bits/dim (a decoder is not invertible)")
 
 
 def likelihood(r: Run, args, device) -> Dict[str, Any]:
     """Test bits/dim (averaged over ``--bpd-repeats``) at the default ``T``, and per trained
     ``T`` the single-trajectory and importance-weighted bounds (and, for a class-conditional
-    model, the unconditional ones); the histogram baseline; or the FM model's test loss."""
+    model, the unconditional ones); the histogram baseline; or the FM model's test loss.
+    Latents: the same as nats/dim, every key named with ``nats_per_dim`` instead of ``bpd``
+    (:func:`~ntm_engine.training.likelihood_key`), no histogram baseline."""
     cfg = r.config
     if cfg.objective.objective == "flow_matching":   # no likelihood: its test loss
         return {f"test_{k}": v for k, v in
                 evaluate_test(r.model, cfg, device, seed=args.seed).items()}
+    m = likelihood_key(cfg)
     bpds = [evaluate_bpd(r.model, cfg, device, seed=args.seed + 1000 * k)
             for k in range(args.bpd_repeats)]
-    res = {"test_bpd": sum(b["bpd"] for b in bpds) / len(bpds),
-           "test_bpd_sem": bpds[0]["bpd_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
-           "bpd_note": (f"upper bound with t_0 = 0, dequantised, {eval_bins(cfg.data)} bins"
-                        if cfg.data.is_image else
-                        "continuous bits/dim bound (no discretisation term)"),
-           "bpd_samples": args.bpd_samples}
+    res = {f"test_{m}": sum(b[m] for b in bpds) / len(bpds),
+           f"test_{m}_sem": bpds[0][f"{m}_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
+           f"{m}_note": (LATENT_NOTE if cfg.latent else
+                         f"upper bound with t_0 = 0, dequantised, {eval_bins(cfg.data)} bins"
+                         if cfg.data.is_image else
+                         "continuous bits/dim bound (no discretisation term)"),
+           f"{m}_samples": args.bpd_samples}
     if cfg.conditional:   # the labels' bound is of p(x | y): named so next to p(x)'s
-        res["test_bpd_cond"] = res["test_bpd"]
-        res["bpd_note"] += ("; class-conditional: test_bpd = test_bpd_cond bounds the bits/dim "
-                            "of p(x | y), test_bpd_uncond of p(x) (the null class)")
-    res["bpd_per_steps"] = {str(T): bpd_at(r, args, device, T) for T in trained_steps(r, args)}
-    first = res["bpd_per_steps"][str(trained_steps(r, args)[0])]
-    res.update({f"test_{k}": v for k, v in first.items() if k not in ("bpd", "bpd_cond")})
-    res["histogram_baseline_bpd"] = histogram_bpd(cfg)
+        res[f"test_{m}_cond"] = res[f"test_{m}"]
+        res[f"{m}_note"] += (f"; class-conditional: test_{m} = test_{m}_cond bounds the "
+                             f"{'nats' if cfg.latent else 'bits'}/dim of p(x | y), "
+                             f"test_{m}_uncond of p(x) (the null class)")
+    res[f"{m}_per_steps"] = {str(T): bpd_at(r, args, device, T) for T in trained_steps(r, args)}
+    first = res[f"{m}_per_steps"][str(trained_steps(r, args)[0])]
+    res.update({f"test_{k}": v for k, v in first.items() if k not in (m, f"{m}_cond")})
+    if not cfg.latent:
+        res["histogram_baseline_bpd"] = histogram_bpd(cfg)
     return res
 
 
 def bpd_at(r: Run, args, device, T: int) -> Dict[str, float]:
     """Bits/dim at ``T`` steps: single-trajectory (``bpd``), importance-weighted over
     ``--bpd-samples`` (``bpd_iw``); for a class-conditional model the same again as
-    ``*_cond`` (of ``p(x | y)``) and the unconditional ones (``*_uncond``, of ``p(x)``)."""
+    ``*_cond`` (of ``p(x | y)``) and the unconditional ones (``*_uncond``, of ``p(x)``).
+    Latents: ``nats_per_dim``, ``nats_per_dim_iw``, ..."""
+    m = likelihood_key(r.config)
     out = {}
     for suffix, uncond in (("", False), ("_uncond", True))[:1 + r.config.conditional]:
-        for name, k in (("bpd", 1), ("bpd_iw", args.bpd_samples)):
+        for name, k in ((m, 1), (f"{m}_iw", args.bpd_samples)):
             out[name + suffix] = evaluate_bpd(r.model, r.config, device, seed=args.seed,
-                                              samples=k, steps=T, unconditional=uncond)["bpd"]
+                                              samples=k, steps=T, unconditional=uncond)[m]
     if r.config.conditional:
-        out.update(bpd_cond=out["bpd"], bpd_iw_cond=out["bpd_iw"])
+        out.update({f"{m}_cond": out[m], f"{m}_iw_cond": out[f"{m}_iw"]})
     return out
 
 
@@ -101,8 +121,12 @@ def trained_steps(r: Run, args) -> Tuple[int, ...]:
 
 def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
     """The rating of a batch of samples (digits: the classifier, loaded once; its description
-    goes into ``res``)."""
+    goes into ``res``; latents: :func:`~ntm_engine.training.latent_quality`, its note into
+    ``res``)."""
     cfg = r.config
+    if cfg.latent:
+        quality, res["quality_note"] = latent_quality(cfg.data, run_decoder(cfg, args.decoder))
+        return quality
     if cfg.dataset == "digits":
         net, meta = metrics.load_or_train_classifier(args.classifier, log=log)
         xt, _ = load_digits("test")
@@ -133,7 +157,7 @@ def samplers(r: Run, args, device, res: Dict[str, Any]) -> None:
     inverse, the slow trajectory-denoise sampler and, with ``--denoiser``, the learned
     denoiser (the same noise for all)."""
     n = args.n_samples
-    y = torch.arange(n) % 10 if r.config.conditional else None
+    y = torch.arange(n) % int(r.config.model["num_classes"]) if r.config.conditional else None
     if args.guidance and y is None:
         raise SystemExit("ntm eval: error: --guidance needs a class-conditional model")
     denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
@@ -166,7 +190,8 @@ def _print(res: Dict[str, Any]) -> None:
     for k, v in res.items():
         if not isinstance(v, dict):
             print(f"{k:32s} {v:.4f}" if isinstance(v, float) else f"{k:32s} {v}")
-        elif "sample_ms_per_sample" in v or k.endswith("_per_steps") or "bpd" in k:
+        elif ("sample_ms_per_sample" in v or k.endswith("_per_steps") or "bpd" in k
+              or "nats_per_dim" in k):
             flat = {kk: vv for kk, vv in v.items() if isinstance(vv, float)}
             if flat:
                 print(f"{k:32s} " + ", ".join(f"{kk} {vv:.4f}" for kk, vv in flat.items()))

@@ -1,5 +1,6 @@
-"""``ntm sample``: draw samples from a trained run into a PNG grid (optionally ``.pt``/``.npy``),
-timed; ``--denoiser`` samples on the ``t_0 = t_d`` grid with a distilled denoiser."""
+"""``ntm sample``: draw samples from a trained run into a PNG grid (optionally ``.pt``/``.npy``/
+``.npz``), timed; ``--denoiser`` samples on the ``t_0 = t_d`` grid with a distilled denoiser;
+samples of latents are drawn through the run's ``--decoder`` (or shown as latents)."""
 from __future__ import annotations
 
 import io
@@ -12,7 +13,8 @@ import torch
 
 from .. import plots
 from ..checkpoint import atomic_write_bytes
-from ..training import TrainConfig, default_sample_steps, denoiser_for, load_run, test_data
+from ..training import (TrainConfig, default_sample_steps, denoiser_for, grid_images, load_run,
+                        run_decoder, test_data)
 from .common import (HelpFormatter, add_device_options, int_list, log, nonneg_float,
                      positive_int, setup_device,
                      timed_samples)
@@ -25,14 +27,22 @@ def add_parser(sub) -> None:
     s.add_argument("-n", type=positive_int, default=100, help="number of samples")
     s.add_argument("--labels", default=None,
                    help="class-conditional models: comma-separated labels cycled over the "
-                   "samples, 'all' (0..9 cycled; the default) or 'none' (unconditional)")
+                   "samples, 'all' (0..K-1 cycled for K classes; the default) or 'none' "
+                   "(unconditional)")
     s.add_argument("--steps", type=steps_option, default=None, metavar="T|all",
                    help="sampling steps (default: the smallest trained T); 'all': one grid per "
                    "trained T, named <out>_<T>step.png")
     s.add_argument("--temperature", type=nonneg_float, default=1.0)
     s.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default=None, help="PNG path (default: <run>/sample.png)")
+    s.add_argument("--out", default=None,
+                   help="PNG path of the grid (default: <run>/sample.png); a .npy, .npz or .pt "
+                   "path writes the samples there (latents in their own scale; an .npz holds "
+                   "'latents', or 'samples' of images in [-1, 1], and 'labels') and the grid "
+                   "beside it as .png")
+    s.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
+                   help="latent runs: the function that draws the latents as images "
+                   "(default: the run's own --decoder, else the latents' first channels)")
     s.add_argument("--nrow", type=positive_int, default=10, help="digits per grid row")
     s.add_argument("--save-pt", action="store_true", help="also write the samples as .pt")
     s.add_argument("--save-npy", action="store_true", help="also write the samples as .npy")
@@ -70,32 +80,53 @@ def labels(spec: Optional[str], cfg: TrainConfig, n: int) -> Optional[torch.Tens
         if spec not in (None, "none"):
             raise SystemExit("ntm sample: error: --labels given but the model is unconditional")
         return None
+    k = int(cfg.model["num_classes"])
     if spec in (None, "all"):
-        return torch.arange(n) % 10
+        return torch.arange(n) % k
     if spec == "none":
         return None
     vals = int_list(spec)
-    if not vals or any(not 0 <= v < 10 for v in vals):
-        raise SystemExit(f"ntm sample: error: --labels must be digits 0..9, got {spec!r}")
+    if not vals or any(not 0 <= v < k for v in vals):
+        raise SystemExit(f"ntm sample: error: --labels must be classes 0..{k - 1}, got "
+                         f"{spec!r}")
     return torch.tensor(vals).repeat(math.ceil(n / len(vals)))[:n]
 
 
-def _write(x, y, out: Path, args, cfg: TrainConfig) -> list:
+ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
+
+
+def _save_array(x, y, path: Path, cfg: TrainConfig) -> str:
+    """The samples ``x`` (labels ``y`` or None) as ``path`` (.npy: ``x`` alone; .npz and .pt:
+    with the labels; latents under ``latents``, so the file is a dataset again)."""
+    buf = io.BytesIO()
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        torch.save({"samples": x, "labels": y}, buf)
+    elif suffix == ".npy":
+        np.save(buf, x.numpy())
+    else:
+        arrays = {"latents" if cfg.latent else "samples": x.numpy()}
+        if y is not None:
+            arrays["labels"] = y.numpy()
+        np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+    return str(path)
+
+
+def _write(x, y, out: Path, args, cfg: TrainConfig, decoder=None) -> list:
+    written = []
+    if out.suffix.lower() in ARRAY_SUFFIXES:
+        written.append(_save_array(x, y, out, cfg))
+        out = out.with_suffix(".png")
     if cfg.data.is_image:
-        plots.save_digit_grid(x, out, nrow=args.nrow)
+        images, title = grid_images(x, cfg, decoder)
+        plots.save_digit_grid(images, out, nrow=args.nrow, title=title)
     else:
         plots.save_toy_scatter(x, out, reference=test_data(cfg.data)[0][:len(x)])
-    written = [str(out)]
-    if args.save_pt:
-        buf = io.BytesIO()
-        torch.save({"samples": x, "labels": y}, buf)
-        atomic_write_bytes(out.with_suffix(".pt"), buf.getvalue())
-        written.append(str(out.with_suffix(".pt")))
-    if args.save_npy:
-        buf = io.BytesIO()
-        np.save(buf, x.numpy())
-        atomic_write_bytes(out.with_suffix(".npy"), buf.getvalue())
-        written.append(str(out.with_suffix(".npy")))
+    written.append(str(out))
+    for asked, suffix in ((args.save_pt, ".pt"), (args.save_npy, ".npy")):
+        if asked and str(out.with_suffix(suffix)) not in written:
+            written.append(_save_array(x, y, out.with_suffix(suffix), cfg))
     return written
 
 
@@ -121,13 +152,14 @@ def run(args, parser) -> int:
         raise SystemExit("ntm sample: error: --guidance needs a class-conditional model and labels")
     denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
     den_kw = decoder_options(args, r, denoiser, t_d)
+    decoder = run_decoder(r.config, args.decoder)
     out = Path(args.out) if args.out else r.run_dir / "sample.png"
     trained = list(getattr(r.model, "trained_steps", [default_sample_steps(r.config)]))
     for T, path in step_outputs(args.steps, trained, out):
         x, dt = timed_samples(r.model, args.n, y, device, steps=T,
                               temperature=args.temperature, guidance=args.guidance,
                               seed=args.seed, **den_kw)
-        written = _write(x, y, path, args, r.config)
+        written = _write(x, y, path, args, r.config, decoder)
         print(f"{args.n} samples from {r.checkpoint.path} (step {r.step}, "
               f"{'raw' if args.no_ema else 'EMA'} weights), "
               f"{T or default_sample_steps(r.config)} steps, temperature "

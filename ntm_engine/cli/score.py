@@ -1,6 +1,7 @@
-"""``ntm score``: one bits/dim per image under a trained NTM, in the data's order, written to
-a CSV with a histogram next to it (:mod:`ntm_engine.training.scoring`): the exact likelihood
-as a product -- anomaly detection, data filtering, model comparison."""
+"""``ntm score``: one bits/dim per image (nats/dim per latent) under a trained NTM, in the
+data's order, written to a CSV with a histogram next to it
+(:mod:`ntm_engine.training.scoring`): the exact likelihood as a product -- anomaly detection,
+data filtering, model comparison."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,7 @@ from .. import plots
 from ..checkpoint import atomic_write_text
 from ..models import NTM
 from ..training import ConfigError, DataConfig, eval_bins, load_run, run_data
-from ..training.scoring import image_bits_per_dim
+from ..training.scoring import image_bits_per_dim, latent_nats_per_dim
 from .common import HelpFormatter, add_device_options, log, positive_int, setup_device
 
 SPLITS = ("test", "train", "all")
@@ -28,8 +29,9 @@ def add_parser(sub) -> None:
         formatter_class=HelpFormatter,
         description="Score images by the model's likelihood: per image, the importance-weighted "
         "bound on bits/dim (lower: more likely), in the data's order, to --out (CSV: index, "
-        "label, bits_per_dim) and a histogram beside it (.png).  A class-conditional model "
-        "scores p(x) (its unconditional branch) unless --labels.")
+        "label, bits_per_dim) and a histogram beside it (.png).  A model of latents scores "
+        "each latent in nats/dim (column nats_per_dim: the continuous density, no bins).  A "
+        "class-conditional model scores p(x) (its unconditional branch) unless --labels.")
     s.add_argument("run", help="run folder, checkpoint, or exported folder (ntm export)")
     s.add_argument("--dataset", default=None,
                    help="images to score, as ntm train --dataset (default: the run's data); "
@@ -54,13 +56,18 @@ def add_parser(sub) -> None:
 def images_to_score(r, dataset: Optional[str], split: str, labels: bool
                     ) -> Tuple[Tensor, Optional[Tensor], str]:
     """``(images [N, *data_shape], labels [N] or None, what)`` of ``--dataset`` (default: the
-    run's own data), sized for the run's model."""
+    run's own data), sized for the run's model (latents: as stored)."""
     shape = tuple(r.model.data_shape)
     if len(shape) != 3:
         raise ConfigError(f"ntm score needs an image model; {r.checkpoint.path} is for data of "
                           f"shape {list(shape)}")
     name = dataset or r.config.dataset
-    data = run_data(DataConfig(name, False, image_size=shape[1], channels=shape[0]))
+    latent = r.config.latent
+    data = run_data(DataConfig(name, False) if latent else
+                    DataConfig(name, False, image_size=shape[1], channels=shape[0]))
+    if latent and not data.continuous:
+        raise ConfigError(f"--dataset {name}: images ({data.summary()}); the model scores "
+                          f"latents of shape {list(shape)} (an .npz with a 'latents' array)")
     parts = ("train", "test") if split == "all" else (split,)
     xs, ys = zip(*(data.tensors(p) for p in parts))
     x = torch.cat(xs)
@@ -76,13 +83,14 @@ def images_to_score(r, dataset: Optional[str], split: str, labels: bool
         if int(y.max()) >= r.model.num_classes:
             raise ConfigError(f"--labels: --dataset {name} has label {int(y.max())}, the model "
                               f"knows {r.model.num_classes} classes")
-    return x, y, f"{name} ({split}, {len(x)} images)"
+    return x, y, f"{name} ({split}, {len(x)} {'latents' if latent else 'images'})"
 
 
-def write_scores(path: Path, bpd: Tensor, labels: Optional[Tensor]) -> Path:
+def write_scores(path: Path, bpd: Tensor, labels: Optional[Tensor],
+                 column: str = "bits_per_dim") -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "label", "bits_per_dim"])
+    w.writerow(["index", "label", column])
     for i, v in enumerate(bpd.tolist()):
         w.writerow([i, "" if labels is None else int(labels[i]), f"{v:.6f}"])
     atomic_write_text(path, buf.getvalue())
@@ -96,17 +104,22 @@ def run(args, parser) -> int:
         raise ConfigError(f"ntm score needs an NTM run; {r.checkpoint.path} holds a "
                           f"{type(r.model).__name__}")
     x, y, what = images_to_score(r, args.dataset, args.split, args.labels)
-    bins = eval_bins(r.config.data)
-    bpd = image_bits_per_dim(r.model, x, y if args.labels else None, bins=bins,
-                             samples=args.bpd_samples, batch_size=args.batch_size,
-                             seed=args.seed, steps=args.steps, device=device)
+    opts = dict(samples=args.bpd_samples, batch_size=args.batch_size, seed=args.seed,
+                steps=args.steps, device=device)
+    if r.config.latent:
+        bpd = latent_nats_per_dim(r.model, x, y if args.labels else None, **opts)
+        column, unit, how = "nats_per_dim", "nats/dim", "continuous"
+    else:
+        bins = eval_bins(r.config.data)
+        bpd = image_bits_per_dim(r.model, x, y if args.labels else None, bins=bins, **opts)
+        column, unit, how = "bits_per_dim", "bits/dim", f"{bins} bins"
     out = Path(args.out) if args.out else r.run_dir / "scores.csv"
-    write_scores(out, bpd, y)
+    write_scores(out, bpd, y, column)
     kind = "p(x | y)" if args.labels else "p(x)"
-    png = plots.save_histograms({what: bpd}, out.with_suffix(".png"), xlabel="bits/dim",
-                                title=f"{kind}, K = {args.bpd_samples}, {bins} bins")
+    png = plots.save_histograms({what: bpd}, out.with_suffix(".png"), xlabel=unit,
+                                title=f"{kind}, K = {args.bpd_samples}, {how}")
     finite = bpd[torch.isfinite(bpd)]
-    log(f"ntm score: {what} under {r.checkpoint.path}: bits/dim of {kind}, mean "
+    log(f"ntm score: {what} under {r.checkpoint.path}: {unit} of {kind}, mean "
         f"{float(finite.mean()) if len(finite) else math.nan:.4f}, median "
         f"{float(finite.median()) if len(finite) else math.nan:.4f}; wrote {out} and {png}")
     return 0

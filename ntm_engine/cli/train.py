@@ -15,6 +15,7 @@ from ..training import (DATASETS, IMAGE_NAMES, MODEL_OPTIONS, PRECISIONS, TRAIN_
                         ConfigError, TrainConfig, Trainer, config_differences, make_config,
                         run_command)
 from ..training.config import TRAJECTORY_LOSSES
+from ..training.decoder import decoder_spec
 from ..training.distributed import PARALLEL
 from ..training.sections import REVERSIBLE_GUARDS
 from ..training.tensorboard import TensorBoardSink
@@ -104,6 +105,12 @@ def _add_data_options(d) -> None:
                    help="1 (greyscale) or 3 (RGB) (images; default: as stored)")
     d.add_argument("--data-workers", type=nonneg_int, default=None,
                    help="DataLoader worker processes for lazily read data (0)")
+    d.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
+                   help="latents (an .npz with a 'latents' array): the function that turns a "
+                   "batch of latents [B, C, H, W] into images [B, 1 or 3, h, w] in [0, 1], "
+                   "for the sample grids; MODULE is imported with the current folder first "
+                   "on sys.path, or is a .py file. Stored in the run (ntm sample/eval reuse "
+                   "it); a resumed run may change it")
 
 
 def _add_model_options(m) -> None:
@@ -230,6 +237,8 @@ def _resumed_config(base: Dict[str, Any], args, model_over, train_over) -> Train
     if diffs:
         raise ConfigError(f"--resume: the checkpoint in {args.out} was made with another "
                           "configuration:\n  " + "\n  ".join(diffs))
+    if args.decoder is not None:   # (not part of the run's identity)
+        train_over = {**train_over, "decoder": decoder_spec(args.decoder)}
     return stored.replace(**train_over)
 
 
@@ -247,7 +256,7 @@ def train_config(args) -> TrainConfig:
                           minutes=DEFAULT_MINUTES.get(dataset, DEFAULT_MINUTES["images"]))
     data_over = {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None}
     return make_config(dataset, bool(args.class_conditional), model=model_over, **data_over,
-                       **train_over)
+                       decoder=args.decoder, **train_over)
 
 
 def run(args, parser) -> int:

@@ -7,6 +7,10 @@ splits.  A split yields ``(image [C, H, W] float32 in [-1, 1], label)`` items, t
 the centre of its bin (code ``v`` in ``0..bins-1`` maps to ``(v + 0.5) / bins * 2 - 1``),
 ready for :func:`dequantize`; ``label`` is ``-1`` when the set is unlabelled.
 
+Continuous data (an autoencoder's latents, :mod:`.latents`) has ``bins = 0``
+(:data:`CONTINUOUS`): its values are used as they are (float32, any range), never
+dequantised.
+
 In-memory splits (:class:`ImageSet`) hold integer codes (uint8: 1 byte per value) and give
 whole batches by index; lazy splits (:class:`LazyImages`) convert one item at a time and are
 read through a ``DataLoader`` (:mod:`ntm_engine.data.batches`).
@@ -22,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 NO_LABEL = -1
+CONTINUOUS = 0  # the bins of continuous data (latents): no quantisation, no dequantisation
 SPLIT_SEED = 20260508  # the fixed seed of every held-out test split
 
 
@@ -30,7 +35,10 @@ class DataError(ValueError):
 
 
 def codes_to_unit(codes: Tensor, bins: int) -> Tensor:
-    """Integer codes in ``0..bins-1`` (any shape) -> float32 bin centres in [-1, 1]."""
+    """Integer codes in ``0..bins-1`` (any shape) -> float32 bin centres in [-1, 1]; for
+    continuous data (``bins = 0``) a float32 copy of the values."""
+    if bins == CONTINUOUS:
+        return codes.to(torch.float32, copy=True)
     return torch.add(codes.float(), 0.5).div_(bins).mul_(2).sub_(1)  # (v + .5) / L * 2 - 1
 
 
@@ -40,7 +48,10 @@ def dequantize(x: Tensor, bins: int, generator: Optional[torch.Generator] = None
     ``2 / bins``): the same shape, each value uniform within its bin.  ``share = (start,
     total)``: ``x [n, ...]`` is rows ``[start, start + n)`` of a batch of ``total`` rows; the
     noise is drawn for the whole batch and those rows kept, so the result equals the same
-    rows of the whole batch's dequantisation (one process's share of a global batch)."""
+    rows of the whole batch's dequantisation (one process's share of a global batch).
+    Continuous data (``bins = 0``) comes back as it is (no noise is drawn)."""
+    if bins == CONTINUOUS:
+        return x
     if share is None:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     else:
@@ -92,8 +103,9 @@ def split_indices(n: int, test_fraction: float) -> Tuple[Tensor, Tensor]:
 
 
 class ImageSet(Dataset):
-    """An in-memory split: ``codes [N, C, H, W]`` (uint8 for <= 256 bins) and ``labels [N]``
-    int64 or ``None``.  Items are ``(image [C, H, W] in [-1, 1], label or -1)``."""
+    """An in-memory split: ``codes [N, C, H, W]`` (uint8 for <= 256 bins; float32 values for
+    continuous data, ``bins = 0``) and ``labels [N]`` int64 or ``None``.  Items are ``(image
+    [C, H, W] in [-1, 1] (continuous: the values), label or -1)``."""
 
     def __init__(self, codes: Tensor, labels: Optional[Tensor], bins: int):
         if codes.dim() != 4:
@@ -143,9 +155,10 @@ class LazyImages(Dataset):
 
 @dataclass(frozen=True)
 class ImageData:
-    """An image data set: ``shape (C, H, W)``, ``bins`` bins per value on [-1, 1],
-    ``num_classes`` (0: unlabelled), ``train`` / ``test`` splits (:class:`ImageSet` or
-    :class:`LazyImages`) and the class names when known."""
+    """An image data set: ``shape (C, H, W)``, ``bins`` bins per value on [-1, 1] (0:
+    continuous values such as latents, :attr:`continuous`), ``num_classes`` (0: unlabelled),
+    ``train`` / ``test`` splits (:class:`ImageSet` or :class:`LazyImages`) and the class
+    names when known."""
 
     name: str
     shape: Tuple[int, int, int]
@@ -154,6 +167,11 @@ class ImageData:
     train: Dataset
     test: Dataset
     classes: Tuple[str, ...] = field(default=())
+
+    @property
+    def continuous(self) -> bool:
+        """Continuous values (latents): no bins, no dequantisation, likelihoods in nats/dim."""
+        return self.bins == CONTINUOUS
 
     @property
     def dims(self) -> int:
@@ -165,7 +183,8 @@ class ImageData:
         """One line for logs, e.g. ``"cifar: 3x32x32, 256 bins, 10 classes, 50000 train /
         10000 test"``."""
         labels = f"{self.num_classes} classes" if self.num_classes else "unlabelled"
-        return (f"{self.name}: {'x'.join(map(str, self.shape))}, {self.bins} bins, {labels}, "
+        bins = "continuous" if self.continuous else f"{self.bins} bins"
+        return (f"{self.name}: {'x'.join(map(str, self.shape))}, {bins}, {labels}, "
                 f"{len(self.train)} train / {len(self.test)} test")
 
     def split(self, name: str) -> Dataset:
@@ -194,7 +213,11 @@ class ImageData:
 def pixel_mean_std(data: ImageData, *, max_items: int = 10_000) -> Tuple[float, float]:
     """Mean and standard deviation of the bin-centred values of the train split (exact from
     a histogram of the codes in memory; over the first ``max_items`` items of a lazy split),
-    e.g. for a model's ``data_mean`` / ``data_std``."""
+    e.g. for a model's ``data_mean`` / ``data_std``.  Not for continuous data (latents:
+    :func:`~.latents.channel_mean_std`)."""
+    if data.continuous:
+        raise DataError(f"data {data.name!r}: continuous values have no bins; take "
+                        "per-channel statistics (channel_mean_std)")
     ds = data.train
     if isinstance(ds, ImageSet):
         counts = torch.bincount(ds.codes.flatten().long(), minlength=data.bins).double()

@@ -38,7 +38,8 @@ def open_dataset(source: Union[str, Path, Dataset, ImageData], *,
     ``source`` is one of: ``"digits"`` (1x8x8, 17 bins); ``"colour-patches"`` (built-in
     3x16x16 photo patches, ``image_size=32`` for 3x32x32;
     :func:`~ntm_engine.data.patches.colour_patches`); a ``.npy`` / ``.npz`` file
-    (:func:`~ntm_engine.data.arrays.open_arrays`); a CIFAR-10 python folder
+    (:func:`~ntm_engine.data.arrays.open_arrays`; an ``.npz`` with ``latents``: an
+    autoencoder's latents, continuous, :mod:`~ntm_engine.data.latents`); a CIFAR-10 python folder
     (:func:`~ntm_engine.data.cifar.open_cifar`); any other folder of images
     (:func:`~ntm_engine.data.folder.open_folder`; ``num_workers`` decode in parallel,
     ``on_error`` "raise" or "skip"); a ``torch.utils.data.Dataset`` of ``(image, label)``
@@ -47,7 +48,7 @@ def open_dataset(source: Union[str, Path, Dataset, ImageData], *,
 
     ``image_size`` (resize the shorter side and centre-crop) and ``channels`` (1 or 3)
     apply to every image source; ``test_fraction`` is held out (fixed seed) where the source
-    has no test split of its own.  Everything but the digits has 256 bins.
+    has no test split of its own.  Everything but the digits and latents has 256 bins.
     """
     if isinstance(source, ImageData):
         return source

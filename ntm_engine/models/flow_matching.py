@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from . import schedule
 from .embedding import drop_labels, resolve_labels
+from .normalization import ChannelNorm
 from .predictor import TrajectoryPredictor, default_patch_size
 from .pretrained import PretrainedMixin
 
@@ -55,9 +56,10 @@ __all__ = ["FlowMatchingModel", "TRAJECTORY_FRACTION", "EULER_STEPS", "ARCHITECT
 
 TRAJECTORY_FRACTION = 0.5   # samples presented as whole trajectories (the rest: single levels)
 EULER_STEPS = 32            # default steps of the FM model's own sampler
-# predictor settings an NTM must share with the FM model it starts from
+# predictor settings an NTM must share with the FM model it starts from (and the data's
+# normalisation, which sets what the predictor was trained on)
 ARCHITECTURE_KEYS = ("data_shape", "num_classes", "width", "depth", "heads", "patch_size",
-                     "mlp_ratio")
+                     "mlp_ratio", "channel_mean", "channel_scale")
 
 Labels = Union[None, int, Tensor]
 
@@ -91,7 +93,10 @@ class FlowMatchingModel(PretrainedMixin, nn.Module):
 
     Arguments as :class:`~.ntm.NTM` (the predictor's and the grid's; ``steps`` = slots per
     presented trajectory, the largest count of a sequence such as ``(4, 8, 16)``; ``label_dropout`` for classifier-free guidance; ``data_std`` only
-    shapes the NTM started from it).  :meth:`from_ntm_config` takes an NTM config dict.
+    shapes the NTM started from it; ``channel_mean``/``channel_scale``: the fixed
+    normalisation of latent data, :class:`~.normalization.ChannelNorm`: the loss sees
+    normalised data, samples come back in the data's scale).  :meth:`from_ntm_config` takes
+    an NTM config dict.
     """
 
     def __init__(self, data_shape: Sequence[int], steps: int = 4, num_classes: int = 0, *,
@@ -99,7 +104,9 @@ class FlowMatchingModel(PretrainedMixin, nn.Module):
                  patch_size: Optional[int] = None, mlp_ratio: float = 4.0,
                  shift: Union[None, str, float] = 1.0, t_min_max: float = 0.05,
                  label_dropout: float = 0.1,
-                 data_mean: float = 0.0, data_std: float = 1.0, sigma_clamp: float = 6.0):
+                 data_mean: float = 0.0, data_std: float = 1.0, sigma_clamp: float = 6.0,
+                 channel_mean: Optional[Sequence[float]] = None,
+                 channel_scale: Optional[Sequence[float]] = None):
         super().__init__()
         counts = schedule.step_counts(steps)
         data_shape = schedule.check_shape_and_steps(data_shape, counts[-1])
@@ -112,7 +119,9 @@ class FlowMatchingModel(PretrainedMixin, nn.Module):
             else steps, num_classes=num_classes, width=width,
             depth=depth, heads=heads, patch_size=patch_size, mlp_ratio=mlp_ratio, shift=shift,
             t_min_max=t_min_max, label_dropout=label_dropout, data_mean=data_mean,
-            data_std=data_std, sigma_clamp=sigma_clamp)
+            data_std=data_std, sigma_clamp=sigma_clamp, channel_mean=channel_mean,
+            channel_scale=channel_scale)
+        self.norm = ChannelNorm(data_shape, channel_mean, channel_scale)
         self.data_shape, self.steps, self.num_classes = data_shape, counts[-1], num_classes
         self.dim = math.prod(data_shape)
         self.t_min_max, self.label_dropout = t_min_max, label_dropout
@@ -166,7 +175,7 @@ class FlowMatchingModel(PretrainedMixin, nn.Module):
         mode) label dropout."""
         self._check_data(x)
         B, T, D = x.shape[0], self.steps, self.dim
-        xf = x.reshape(B, D)
+        xf = self.norm.to_model(x).reshape(B, D)
         t = random_grid(B, T, self.shift, self.t_min_max, generator, device=x.device,
                         dtype=x.dtype)
         X = schedule.forward_trajectory(xf, t, generator)
@@ -220,7 +229,7 @@ class FlowMatchingModel(PretrainedMixin, nn.Module):
                 v = self.velocity(x, t[:, k + 1], t[:, k], y)
             dt = (t[:, k + 1] - t[:, k]).view(n, *([1] * len(self.data_shape)))
             x = x - dt * v
-        return x
+        return self.norm.to_data(x)
 
 
 # ----------------------------------------------------------------------------- the NTM from it

@@ -10,6 +10,10 @@ With ``t_0 = 0`` (``x_{t_0} = x``) and forward trajectories ``X_i ~ q(. | x)``:
   ``w_i = log p(X_i) - log q(X_i | x)`` (:func:`~.schedule.forward_log_prob`).  It never lies
   above the one-trajectory bound in expectation, tightens as ``K`` grows, and is exact for
   any ``K`` when ``q`` is the model's own posterior (then every ``w_i = log p(x)``).
+
+Trajectories live in the model's space; a model with a channel normalisation
+(:class:`~.normalization.ChannelNorm`, latent data) adds its log-Jacobian to the bounds, so
+they bound the density of the data ``x`` in its own scale (:func:`nats_per_dim`).
 """
 from __future__ import annotations
 
@@ -25,14 +29,14 @@ from .loss import end_to_end_nll
 if TYPE_CHECKING:   # the NTM imports this module
     from .ntm import NTM
 
-__all__ = ["trajectory_log_prob", "log_likelihood_bound", "bits_per_dim", "trajectory_score",
-           "posterior_mean"]
+__all__ = ["trajectory_log_prob", "log_likelihood_bound", "bits_per_dim", "nats_per_dim",
+           "trajectory_score", "posterior_mean"]
 
 
 def trajectory_log_prob(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:
-    """Exact ``log p(X) [B]`` (nats) of a trajectory ``X [B, T+1, *data_shape]`` on the grid
-    ``t [B, T+1]``: ``-L`` with ``L`` the end-to-end trajectory NLL of one teacher-forced pass
-    (no label dropout)."""
+    """Exact ``log p(X) [B]`` (nats) of a trajectory ``X [B, T+1, *data_shape]`` (the model's
+    space) on the grid ``t [B, T+1]``: ``-L`` with ``L`` the end-to-end trajectory NLL of one
+    teacher-forced pass (no label dropout)."""
     levels = model.predict_levels(X, t, y)
     return -end_to_end_nll(model.last_level(X), *levels)
 
@@ -42,7 +46,8 @@ def log_likelihood_bound(model: "NTM", x: Tensor, y: Optional[Tensor] = None, *,
                          steps: Optional[int] = None) -> Tensor:
     """A bound ``[B]`` (nats) on ``log p(x)`` of data ``x [B, *data_shape]`` (labels ``y [B]``
     or None) with ``samples = K`` forward trajectories of ``steps`` (None: the model's
-    default) steps from ``generator``, one after the other (module docstring)."""
+    default) steps from ``generator``, one after the other (module docstring); with the
+    log-Jacobian of the model's channel normalisation, if any."""
     if samples < 1:
         raise ValueError(f"samples (the number K of forward trajectories) must be >= 1, "
                          f"got {samples}")
@@ -51,10 +56,29 @@ def log_likelihood_bound(model: "NTM", x: Tensor, y: Optional[Tensor] = None, *,
         X, t = model.forward_trajectory(x, generator, t_min=0.0, steps=steps)
         log_p = model.trajectory_log_prob(X, t, y)
         if samples == 1:
-            return log_p + model.forward_entropy(t).to(log_p.dtype)
+            return _in_data_space(model, log_p + model.forward_entropy(t).to(log_p.dtype))
         log_q = schedule.forward_log_prob(X.reshape(*X.shape[:2], model.dim), t)
         log_w.append(log_p - log_q.to(log_p.dtype))
-    return torch.logsumexp(torch.stack(log_w, dim=1), dim=1) - math.log(samples)
+    return _in_data_space(model, torch.logsumexp(torch.stack(log_w, dim=1), dim=1)
+                          - math.log(samples))
+
+
+def _in_data_space(model: "NTM", log_px: Tensor) -> Tensor:
+    """A log-density of the model's space made one of the data: plus the log-Jacobian of
+    the channel normalisation (nothing for a model without one)."""
+    return log_px if model.norm.identity else log_px + model.norm.log_det()
+
+
+def nats_per_dim(model: "NTM", x: Tensor, y=None, generator: Optional[torch.Generator] = None,
+                 *, samples: int = 1, steps: Optional[int] = None) -> Tensor:
+    """Per-sample bound ``[B]`` on ``-log p(x) / D`` (nats per dimension) of continuous data
+    ``x`` (latents; no bins, no dequantisation), with ``t_0 = 0``:
+    :func:`log_likelihood_bound` over ``samples = K`` forward trajectories on the grid of
+    ``steps``, the channel normalisation's log-Jacobian included (the density of ``x`` in
+    its own scale).  No label dropout."""
+    log_px = log_likelihood_bound(model, x, model.resolve_labels(y, x.shape[0], x.device),
+                                  samples=samples, generator=generator, steps=steps)
+    return -log_px / model.dim
 
 
 def bits_per_dim(model: "NTM", x: Tensor, y=None, bins: int = 256,

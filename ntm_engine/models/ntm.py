@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from . import likelihood, loss, schedule
 from .embedding import resolve_labels
+from .normalization import ChannelNorm
 from .predictor import TrajectoryPredictor
 from .pretrained import PretrainedMixin
 from .sampler import sample as _sample
@@ -82,6 +83,11 @@ class NTM(PretrainedMixin, nn.Module):
     ``sigma_clamp`` bounds the learned log-scale correction.  ``parameterization``:
     ``"gaussian"`` (that start) or ``"flow_matching"`` (the predictor's head is a velocity;
     an NTM initialised from a flow-matching model, :mod:`.flow_matching`).
+    ``channel_mean``/``channel_scale`` (one number per channel, or None): the fixed
+    normalisation of continuous data such as latents (:class:`~.normalization.ChannelNorm`):
+    the model works on ``(x - mean_c) / scale_c`` (``data_mean``/``data_std`` then describe
+    that normalised data), takes and returns data ``x`` in its own scale, and its likelihood
+    is the density of ``x`` (the normalisation's log-Jacobian included).
     """
 
     def __init__(self, data_shape: Sequence[int], steps: Union[int, Sequence[int]] = 4,
@@ -95,7 +101,9 @@ class NTM(PretrainedMixin, nn.Module):
                  data_std: float = 1.0, sigma_clamp: float = 6.0, reversible: bool = True,
                  parameterization: str = "gaussian", transporter: str = "coupling",
                  transporter_label_conditioned: bool = False,
-                 transporter_backward: str = "auto"):
+                 transporter_backward: str = "auto",
+                 channel_mean: Optional[Sequence[float]] = None,
+                 channel_scale: Optional[Sequence[float]] = None):
         super().__init__()
         counts = schedule.step_counts(steps)
         data_shape = schedule.check_shape_and_steps(data_shape, counts[0])
@@ -110,7 +118,9 @@ class NTM(PretrainedMixin, nn.Module):
             data_std=data_std, sigma_clamp=sigma_clamp, reversible=reversible,
             parameterization=parameterization, transporter=transporter,
             transporter_label_conditioned=transporter_label_conditioned,
-            transporter_backward=transporter_backward)
+            transporter_backward=transporter_backward, channel_mean=channel_mean,
+            channel_scale=channel_scale)
+        self.norm = ChannelNorm(data_shape, channel_mean, channel_scale)
         self.data_shape, self.num_classes = data_shape, num_classes
         self.trained_steps: Tuple[int, ...] = counts
         self.steps = counts[0]
@@ -271,9 +281,10 @@ class NTM(PretrainedMixin, nn.Module):
         :attr:`steps`) steps.
 
         Returns ``(X [B, T+1, *data_shape], t [B, T+1])`` with ``X[:, 0] = x_{t_0}`` and
-        ``X[:, T] = x_1 ~ N(0, I)``.  ``t_min`` (``t_0``): a number or ``[B]``; None draws
-        ``U[0, t_min_max]`` per sample in training mode and uses 0 in eval mode.  Random
-        draws (``t_0`` first, then the noise) come from ``generator``.
+        ``X[:, T] = x_1 ~ N(0, I)``, in the model's space (``x`` normalised by :attr:`norm`
+        first when the model has a channel normalisation).  ``t_min`` (``t_0``): a number or
+        ``[B]``; None draws ``U[0, t_min_max]`` per sample in training mode and uses 0 in eval
+        mode.  Random draws (``t_0`` first, then the noise) come from ``generator``.
         """
         self._check_data(x)
         B, T = x.shape[0], self.check_steps(steps)
@@ -285,7 +296,8 @@ class NTM(PretrainedMixin, nn.Module):
             else:
                 t_min = 0.0
         t = self.time_grid(B, T, t_min, device=x.device, dtype=x.dtype, validate=not drawn)
-        X = schedule.forward_trajectory(x.reshape(B, self.dim), t, generator)
+        X = schedule.forward_trajectory(self.norm.to_model(x).reshape(B, self.dim), t,
+                                        generator)
         return X.view(B, T + 1, *self.data_shape), t
 
     # ------------------------------------------------------------------ likelihood
@@ -374,6 +386,15 @@ class NTM(PretrainedMixin, nn.Module):
         return likelihood.bits_per_dim(self, x, y, bins, generator, dequantize=dequantize,
                                        samples=samples, steps=steps)
 
+    def nats_per_dim(self, x: Tensor, y: Labels = None,
+                     generator: Optional[torch.Generator] = None, *, samples: int = 1,
+                     steps: Optional[int] = None) -> Tensor:
+        """Per-sample bound ``[B]`` on nats per dimension of continuous data such as latents
+        (no bins; the channel normalisation's log-Jacobian included:
+        :func:`~.likelihood.nats_per_dim`)."""
+        self._check_data(x)
+        return likelihood.nats_per_dim(self, x, y, generator, samples=samples, steps=steps)
+
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, y: Labels = None, steps: Optional[int] = None, *,
                temperature: float = 1.0, guidance: float = 0.0,
@@ -401,7 +422,9 @@ class NTM(PretrainedMixin, nn.Module):
         (Tweedie with the matrix ``S``, docs/design.md section 1, "Trajectory denoising").
         Noise from ``generator``: ``u_1`` then one ``z`` per step.  ``return_trajectory``:
         ``(x, X)``, ``X [n, T+1, *data_shape]`` the x-space levels ``x_{t_0}, ..., x_{t_T} =
-        u_1`` with level 0 replaced by the output ``x``.
+        u_1`` with level 0 replaced by the output ``x``.  With a channel normalisation
+        (:attr:`norm`) ``x`` is returned in the data's scale and ``X`` stays in the model's
+        (normalised) space, as do the denoiser's input and output.
         """
         return _sample(self, n, y, steps, temperature=temperature, guidance=guidance,
                        generator=generator, return_trajectory=return_trajectory,

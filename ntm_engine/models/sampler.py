@@ -180,9 +180,9 @@ def sample(model, n: int, y=None, steps: Optional[int] = None, *, temperature: f
     else:
         x = decode(model, U[0], t[:, 0], y, denoiser, steps=T)
     if not return_trajectory:
-        return x
+        return model.norm.to_data(x)
     if X is None:
         X = x_levels(model, U, t, y)
     X = X.clone()
     X[:, 0] = x.reshape(n, model.dim)
-    return x, X.view(n, T + 1, *model.data_shape)
+    return model.norm.to_data(x), X.view(n, T + 1, *model.data_shape)

@@ -5,7 +5,8 @@
 * :mod:`.determinism`, :mod:`.optim`, :mod:`.metrics_log` -- seeds and RNG states, schedule,
   AdamW, EMA and the guarded update, ``metrics.jsonl``
 * :mod:`.batches`, :mod:`.objectives`, :mod:`.factory`, :mod:`.evaluation` -- data, losses as
-  objects, the model factory, held-out metrics
+  objects, the model factory, held-out metrics; :mod:`.decoder` -- a latent run's
+  ``--decoder`` (latents to images)
 * :mod:`.run_folder`, :mod:`.session`, :mod:`.loop` -- the folder lock, checkpointed state and
   the resumable loop
 * :mod:`.trainer`, :mod:`.distiller`, :mod:`.runs` -- the two run types, and loading their
@@ -20,8 +21,10 @@ from .determinism import (check_model_code, derive_seed, device_generator,
 from .distill_config import DISTILL_DEFAULTS, KIND, DistillConfig, make_distill_config
 from .distiller import Distiller
 from .errors import ConfigError, NonFiniteLossError
+from .decoder import Decoder, load_decoder, run_decoder
 from .evaluation import (default_sample_steps, eval_summary, evaluate_bpd, evaluate_test,
-                         histogram_bpd, raw_quality)
+                         grid_images, histogram_bpd, latent_quality, likelihood_key,
+                         raw_quality)
 from .factory import REFERENCE_FILE, build_model, fm_reg_weight
 from .loop import Loop, run_command
 from .metrics_log import METRICS_FILE, read_metrics

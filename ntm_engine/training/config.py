@@ -15,10 +15,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
-from ..data import DIGITS_SHAPE, pixel_mean_std
+from ..data import DIGITS_SHAPE, channel_mean_std, pixel_mean_std
 from ..models import NTM, schedule
 from ..models.predictor import default_patch_size
 from .batches import run_data
+from .decoder import decoder_spec
 from .errors import ConfigError
 from .sections import (DataConfig, OptimConfig, RunConfig, RunConfigProtocol, check,
                        check_number, differences, field_names, flatten, plain, reject_unknown,
@@ -99,6 +100,12 @@ class TrainConfig(RunConfigProtocol):
         check_number("eval_samples", self.eval_samples, integer=True)
         check(self.eval_samples >= 0, f"--eval-samples must be >= 0, got {self.eval_samples}")
 
+    @property
+    def latent(self) -> bool:
+        """A run on latents (continuous data): its model normalises each channel
+        (``channel_mean``/``channel_scale``, set by :func:`default_model_config`)."""
+        return self.model.get("channel_mean") is not None
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> Dict[str, Any]:
         """The flat, JSON-able form written to ``config.json`` (and into checkpoints)."""
@@ -170,7 +177,10 @@ def default_model_config(dataset: Union[str, DataConfig],
     """Every :class:`~ntm_engine.models.NTM` constructor default, then the dataset's config:
     the digits' or the toys' own, or for other images the digits' architecture with the
     data's shape, step counts (:meth:`~ntm_engine.models.NTM.image_step_counts`), classes and
-    pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`)."""
+    pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`); latents (continuous data)
+    instead get the per-channel mean and std of their training split as the model's fixed
+    normalisation (``channel_mean``/``channel_scale``, :func:`~ntm_engine.data.channel_mean_std`),
+    the normalised data being mean 0, std 1."""
     data = dataset if isinstance(dataset, DataConfig) else DataConfig(dataset, class_conditional)
     cfg = NTM.defaults()
     if not data.is_image:
@@ -179,13 +189,25 @@ def default_model_config(dataset: Union[str, DataConfig],
         cfg.update(NTM.digits_config(conditional=data.class_conditional))
         if data.dataset != "digits":
             images = run_data(data)
-            mean, std = pixel_mean_std(images)
-            cfg.update(data_shape=list(images.shape), data_mean=round(mean, 4),
-                       data_std=round(std, 4), patch_size=default_patch_size(images.shape),
+            cfg.update(data_shape=list(images.shape),
+                       patch_size=default_patch_size(images.shape),
                        steps=NTM.image_step_counts(images.shape),
                        num_classes=images.num_classes if data.class_conditional else 0)
+            if images.continuous:
+                mean, std = _latent_statistics(images, data)
+                cfg.update(data_mean=0.0, data_std=1.0, channel_mean=mean, channel_scale=std)
+            else:
+                mean, std = pixel_mean_std(images)
+                cfg.update(data_mean=round(mean, 4), data_std=round(std, 4))
     cfg["data_shape"] = list(cfg["data_shape"])
     return cfg
+
+
+def _latent_statistics(images, data: DataConfig):
+    try:
+        return channel_mean_std(images)
+    except ValueError as e:   # DataError
+        raise ConfigError(f"--dataset {data.dataset}: {e}") from e
 
 
 def _data_shape_ok(data: DataConfig, shape: List[Any]) -> bool:
@@ -246,12 +268,14 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
 def make_config(dataset: str = "digits", class_conditional: bool = False, *,
                 model: Optional[Mapping[str, Any]] = None, image_size: Optional[int] = None,
                 channels: Optional[int] = None, data_workers: int = 0,
-                **train) -> TrainConfig:
+                decoder: Optional[str] = None, **train) -> TrainConfig:
     """A full, validated config: the dataset's model defaults with ``model`` entries (None
     values ignored) and flat training entries ``train`` (unknown ones refused).  ``dataset``,
-    ``image_size``, ``channels``, ``data_workers``: :class:`DataConfig`."""
+    ``image_size``, ``channels``, ``data_workers``, ``decoder`` (latents; a file path in it
+    is stored absolute, :func:`~.decoder.decoder_spec`): :class:`DataConfig`."""
     reject_unknown(train, set(TRAIN_DEFAULTS), "training")
-    data = DataConfig(dataset, bool(class_conditional), image_size, channels, data_workers)
+    data = DataConfig(dataset, bool(class_conditional), image_size, channels, data_workers,
+                      decoder_spec(decoder))
     m = default_model_config(data)
     given = {k: v for k, v in (model or {}).items() if v is not None}
     m.update(TRANSPORTER_SIZES.get(given.get("transporter", m["transporter"]), {}))

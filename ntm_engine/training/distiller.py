@@ -127,7 +127,8 @@ class Distiller(SessionViews):
     def eval_set(self) -> List[Tuple[DistillBatch, Tensor]]:
         """Fixed held-out batches ``(DistillBatch, clean x)``: the test split (digits:
         dequantised with a fixed seed; toys: fixed samples), at most ``eval_n`` items, labels
-        kept (no dropout).  Targets are computed once."""
+        kept (no dropout), ``x`` in the teacher's space (normalised latents; the targets'
+        space).  Targets are computed once."""
         if self._eval_set is None:
             cfg, n, B = self.cfg, self.cfg.eval_n, self.cfg.run.eval_batch
             x, y = test_data(cfg.data)
@@ -141,7 +142,8 @@ class Distiller(SessionViews):
                 xb = x[i:i + B].to(self.device)
                 yb = None if y is None else y[i:i + B].to(self.device)
                 held_out = DistillationTarget(self.teacher, self.model, t_min=cfg.t_min)
-                self._eval_set.append((held_out.targets(Batch(xb, yb, gm)), xb))
+                self._eval_set.append((held_out.targets(Batch(xb, yb, gm)),
+                                       self.teacher.norm.to_model(xb)))
         return self._eval_set
 
     @torch.no_grad()

@@ -106,7 +106,8 @@ class FMInitRegularised:
 class DistillBatch:
     """One regression batch: input ``u [B, *shape]`` at ``t0 [B]`` with labels ``y [B]`` (or
     None), target ``E[x | X] [B, *shape]``, and the trajectory's level 0 ``x_t0 [B, *shape]``
-    (what the transporter inverse of ``u`` gives back)."""
+    (what the transporter inverse of ``u`` gives back), all in the teacher's space (latents:
+    normalised, :class:`~ntm_engine.models.normalization.ChannelNorm`)."""
     u: Tensor
     t0: Tensor
     y: Optional[Tensor]

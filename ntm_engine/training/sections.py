@@ -53,15 +53,19 @@ def is_path_like(name: str) -> bool:
 @dataclass(frozen=True)
 class DataConfig:
     """What is trained on: ``dataset`` (a 2-D toy, ``digits``, ``colour-patches``, a folder
-    of images, a CIFAR-10 python folder, a ``.npy``/``.npz`` file, or ``python:NAME`` for an
+    of images, a CIFAR-10 python folder, a ``.npy``/``.npz`` file -- an ``.npz`` with
+    ``latents`` is an autoencoder's latents --, or ``python:NAME`` for an
     :class:`~ntm_engine.data.ImageData` handed to the trainer), whether labels condition,
-    ``image_size`` / ``channels`` of image data (None: as stored) and ``data_workers``
-    (``DataLoader`` processes for lazily read data)."""
+    ``image_size`` / ``channels`` of image data (None: as stored), ``data_workers``
+    (``DataLoader`` processes for lazily read data) and, for latents, the ``decoder``
+    (``MODULE:FUNCTION`` from latents to images, for sample grids; :mod:`.decoder`; not part
+    of the run's identity: a resumed run may change it)."""
     dataset: str = "digits"
     class_conditional: bool = False
     image_size: Optional[int] = None
     channels: Optional[int] = None
     data_workers: int = 0
+    decoder: Optional[str] = None
 
     def __post_init__(self):
         check(isinstance(self.dataset, str) and (
@@ -82,6 +86,10 @@ class DataConfig:
             (self.data_workers >= 0, f"--data-workers must be >= 0, got {self.data_workers}"),
             (self.is_image or (self.image_size, self.channels) == (None, None),
              f"--image-size/--channels apply to images, not the 2-D toy {self.dataset!r}"),
+            (self.decoder is None or isinstance(self.decoder, str),
+             f"--decoder must be MODULE:FUNCTION, got {self.decoder!r}"),
+            (self.is_image or self.decoder is None,
+             f"--decoder applies to latent data, not the 2-D toy {self.dataset!r}"),
         ]
         for ok, msg in checks:
             check(ok, msg)

@@ -26,7 +26,9 @@ from .determinism import derive_seed, device_generator, seed_everything
 from .distributed import World, init_world
 from .drift import DriftGuard
 from .errors import ConfigError
-from .evaluation import eval_summary, evaluate_test, grid_samples, save_sample_grid
+from .decoder import run_decoder
+from .evaluation import (eval_summary, evaluate_test, grid_samples, likelihood_key,
+                         save_sample_grid)
 from .factory import (ModelFactory, build_model, init_reference, load_init_source,
                       make_objective, preflight, save_reference)
 from .fsdp import FullStates, check_sharding, shard_model
@@ -127,6 +129,10 @@ class Trainer(SessionViews):
         if init_from is not None and not (resume and ckpt.list_checkpoints(self.folder.path)):
             fm_state = load_init_source(cfg, log=self.log)
         preflight(factory(cfg), cfg, "cpu", rows=self.rows.stop - self.rows.start)
+        # the grids' decoder of a latent run (its --decoder: the spec given now), tried on two
+        # training latents (rank 0 draws)
+        self.decoder = (run_decoder(cfg, cfg.data.decoder, check=True) if self.world.is_main
+                        else None)
         resumed = self._open_folder(resume, restart)
         if resumed is None and init_from is not None and fm_state is None:
             fm_state = load_init_source(cfg, log=self.log)   # no valid checkpoint was left
@@ -290,7 +296,8 @@ class Trainer(SessionViews):
             if self.world.is_main:
                 rec["samples_png"] = str(save_sample_grid(model, self.cfg, device=self.device,
                                                           run_dir=self.out, step=self.step,
-                                                          samples=samples))
+                                                          samples=samples,
+                                                          decoder=self.decoder))
         rec["eval_s"] = round(time.time() - t0, 3)
         self.state.last_eval = {k: v for k, v in rec.items() if isinstance(v, (int, float))}
         self.session.write_metrics(rec)
@@ -310,24 +317,29 @@ class Trainer(SessionViews):
         post: Dict[str, str] = {}
         if "fm_reg_weight" in rec:
             extra["fm_reg_weight"] = rec["fm_reg_weight"]
+        key = likelihood_key(self.cfg)   # bpd, or nats_per_dim of latents
+        shown = "nats/dim" if key == "nats_per_dim" else key
         if ntm:
-            extra["train_bpd"] = train_bpd
-            post["bpd"] = f"{train_bpd:.3f}"
-        if "test_bpd" in self.last_eval:
-            post["test_bpd"] = f"{self.last_eval['test_bpd']:.3f}"
+            extra[f"train_{key}"] = train_bpd
+            post[shown] = f"{train_bpd:.3f}"
+        if f"test_{key}" in self.last_eval:
+            post[f"test_{shown}"] = f"{self.last_eval[f'test_{key}']:.3f}"
         return extra, post
 
     @torch.no_grad()
     def _train_bpd(self) -> float:
-        """bits/dim (t_0 = 0 bound) of the current model on this step's batch (cheap proxy;
-        several processes: each on its rows, averaged)."""
+        """bits/dim (t_0 = 0 bound; latents: nats/dim) of the current model on this step's
+        batch (cheap proxy; several processes: each on its rows, averaged)."""
         x, y = self.data.batch(self.step)
         self.model.eval()
         try:
             g = device_generator(self.device, derive_seed(self.cfg.optim.seed, self.step,
                                                           self.world.noise_stream("bpd")))
-            bpd = self.model.bits_per_dim(x, y, bins=eval_bins(self.cfg.data),
-                                          generator=g).mean()
+            if self.cfg.latent:
+                bpd = self.model.nats_per_dim(x, y, generator=g).mean()
+            else:
+                bpd = self.model.bits_per_dim(x, y, bins=eval_bins(self.cfg.data),
+                                              generator=g).mean()
             return float(self.world.mean(bpd))
         finally:
             self.model.train()

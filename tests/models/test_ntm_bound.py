@@ -1,6 +1,7 @@
 """Bits/dim constants on a closed-form case, and the bound is a sub-normalised density."""
 import math
 
+import pytest
 import torch
 
 from ntm_engine.models import NTM
@@ -8,11 +9,12 @@ from ntm_engine.models import NTM
 from _ntm_testutils import joint_covariance, perturb
 
 
-def gaussian_model(m, v, steps=4, shift=1.0, dim=3):
-    """Identity transporter + new predictor = the exact reverse process of N(m, v I) data."""
+def gaussian_model(m, v, steps=4, shift=1.0, dim=3, **norm):
+    """Identity transporter + new predictor = the exact reverse process of N(m, v I) data (in
+    the model's space: ``norm`` = channel_mean/channel_scale maps the data there first)."""
     torch.manual_seed(0)
     model = NTM((dim,), steps=steps, width=16, depth=1, heads=2, transporter_layers=0,
-                shift=shift, data_mean=m, data_std=math.sqrt(v))
+                shift=shift, data_mean=m, data_std=math.sqrt(v), **norm)
     return model.double().eval()
 
 
@@ -58,6 +60,27 @@ def test_bits_per_dim_matches_closed_form_for_gaussian_data():
     assert abs(bpd1.mean().item() - exact) < 5 * bpd1.std().item() / math.sqrt(n) + 1e-4
 
 
+def test_nats_per_dim_is_the_density_of_the_data_in_its_own_scale():
+    """Latent data ``a_c + s_c * N(m, v)`` per coordinate c, modelled through the channel
+    normalisation ``(x - a_c) / s_c``: nats/dim is ``-E log N(x; a + s m, s^2 v)`` per dim,
+    i.e. the normalised data's ``0.5 log(2 pi e v)`` plus the mean ``log s_c`` (the
+    normalisation's log-Jacobian), and bits/dim of the same model is nats/dim over ln 2."""
+    m, v, D = -0.4, 0.5, 3
+    a, s = [3.0, -1.0, 0.25], [0.5, 2.0, 8.0]
+    model = gaussian_model(m, v, steps=4, dim=D, channel_mean=a, channel_scale=s)
+    n = 20000
+    g = torch.Generator().manual_seed(1)
+    z = m + math.sqrt(v) * torch.randn(n, D, generator=g, dtype=torch.float64)
+    x = torch.tensor(a, dtype=torch.float64) + torch.tensor(s, dtype=torch.float64) * z
+    with torch.no_grad():
+        nats = model.nats_per_dim(x, generator=torch.Generator().manual_seed(2))
+        bpd = model.bits_per_dim(x, bins=2, generator=torch.Generator().manual_seed(2))
+    exact = 0.5 * math.log(2 * math.pi * math.e * v) + sum(map(math.log, s)) / D
+    se = nats.std().item() / math.sqrt(n)
+    assert abs(nats.mean().item() - exact) < 5 * se + 1e-4, (nats.mean().item(), exact, se)
+    torch.testing.assert_close(bpd, nats / math.log(2), rtol=0, atol=1e-12)
+
+
 def forward_log_q(X, t):
     """log q(x_{t_1..t_T} | x_{t_0}) per sample, from the Markov kernels written out."""
     X = X.reshape(X.shape[0], X.shape[1], -1)
@@ -71,19 +94,26 @@ def forward_log_q(X, t):
     return logq
 
 
-def test_exponentiated_bound_integrates_to_at_most_one():
-    grid = torch.linspace(-7, 7, 281, dtype=torch.float64)
+@pytest.mark.parametrize("norm", [{}, dict(channel_mean=[0.5], channel_scale=[2.0])],
+                         ids=["plain", "latent-normalised"])
+def test_exponentiated_bound_integrates_to_at_most_one(norm):
+    """The bound of ``p(x)`` integrates to at most 1 over the data's own axis -- with a
+    channel normalisation too (the grid spans the data's scale; without the log-Jacobian
+    the integral would be ``scale`` times larger)."""
+    a, s = norm.get("channel_mean", [0.0])[0], norm.get("channel_scale", [1.0])[0]
+    grid = a + s * torch.linspace(-7, 7, 281, dtype=torch.float64)
     M = 200
     x = grid.repeat_interleave(M).unsqueeze(1)
     for std, low in [(0.0, 0.999), (0.1, 0.5)]:    # exact Gaussian model, then a perturbed one
         torch.manual_seed(0)
-        model = NTM((1,), steps=3, width=16, depth=1, heads=2, data_std=0.8).double()
+        model = NTM((1,), steps=3, width=16, depth=1, heads=2, data_std=0.8, **norm).double()
         perturb(model.predictor, std=std, seed=4)
         model.eval()
         with torch.no_grad():
             X, t = model.forward_trajectory(x, generator=torch.Generator().manual_seed(0))
             # per-sample log p(X) - log q(X_{1:T} | x): an unbiased, low-variance ELBO estimate
-            per = model.trajectory_log_prob(X, t) - forward_log_q(X, t)
+            # (X in the model's space; the normalisation's log-Jacobian makes it one of x)
+            per = model.trajectory_log_prob(X, t) - forward_log_q(X, t) - math.log(s)
             bpd = model.bits_per_dim(x, bins=2, generator=torch.Generator().manual_seed(0))
         elbo = per.view(-1, M).mean(1)
         total = torch.trapezoid(elbo.exp(), grid).item()
