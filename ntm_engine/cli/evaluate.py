@@ -15,7 +15,7 @@ from ..checkpoint import atomic_write_text
 from ..data import load_digits
 from ..training import (Run, default_sample_steps, denoiser_for, eval_bins, evaluate_bpd,
                         evaluate_test, histogram_bpd, load_run, model_code_fingerprint,
-                        raw_quality)
+                        raw_quality, sample_conditions)
 from .common import (HelpFormatter, add_device_options, log, nonneg_float, nonneg_int,
                      positive_int, setup_device,
                      timed_samples)
@@ -53,8 +53,9 @@ def add_parser(sub) -> None:
 
 def likelihood(r: Run, args, device) -> Dict[str, Any]:
     """Test bits/dim (averaged over ``--bpd-repeats``) at the default ``T``, and per trained
-    ``T`` the single-trajectory and importance-weighted bounds (and, for a class-conditional
-    model, the unconditional ones); the histogram baseline; or the FM model's test loss."""
+    ``T`` the single-trajectory and importance-weighted bounds (and, for a conditional model
+    -- labels or condition tokens -- the unconditional ones); the histogram baseline; or the
+    FM model's test loss."""
     cfg = r.config
     if cfg.objective.objective == "flow_matching":   # no likelihood: its test loss
         return {f"test_{k}": v for k, v in
@@ -67,10 +68,11 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
                         if cfg.data.is_image else
                         "continuous bits/dim bound (no discretisation term)"),
            "bpd_samples": args.bpd_samples}
-    if cfg.conditional:   # the labels' bound is of p(x | y): named so next to p(x)'s
+    if cfg.data.conditioned:   # the bound is of p(x | y): named so next to p(x)'s
         res["test_bpd_cond"] = res["test_bpd"]
-        res["bpd_note"] += ("; class-conditional: test_bpd = test_bpd_cond bounds the bits/dim "
-                            "of p(x | y), test_bpd_uncond of p(x) (the null class)")
+        res["bpd_note"] += ("; conditional: test_bpd = test_bpd_cond bounds the bits/dim "
+                            "of p(x | y) (y: the test items' labels and/or condition tokens), "
+                            "test_bpd_uncond of p(x) (the null condition)")
     res["bpd_per_steps"] = {str(T): bpd_at(r, args, device, T) for T in trained_steps(r, args)}
     first = res["bpd_per_steps"][str(trained_steps(r, args)[0])]
     res.update({f"test_{k}": v for k, v in first.items() if k not in ("bpd", "bpd_cond")})
@@ -80,14 +82,15 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
 
 def bpd_at(r: Run, args, device, T: int) -> Dict[str, float]:
     """Bits/dim at ``T`` steps: single-trajectory (``bpd``), importance-weighted over
-    ``--bpd-samples`` (``bpd_iw``); for a class-conditional model the same again as
-    ``*_cond`` (of ``p(x | y)``) and the unconditional ones (``*_uncond``, of ``p(x)``)."""
+    ``--bpd-samples`` (``bpd_iw``); for a conditional model the same again as ``*_cond`` (of
+    ``p(x | y)``) and the unconditional ones (``*_uncond``, of ``p(x)``)."""
     out = {}
-    for suffix, uncond in (("", False), ("_uncond", True))[:1 + r.config.conditional]:
+    conditioned = r.config.data.conditioned
+    for suffix, uncond in (("", False), ("_uncond", True))[:1 + conditioned]:
         for name, k in (("bpd", 1), ("bpd_iw", args.bpd_samples)):
             out[name + suffix] = evaluate_bpd(r.model, r.config, device, seed=args.seed,
                                               samples=k, steps=T, unconditional=uncond)["bpd"]
-    if r.config.conditional:
+    if conditioned:
         out.update(bpd_cond=out["bpd"], bpd_iw_cond=out["bpd_iw"])
     return out
 
@@ -100,7 +103,8 @@ def trained_steps(r: Run, args) -> Tuple[int, ...]:
 
 
 def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
-    """The rating of a batch of samples (digits: the classifier, loaded once; its description
+    """The rating of a batch of samples (digits: the classifier, loaded once, its accuracy
+    against the classes ``y [n]`` the samples should show (None: no accuracy); its description
     goes into ``res``)."""
     cfg = r.config
     if cfg.dataset == "digits":
@@ -133,11 +137,14 @@ def samplers(r: Run, args, device, res: Dict[str, Any]) -> None:
     inverse, the slow trajectory-denoise sampler and, with ``--denoiser``, the learned
     denoiser (the same noise for all)."""
     n = args.n_samples
-    y = torch.arange(n) % 10 if r.config.conditional else None
+    # the condition of each sample and the class it should show: labels 0..9 cycled, or the
+    # condition tokens of test items of those classes (training.batches.sample_conditions)
+    y, classes = sample_conditions(r.config.data, n)
     if args.guidance and y is None:
-        raise SystemExit("ntm eval: error: --guidance needs a class-conditional model")
+        raise SystemExit("ntm eval: error: --guidance needs a conditional model (labels or "
+                         "condition tokens)")
     denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
-    quality = sample_quality(r, args, y, res)
+    quality = sample_quality(r, args, classes, res)
     steps = trained_steps(r, args)
     res["samples_per_steps"] = {str(T): eval_sampler(r.model, n, y, device, args, quality,
                                                      steps=T) for T in steps}
@@ -191,6 +198,8 @@ def run(args, parser) -> int:
                            "seed": args.seed, "train_elapsed_s": ck.state.get("elapsed_s"),
                            "model_code_matches": ck.state.get("model_code_sha256") ==
                            model_code_fingerprint()}
+    if cfg.data.cond is not None:
+        res["condition_tokens"] = cfg.data.cond
     res.update(likelihood(r, args, device))
     if args.n_samples > 0:
         samplers(r, args, device, res)

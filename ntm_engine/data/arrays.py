@@ -6,7 +6,9 @@ images in 0..255, or floats in [0, 1]; ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, 
 ``.npy``: one array of images, unlabelled.  ``.npz``: images under the key ``images`` (or
 ``x``; or the file's only array), class labels ``[N]`` (integers ``0..K-1``) under ``labels``
 (or ``y``) when present.  A test split may come as ``test_images``/``x_test`` with
-``test_labels``/``y_test``; otherwise a fixed ``test_fraction`` is held out.
+``test_labels``/``y_test``; otherwise a fixed ``test_fraction`` is held out.  Condition
+tokens may come as ``cond`` ``[N, L, C]`` (with ``cond_mask``; ``test_cond`` for a given test
+split; :mod:`~ntm_engine.data.cond`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .cond import read_cond
 from .core import DataError, ImageData, check_labels, in_memory_data
 from .transform import check_options, fit_codes, to_codes
 
@@ -80,5 +83,7 @@ def open_arrays(path, *, image_size: Optional[int] = None, channels: Optional[in
         test = (t_codes, t_labels)
     if len(codes) == 0:
         raise DataError(f"{path}[{key}]: expected at least one image, got 0")
+    cond, test_cond = read_cond(arrays, path, len(codes), None if test is None else len(test[0]))
     return in_memory_data(str(path), codes, labels, num_classes=num_classes,
-                          test_fraction=test_fraction, test=test)
+                          test_fraction=test_fraction, test=test, cond=cond,
+                          test_cond=test_cond)
