@@ -4,19 +4,22 @@ the CIFAR-10 python format, any ``torch.utils.data.Dataset``), all as :class:`Im
 
 Conventions: images ``[N, C, H, W]`` float32 in [-1, 1], each value at the centre of one of
 ``bins`` bins (17 for the digits, 256 for 8-bit images) for :func:`dequantize`; labels
-``[N]`` int64.  See ``docs/design.md`` section 9.
+``[N]`` int64; optional condition tokens per split (:class:`CondTokens`, :mod:`.cond`).  See
+``docs/design.md`` section 9.
 """
 from .batches import ImageBatches
-from .core import (DataError, ImageData, ImageSet, LazyImages, check_labels, codes_to_unit,
-                   dequantize, fingerprint, pixel_mean_std, split_indices)
+from .core import (CondTokens, DataError, ImageData, ImageSet, LazyImages, check_cond,
+                   check_labels, codes_to_unit, dequantize, fingerprint, pixel_mean_std,
+                   split_indices)
 from .digits import DIGITS_BINS, DIGITS_SHAPE, digits_data, load_digits
 from .open import BUILT_IN, open_dataset
 from .patches import colour_patches
 from .toys import TOYS, checkerboard, eight_gaussian_modes, eight_gaussians, sample_toy, two_moons
 
 __all__ = [
-    "BUILT_IN", "DIGITS_BINS", "DIGITS_SHAPE", "TOYS", "DataError", "ImageBatches",
-    "ImageData", "ImageSet", "LazyImages", "check_labels", "checkerboard", "codes_to_unit",
+    "BUILT_IN", "CondTokens", "DIGITS_BINS", "DIGITS_SHAPE", "TOYS", "DataError",
+    "ImageBatches", "ImageData", "ImageSet", "LazyImages", "check_cond", "check_labels",
+    "checkerboard", "codes_to_unit",
     "colour_patches", "dequantize", "digits_data", "eight_gaussian_modes", "eight_gaussians",
     "fingerprint", "load_digits", "open_dataset", "pixel_mean_std", "sample_toy",
     "split_indices", "two_moons",
