@@ -66,17 +66,16 @@ def run_data(data: DataConfig) -> Optional[ImageData]:
                               f"condition tokens (ImageData.train_cond/test_cond); cond must "
                               f"be the dataset's name {data.dataset!r}")
     else:
+        opened = (name, data.image_size, data.channels, data.data_workers)
         try:
-            if data.cond is None or own:
-                images = _open(name, data.image_size, data.channels, data.data_workers)
-            else:
-                images = _open_with_cond(name, data.image_size, data.channels,
-                                         data.data_workers, _resolved(data.cond))
+            images = _open(*opened)
         except ValueError as e:   # DataError
-            flag = "--cond" if data.cond is not None and "condition tokens" in str(e) \
-                else "--dataset"
-            raise OptionError(f"{flag} {data.cond if flag == '--cond' else data.dataset}: "
-                              f"{e}") from e
+            raise OptionError(f"--dataset {data.dataset}: {e}") from e
+        if data.cond is not None and not own:
+            try:
+                images = _open_with_cond(*opened, _resolved(data.cond))
+            except ValueError as e:
+                raise OptionError(f"--cond {data.cond}: {e}") from e
     if own and not images.cond_dim:
         raise OptionError(f"--cond: dataset {data.dataset!r} carries no condition tokens "
                           f"(an .npz file's 'cond' key); give the token file as --cond FILE")
