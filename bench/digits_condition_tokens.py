@@ -6,12 +6,13 @@ are the default digits model with the same options and budget.  Each is sampled 
 ``ntm eval`` samples a conditional run (:func:`ntm_engine.training.sample_conditions`: sample
 ``i`` shows class ``i % 10``, with that class's label or token sequence), 1000 samples per
 noise seed, and rated by the digits classifier (accuracy against the class, Frechet distance of
-its features to the test split), over 5 noise seeds, at guidance 0 and ``--guidance``.
+its features to the test split), over 5 noise seeds, at guidance 0 and each ``--guidance``.
 
     python bench/digits_condition_tokens.py tokens OUT.npz      # the token file only
-    python bench/digits_condition_tokens.py train DIR [--iters 1500] [--threads 1]
+    python bench/digits_condition_tokens.py train DIR [--iters 1500] [--threads 1] [--seed 0]
         # DIR/tokens.npz, then DIR/label and DIR/tokens trained concurrently (ntm train)
-    python bench/digits_condition_tokens.py evaluate DIR [--out results.md] [--guidance 2]
+    python bench/digits_condition_tokens.py evaluate DIR [DIR ...] [--out tables.md] \\
+        [--guidance 1 2]          # one DIR per training seed (train --seed S)
 """
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ def write_tokens(path: Path) -> Path:
     return path
 
 
-def train_commands(out: Path, iters: int, threads: int):
+def train_commands(out: Path, iters: int, threads: int, seed: int = 0):
     common = ["--dataset", "digits", "--iters", str(iters), "--threads", str(threads),
-              "--no-progress", "--resume"]
+              "--seed", str(seed), "--no-progress", "--resume"]
     py = [sys.executable, "-m", "ntm_engine", "train"]
     return {"label": py + common + ["--class-conditional", "--out", str(out / "label")],
             "tokens": py + common + ["--cond", str(out / "tokens.npz"),
@@ -63,7 +64,7 @@ def train_commands(out: Path, iters: int, threads: int):
 def train(args) -> int:
     out = Path(args.dir)
     write_tokens(out / "tokens.npz")
-    cmds = train_commands(out, args.iters, args.threads)
+    cmds = train_commands(out, args.iters, args.threads, args.seed)
     procs = {}
     for name, cmd in cmds.items():
         print("$ " + " ".join(cmd), flush=True)
@@ -99,18 +100,21 @@ def rate(run_dir: Path, guidances, n: int, net, xt):
 
 
 def evaluate(args) -> int:
-    d = Path(args.dir)
     torch.set_num_threads(args.threads)
     net, meta = metrics.load_or_train_classifier()
     xt, _ = load_digits("test")
-    guidances = (0.0, args.guidance)
-    t0 = time.perf_counter()
-    res = {name: rate(d / name, guidances, args.n, net, xt) for name in ("label", "tokens")}
-    res["eval_s"] = time.perf_counter() - t0
-    (d / "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(json.dumps(res, indent=1))
+    guidances = (0.0, *args.guidance)
+    results = {}
+    for d in map(Path, args.dirs):
+        t0 = time.perf_counter()
+        res = {name: rate(d / name, guidances, args.n, net, xt) for name in ("label", "tokens")}
+        res["eval_s"] = time.perf_counter() - t0
+        (d / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+        results[str(d)] = res
+    text = report(results, guidances, args.n, meta)
+    print(text)
     if args.out:
-        Path(args.out).write_text(report(res, args, meta))
+        Path(args.out).write_text(text)
     return 0
 
 
@@ -120,36 +124,33 @@ def within(a, b):
     return abs(a[0] - b[0]) <= max(a[1], b[1])
 
 
-def report(res, args, meta) -> str:
-    rows = []
-    for w in (0.0, args.guidance):
-        for name in ("label", "tokens"):
-            r = res[name][str(w)]
-            rows.append(f"| {name} | {w:g} | {r['accuracy'][0]:.4f} +- {r['accuracy'][1]:.4f} "
-                        f"| {r['fd'][0]:.2f} +- {r['fd'][1]:.2f} |")
-    verdict = []
-    for w in (0.0, args.guidance):
-        a, b = res["tokens"][str(w)], res["label"][str(w)]
-        verdict.append(f"- guidance {w:g}: accuracy {'within' if within(a['accuracy'], b['accuracy']) else 'NOT within'}"
-                       f" one s.e. ({a['accuracy'][0] - b['accuracy'][0]:+.4f}), Frechet distance "
-                       f"{'within' if within(a['fd'], b['fd']) else 'NOT within'} one s.e. "
-                       f"({a['fd'][0] - b['fd'][0]:+.2f})")
-    return "\n".join([
-        "# Digits: condition tokens against class labels",
-        "",
-        "Table: " + f"{args.n} samples per noise seed, seeds {list(SEEDS)}, mean +- s.e. over the "
-        "seeds; " + f"classifier {meta.get('path')} (test accuracy {meta.get('test_accuracy')}).",
-        "",
-        "| model | guidance | class accuracy | Frechet distance |",
-        "|---|---|---|---|",
-        *rows,
-        "",
-        f"Test bits/dim (t_0 = 0 bound, one trajectory): label {res['label']['test_bpd']:.4f}, "
-        f"tokens {res['tokens']['test_bpd']:.4f}.",
-        "",
-        *verdict,
-        "",
-    ]) + "\n"
+def report(results, guidances, n, meta) -> str:
+    """Markdown tables: per training run, the figures of both models at each guidance; then
+    the differences tokens - label (s.e. of the difference: the two s.e. in quadrature) and
+    whether the token figure lies within one s.e. of the label figure."""
+    out = [f"{n} samples per noise seed, noise seeds {list(SEEDS)}, mean +- s.e. over the "
+           f"noise seeds; classifier test accuracy {float(meta.get('test_accuracy', 'nan')):.4f}.",
+           "", "| training seed run | model | guidance | class accuracy | Frechet distance "
+           "| test bits/dim |", "|---|---|---|---|---|---|"]
+    for d, res in results.items():
+        for w in guidances:
+            for name in ("label", "tokens"):
+                r = res[name][str(w)]
+                out.append(f"| {Path(d).name} | {name} | {w:g} | {r['accuracy'][0]:.4f} +- "
+                           f"{r['accuracy'][1]:.4f} | {r['fd'][0]:.2f} +- {r['fd'][1]:.2f} | "
+                           f"{res[name]['test_bpd']:.4f} |")
+    out += ["", "| training seed run | guidance | accuracy: tokens - label | within 1 s.e. "
+            "| Frechet distance: tokens - label | within 1 s.e. |", "|---|---|---|---|---|---|"]
+    for d, res in results.items():
+        for w in guidances:
+            a, b = res["tokens"][str(w)], res["label"][str(w)]
+            cells = []
+            for k, fmt in (("accuracy", ".4f"), ("fd", ".2f")):
+                diff = a[k][0] - b[k][0]
+                se = math.hypot(a[k][1], b[k][1])
+                cells += [f"{diff:+{fmt}} +- {se:{fmt}}", "yes" if within(a[k], b[k]) else "no"]
+            out.append(f"| {Path(d).name} | {w:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
@@ -162,10 +163,12 @@ def main(argv=None) -> int:
     tr.add_argument("dir")
     tr.add_argument("--iters", type=int, default=1500)
     tr.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--seed", type=int, default=0, help="the training seed of both runs")
     ev = sub.add_parser("evaluate")
-    ev.add_argument("dir")
+    ev.add_argument("dirs", nargs="+", help="folders of train (one per training seed)")
     ev.add_argument("--n", type=int, default=1000)
-    ev.add_argument("--guidance", type=float, default=2.0)
+    ev.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0],
+                    help="guidance weights besides 0")
     ev.add_argument("--threads", type=int, default=1)
     ev.add_argument("--out", default=None, help="a markdown table")
     args = p.parse_args(argv)

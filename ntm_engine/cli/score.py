@@ -66,6 +66,9 @@ def cond_for_score(r, dataset: Optional[str], cond) -> Optional[str]:
     if cond is not True:
         return cond
     if dataset is None:
+        if r.config.data.cond is None:
+            raise ConfigError("--cond: the run records no token source for its data; give the "
+                              "token file as --cond FILE")
         return r.config.data.cond
     if not dataset.lower().endswith(".npz"):
         raise ConfigError(f"--cond without a FILE takes the tokens of the .npz --dataset; "
