@@ -149,7 +149,7 @@ def test_config_errors(tmp_path):
         distiller(run, tmp_path / "x", t_min=0.0, iters=1)
     with pytest.raises(ConfigError, match=r"must lie in \(0, t_1 = 0.25\) .* got 0.25$"):
         distiller(run, tmp_path / "x", t_min=0.25, iters=1)
-    with pytest.raises(ConfigError, match="label_dropout > 0 needs a class-conditional teacher"):
+    with pytest.raises(ConfigError, match="label_dropout > 0 needs a conditional teacher"):
         distiller(run, tmp_path / "x", label_dropout=0.1, iters=1)
     with pytest.raises(ConfigError, match="invalid denoiser configuration: .*arch 'conv' needs "
                        "images"):

@@ -100,7 +100,7 @@ def test_an_old_run_resumes(old_run, capsys):
          "trajectory_loss": "end_to_end",
          # keys added later, at the values that reproduce what old runs did
          "image_size": None, "channels": None, "data_workers": 0, "decoder": None,
-         "precision": "fp32",
+         "precision": "fp32", "cond": None,
          "checkpoint_predictor": False,
          # the drift guard is on for old runs too (it changes nothing unless it fires)
          "reversible_check_every": 100, "reversible_tolerance": None,

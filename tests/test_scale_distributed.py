@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ntm_engine import checkpoint as ckpt
+from ntm_engine.data import digits_data
 from ntm_engine.training import (ConfigError, DataSource, TrainConfig, build_model, derive_seed,
                                  make_config)
 from ntm_engine.training.determinism import seed_everything
@@ -95,11 +97,28 @@ def _reference_gradient(cfg: TrainConfig):
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
+def digits_token_file(path: Path) -> str:
+    """Condition tokens [2, 3] for the digits: each class's own random sequence."""
+    data = digits_data()
+    table = np.random.default_rng(0).standard_normal((10, 2, 3)).astype(np.float32)
+    np.savez(path, cond=table[data.train.labels.numpy()], test_cond=table[data.test.labels.numpy()])
+    return str(path)
+
+
+def conditioned_digits(kind: str, tmp_path: Path, **kw) -> TrainConfig:
+    """A tiny digits config conditioned on labels or on condition tokens."""
+    if kind == "labels":
+        return make_config("digits", True, model=TINY, **kw)
+    return make_config("digits", model=TINY, cond=digits_token_file(tmp_path / "tok.npz"), **kw)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)   # a gloo deadlock fails here instead of stalling CI
-def test_averaged_gradient_equals_the_global_batch_gradient(tmp_path):
-    cfg = make_config("digits", True, model=TINY, batch_size=16, iters=1,
-                      eval_samples=0).replace(grad_clip=None)
+@pytest.mark.parametrize("kind", ["labels", "tokens"])
+def test_averaged_gradient_equals_the_global_batch_gradient(tmp_path, kind):
+    """(Condition tokens: each rank's rows carry their own tokens through the DDP forward.)"""
+    cfg = conditioned_digits(kind, tmp_path, batch_size=16, iters=1,
+                             eval_samples=0).replace(grad_clip=None)
     mp.spawn(_one_step, args=(_free_port(), cfg.to_dict(), str(tmp_path / "run"), str(tmp_path)),
              nprocs=WORLD)
     ref = _reference_gradient(cfg)
@@ -121,9 +140,12 @@ def test_the_global_batch_must_split_evenly():
         trainer(cfg, "/nonexistent/never-written", world=World(rank=0, size=2))
 
 
-@pytest.mark.parametrize("dataset", ["digits", "checkerboard"])
-def test_each_rank_reads_its_rows_of_the_global_batch(dataset):
-    cfg = make_config(dataset, dataset == "digits", model=TINY, batch_size=12, iters=1)
+@pytest.mark.parametrize("dataset", ["digits", "checkerboard", "digits+tokens"])
+def test_each_rank_reads_its_rows_of_the_global_batch(dataset, tmp_path):
+    if dataset == "digits+tokens":
+        cfg = conditioned_digits("tokens", tmp_path, batch_size=12, iters=1)
+    else:
+        cfg = make_config(dataset, dataset == "digits", model=TINY, batch_size=12, iters=1)
     whole = DataSource(cfg)
     for step in (0, 7):
         x, y = whole.batch(step)
@@ -131,7 +153,11 @@ def test_each_rank_reads_its_rows_of_the_global_batch(dataset):
             rows = World(rank=r, size=3).rows(12)
             xr, yr = DataSource(cfg, rows=rows).batch(step)
             assert xr.shape[0] == 4 and torch.equal(xr, x[rows]), (dataset, step, r)
-            assert (yr is None) == (y is None) and (y is None or torch.equal(yr, y[rows]))
+            assert (yr is None) == (y is None)
+            if dataset == "digits+tokens":      # each row's tokens go with it
+                assert yr.labels is None and torch.equal(yr.tokens, y.tokens[rows])
+            elif y is not None:
+                assert torch.equal(yr, y[rows])
 
 
 def _torchrun(out, *extra, throttle=0.0):

@@ -16,7 +16,7 @@ from ..checkpoint import atomic_write_text
 from ..data import load_digits
 from ..training import (Run, default_sample_steps, denoiser_for, eval_bins, evaluate_bpd,
                         evaluate_test, histogram_bpd, latent_quality, likelihood_key, load_run,
-                        model_code_fingerprint, raw_quality, run_decoder)
+                        model_code_fingerprint, raw_quality, run_decoder, sample_conditions)
 from .common import (HelpFormatter, add_device_options, log, nonneg_float, nonneg_int,
                      positive_int, setup_device,
                      timed_samples)
@@ -65,10 +65,11 @@ LATENT_NOTE = ("upper bound on -log p(z) / D, nats per latent dimension, with t_
 
 def likelihood(r: Run, args, device) -> Dict[str, Any]:
     """Test bits/dim (averaged over ``--bpd-repeats``) at the default ``T``, and per trained
-    ``T`` the single-trajectory and importance-weighted bounds (and, for a class-conditional
-    model, the unconditional ones); the histogram baseline; or the FM model's test loss.
-    Latents: the same as nats/dim, every key named with ``nats_per_dim`` instead of ``bpd``
-    (:func:`~ntm_engine.training.likelihood_key`), no histogram baseline."""
+    ``T`` the single-trajectory and importance-weighted bounds (and, for a conditional model
+    -- labels or condition tokens -- the unconditional ones); the histogram baseline; or the
+    FM model's test loss.  Latents: the same as nats/dim, every key named with
+    ``nats_per_dim`` instead of ``bpd`` (:func:`~ntm_engine.training.likelihood_key`), no
+    histogram baseline."""
     cfg = r.config
     if cfg.objective.objective == "flow_matching":   # no likelihood: its test loss
         return {f"test_{k}": v for k, v in
@@ -83,11 +84,12 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
                          if cfg.data.is_image else
                          "continuous bits/dim bound (no discretisation term)"),
            f"{m}_samples": args.bpd_samples}
-    if cfg.conditional:   # the labels' bound is of p(x | y): named so next to p(x)'s
+    if cfg.data.conditioned:   # the bound is of p(x | y): named so next to p(x)'s
         res[f"test_{m}_cond"] = res[f"test_{m}"]
-        res[f"{m}_note"] += (f"; class-conditional: test_{m} = test_{m}_cond bounds the "
-                             f"{'nats' if cfg.latent else 'bits'}/dim of p(x | y), "
-                             f"test_{m}_uncond of p(x) (the null class)")
+        res[f"{m}_note"] += (f"; conditional: test_{m} = test_{m}_cond bounds the "
+                             f"{'nats' if cfg.latent else 'bits'}/dim of p(x | y) (y: the test "
+                             f"items' labels and/or condition tokens), test_{m}_uncond of p(x) "
+                             "(the null condition)")
     res[f"{m}_per_steps"] = {str(T): bpd_at(r, args, device, T) for T in trained_steps(r, args)}
     first = res[f"{m}_per_steps"][str(trained_steps(r, args)[0])]
     res.update({f"test_{k}": v for k, v in first.items() if k not in (m, f"{m}_cond")})
@@ -98,16 +100,17 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
 
 def bpd_at(r: Run, args, device, T: int) -> Dict[str, float]:
     """Bits/dim at ``T`` steps: single-trajectory (``bpd``), importance-weighted over
-    ``--bpd-samples`` (``bpd_iw``); for a class-conditional model the same again as
-    ``*_cond`` (of ``p(x | y)``) and the unconditional ones (``*_uncond``, of ``p(x)``).
-    Latents: ``nats_per_dim``, ``nats_per_dim_iw``, ..."""
+    ``--bpd-samples`` (``bpd_iw``); for a conditional model the same again as ``*_cond`` (of
+    ``p(x | y)``) and the unconditional ones (``*_uncond``, of ``p(x)``).  Latents:
+    ``nats_per_dim``, ``nats_per_dim_iw``, ..."""
     m = likelihood_key(r.config)
     out = {}
-    for suffix, uncond in (("", False), ("_uncond", True))[:1 + r.config.conditional]:
+    conditioned = r.config.data.conditioned
+    for suffix, uncond in (("", False), ("_uncond", True))[:1 + conditioned]:
         for name, k in ((m, 1), (f"{m}_iw", args.bpd_samples)):
             out[name + suffix] = evaluate_bpd(r.model, r.config, device, seed=args.seed,
                                               samples=k, steps=T, unconditional=uncond)[m]
-    if r.config.conditional:
+    if conditioned:
         out.update({f"{m}_cond": out[m], f"{m}_iw_cond": out[f"{m}_iw"]})
     return out
 
@@ -120,7 +123,8 @@ def trained_steps(r: Run, args) -> Tuple[int, ...]:
 
 
 def sample_quality(r: Run, args, y, res: Dict[str, Any]) -> Callable:
-    """The rating of a batch of samples (digits: the classifier, loaded once; its description
+    """The rating of a batch of samples (digits: the classifier, loaded once, its accuracy
+    against the classes ``y [n]`` the samples should show (None: no accuracy); its description
     goes into ``res``; latents: :func:`~ntm_engine.training.latent_quality`, its note into
     ``res``)."""
     cfg = r.config
@@ -157,11 +161,14 @@ def samplers(r: Run, args, device, res: Dict[str, Any]) -> None:
     inverse, the slow trajectory-denoise sampler and, with ``--denoiser``, the learned
     denoiser (the same noise for all)."""
     n = args.n_samples
-    y = torch.arange(n) % int(r.config.model["num_classes"]) if r.config.conditional else None
+    # the condition of each sample and the class it should show: labels 0..K-1 cycled, or the
+    # condition tokens of test items of those classes (training.batches.sample_conditions)
+    y, classes = sample_conditions(r.config.data, n)
     if args.guidance and y is None:
-        raise SystemExit("ntm eval: error: --guidance needs a class-conditional model")
+        raise SystemExit("ntm eval: error: --guidance needs a conditional model (labels or "
+                         "condition tokens)")
     denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
-    quality = sample_quality(r, args, y, res)
+    quality = sample_quality(r, args, classes, res)
     steps = trained_steps(r, args)
     res["samples_per_steps"] = {str(T): eval_sampler(r.model, n, y, device, args, quality,
                                                      steps=T) for T in steps}
@@ -216,6 +223,8 @@ def run(args, parser) -> int:
                            "seed": args.seed, "train_elapsed_s": ck.state.get("elapsed_s"),
                            "model_code_matches": ck.state.get("model_code_sha256") ==
                            model_code_fingerprint()}
+    if cfg.data.cond is not None:
+        res["condition_tokens"] = cfg.data.cond
     res.update(likelihood(r, args, device))
     if args.n_samples > 0:
         samplers(r, args, device, res)

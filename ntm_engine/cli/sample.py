@@ -1,6 +1,7 @@
 """``ntm sample``: draw samples from a trained run into a PNG grid (optionally ``.pt``/``.npy``/
 ``.npz``), timed; ``--denoiser`` samples on the ``t_0 = t_d`` grid with a distilled denoiser;
-samples of latents are drawn through the run's ``--decoder`` (or shown as latents)."""
+samples of latents are drawn through the run's ``--decoder`` (or shown as latents); ``--cond``
+samples a run with condition tokens for the token sequences of a ``.npy`` file."""
 from __future__ import annotations
 
 import io
@@ -13,6 +14,7 @@ import torch
 
 from .. import plots
 from ..checkpoint import atomic_write_bytes
+from ..condition import Condition, labels_of
 from ..training import (TrainConfig, default_sample_steps, denoiser_for, grid_images, load_run,
                         run_decoder, test_data)
 from .common import (HelpFormatter, add_device_options, int_list, log, nonneg_float,
@@ -24,11 +26,20 @@ def add_parser(sub) -> None:
     s = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid",
                        formatter_class=HelpFormatter)
     s.add_argument("checkpoint", help="run folder, its checkpoints/ folder, or a checkpoint folder")
-    s.add_argument("-n", type=positive_int, default=100, help="number of samples")
+    s.add_argument("-n", type=positive_int, default=None,
+                   help="number of samples (default 100, or the sequences of an [N, L, C] "
+                   "--cond file)")
     s.add_argument("--labels", default=None,
                    help="class-conditional models: comma-separated labels cycled over the "
                    "samples, 'all' (0..K-1 cycled for K classes; the default) or 'none' "
                    "(unconditional)")
+    s.add_argument("--cond", default=None, metavar="FILE.npy",
+                   help="runs with condition tokens: a .npy of one token sequence [L, C] for "
+                   "every sample or one per sample [N, L, C] (float; C = the run's token size; "
+                   "default: none, the learned null sequence)")
+    s.add_argument("--cond-mask", default=None, metavar="FILE.npy",
+                   help="with --cond: a .npy of bools [L] or [N, L], True = a real token, "
+                   "False = padding (default: all real)")
     s.add_argument("--steps", type=steps_option, default=None, metavar="T|all",
                    help="sampling steps (default: the smallest trained T); 'all': one grid per "
                    "trained T, named <out>_<T>step.png")
@@ -92,12 +103,64 @@ def labels(spec: Optional[str], cfg: TrainConfig, n: int) -> Optional[torch.Tens
     return torch.tensor(vals).repeat(math.ceil(n / len(vals)))[:n]
 
 
+def _load_npy(path: str, what: str) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"ntm sample: error: {what} {path}: not a readable .npy file ({e})")
+    if not isinstance(a, np.ndarray):
+        raise SystemExit(f"ntm sample: error: {what} {path}: expected a .npy array, got an "
+                         f".npz archive")
+    return a
+
+
+def condition_tokens(args, model) -> Optional[Condition]:
+    """The tokens (and mask) of ``--cond`` / ``--cond-mask`` as a Condition without labels,
+    checked against the model (``cond_dim``) and ``-n`` (which an ``[N, L, C]`` file sets);
+    None without ``--cond``.  Errors are SystemExit naming the option."""
+    if args.cond is None:
+        if args.cond_mask is not None:
+            raise SystemExit("ntm sample: error: --cond-mask needs --cond (the tokens)")
+        return None
+    C = int(getattr(model, "cond_dim", 0))
+    if not C:
+        raise SystemExit("ntm sample: error: --cond: this run has no condition tokens "
+                         "(cond_dim=0; trained without ntm train --cond)")
+    a = _load_npy(args.cond, "--cond")
+    if a.dtype.kind not in "fiu" or a.ndim not in (2, 3) or a.shape[-1] != C:
+        raise SystemExit(f"ntm sample: error: --cond {args.cond}: expected float tokens [L, {C}] "
+                         f"or [N, L, {C}] (the run's cond_dim = {C}), got {a.dtype} "
+                         f"{list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise SystemExit(f"ntm sample: error: --cond {args.cond}: expected finite values")
+    if a.ndim == 3:
+        if args.n is not None and args.n != a.shape[0]:
+            raise SystemExit(f"ntm sample: error: --cond {args.cond} holds {a.shape[0]} "
+                             f"sequences, one per sample, but -n {args.n}")
+        args.n = a.shape[0]
+    n = args.n or 100
+    tokens = torch.from_numpy(a.astype(np.float32)).expand(n, *a.shape[-2:])
+    mask = None
+    if args.cond_mask is not None:
+        m = _load_npy(args.cond_mask, "--cond-mask")
+        if m.dtype != np.bool_ and not (m.dtype.kind in "iu" and np.isin(m, (0, 1)).all()):
+            raise SystemExit(f"ntm sample: error: --cond-mask {args.cond_mask}: expected bools "
+                             f"(True = a real token), got {m.dtype}")
+        if tuple(m.shape) not in ((a.shape[-2],), tuple(a.shape[:-1])):
+            raise SystemExit(f"ntm sample: error: --cond-mask {args.cond_mask}: expected shape "
+                             f"{list(a.shape[:-1])} (the tokens' without C), got {list(m.shape)}")
+        mask = torch.from_numpy(m.astype(bool)).expand(n, a.shape[-2])
+    return Condition(None, tokens, mask)
+
+
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
 
 
 def _save_array(x, y, path: Path, cfg: TrainConfig) -> str:
-    """The samples ``x`` (labels ``y`` or None) as ``path`` (.npy: ``x`` alone; .npz and .pt:
-    with the labels; latents under ``latents``, so the file is a dataset again)."""
+    """The samples ``x`` (labels ``y``, a Condition's labels, or None) as ``path`` (.npy: ``x``
+    alone; .npz and .pt: with the labels; latents under ``latents``, so the file is a dataset
+    again)."""
+    y = labels_of(y)
     buf = io.BytesIO()
     suffix = path.suffix.lower()
     if suffix == ".pt":
@@ -147,9 +210,14 @@ def decoder_options(args, r, denoiser, t_d: float) -> dict:
 def run(args, parser) -> int:
     device = setup_device(args)
     r = load_run(args.checkpoint, device, ema=not args.no_ema, log=log)
+    tokens = condition_tokens(args, r.model)
+    args.n = args.n or 100
     y = labels(args.labels, r.config, args.n)
+    if tokens is not None:
+        y = Condition(y, tokens.tokens, tokens.mask)
     if args.guidance and y is None:
-        raise SystemExit("ntm sample: error: --guidance needs a class-conditional model and labels")
+        raise SystemExit("ntm sample: error: --guidance needs a conditional model and a "
+                         "condition (labels, or condition tokens: --cond)")
     denoiser, t_d, den_ck = denoiser_for(args.denoiser, r, device, log)
     den_kw = decoder_options(args, r, denoiser, t_d)
     decoder = run_decoder(r.config, args.decoder)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .. import plots
 from ..checkpoint import atomic_write_text
+from ..condition import Condition
 from ..models import NTM
 from ..training import ConfigError, DataConfig, eval_bins, load_run, run_data
 from ..training.scoring import image_bits_per_dim, latent_nats_per_dim
@@ -31,7 +32,7 @@ def add_parser(sub) -> None:
         "bound on bits/dim (lower: more likely), in the data's order, to --out (CSV: index, "
         "label, bits_per_dim) and a histogram beside it (.png).  A model of latents scores "
         "each latent in nats/dim (column nats_per_dim: the continuous density, no bins).  A "
-        "class-conditional model scores p(x) (its unconditional branch) unless --labels.")
+        "conditional model scores p(x) (its unconditional branch) unless --labels / --cond.")
     s.add_argument("run", help="run folder, checkpoint, or exported folder (ntm export)")
     s.add_argument("--dataset", default=None,
                    help="images to score, as ntm train --dataset (default: the run's data); "
@@ -42,6 +43,10 @@ def add_parser(sub) -> None:
                    help="forward trajectories per image (the importance-weighted bound)")
     s.add_argument("--labels", action="store_true",
                    help="score p(x | y) with the data's labels (class-conditional models)")
+    s.add_argument("--cond", nargs="?", const=True, default=None, metavar="FILE",
+                   help="score p(x | tokens) with each image's condition tokens (runs trained "
+                   "with --cond): alone, those of the run's data (or of the .npz --dataset); "
+                   "with FILE, a token file for --dataset as ntm train --cond FILE")
     s.add_argument("--steps", type=positive_int, default=None,
                    help="the grid's T (default: the model's first trained T)")
     s.add_argument("--batch-size", type=positive_int, default=256)
@@ -53,22 +58,60 @@ def add_parser(sub) -> None:
     s.set_defaults(handler=run)
 
 
-def images_to_score(r, dataset: Optional[str], split: str, labels: bool
-                    ) -> Tuple[Tensor, Optional[Tensor], str]:
-    """``(images [N, *data_shape], labels [N] or None, what)`` of ``--dataset`` (default: the
-    run's own data), sized for the run's model (latents: as stored)."""
+def cond_for_score(r, dataset: Optional[str], cond) -> Optional[str]:
+    """Where the tokens of ``--cond [FILE]`` come from (a ``DataConfig.cond``): FILE; alone,
+    the run's own token source (scoring its data) or the ``.npz`` ``--dataset`` itself."""
+    if cond is None:
+        return None
+    if not getattr(r.model, "cond_dim", 0):
+        raise ConfigError("--cond: the model has no condition tokens (cond_dim=0)")
+    if cond is not True:
+        return cond
+    if dataset is None:
+        if r.config.data.cond is None:
+            raise ConfigError("--cond: the run records no token source for its data; give the "
+                              "token file as --cond FILE")
+        return r.config.data.cond
+    if not dataset.lower().endswith(".npz"):
+        raise ConfigError(f"--cond without a FILE takes the tokens of the .npz --dataset; "
+                          f"--dataset {dataset} is not one: give the token file as --cond FILE")
+    return dataset
+
+
+def images_to_score(r, dataset: Optional[str], split: str, labels: bool, cond=None
+                    ) -> Tuple[Tensor, Optional[Tensor], str, Optional[Condition]]:
+    """``(images [N, *data_shape], labels [N] or None, what, tokens)`` of ``--dataset``
+    (default: the run's own data), sized for the run's model (latents: as stored); ``tokens``:
+    with ``--cond`` (:func:`cond_for_score`), the images' condition tokens as a Condition
+    without labels."""
     shape = tuple(r.model.data_shape)
     if len(shape) != 3:
         raise ConfigError(f"ntm score needs an image model; {r.checkpoint.path} is for data of "
                           f"shape {list(shape)}")
     name = dataset or r.config.dataset
     latent = r.config.latent
-    data = run_data(DataConfig(name, False) if latent else
-                    DataConfig(name, False, image_size=shape[1], channels=shape[0]))
+    source = cond_for_score(r, dataset, cond)
+    data = run_data(DataConfig(name, False, cond=source) if latent else
+                    DataConfig(name, False, image_size=shape[1], channels=shape[0],
+                               cond=source))
     if latent and not data.continuous:
         raise ConfigError(f"--dataset {name}: images ({data.summary()}); the model scores "
                           f"latents of shape {list(shape)} (an .npz with a 'latents' array)")
     parts = ("train", "test") if split == "all" else (split,)
+    tokens = None
+    if source is not None:
+        cs = [data.split_cond(p) for p in parts]
+        if cs[0].dim != r.model.cond_dim:
+            raise ConfigError(f"--cond {source}: tokens of {cs[0].dim} features, the model "
+                              f"takes {r.model.cond_dim}")
+        if len({c.tokens.shape[1] for c in cs}) > 1:
+            raise ConfigError(f"--cond {source}: the splits' token sequences differ in length "
+                              f"L; score one split at a time")
+        mask = None
+        if any(c.mask is not None for c in cs):
+            mask = torch.cat([torch.ones(c.tokens.shape[:2], dtype=torch.bool) if c.mask is None
+                              else c.mask for c in cs])
+        tokens = Condition(None, torch.cat([c.tokens for c in cs]), mask)
     xs, ys = zip(*(data.tensors(p) for p in parts))
     x = torch.cat(xs)
     y = None if any(v is None for v in ys) else torch.cat(ys)
@@ -83,7 +126,7 @@ def images_to_score(r, dataset: Optional[str], split: str, labels: bool
         if int(y.max()) >= r.model.num_classes:
             raise ConfigError(f"--labels: --dataset {name} has label {int(y.max())}, the model "
                               f"knows {r.model.num_classes} classes")
-    return x, y, f"{name} ({split}, {len(x)} {'latents' if latent else 'images'})"
+    return x, y, f"{name} ({split}, {len(x)} {'latents' if latent else 'images'})", tokens
 
 
 def write_scores(path: Path, bpd: Tensor, labels: Optional[Tensor],
@@ -103,19 +146,23 @@ def run(args, parser) -> int:
     if not isinstance(r.model, NTM):
         raise ConfigError(f"ntm score needs an NTM run; {r.checkpoint.path} holds a "
                           f"{type(r.model).__name__}")
-    x, y, what = images_to_score(r, args.dataset, args.split, args.labels)
+    x, y, what, tokens = images_to_score(r, args.dataset, args.split, args.labels, args.cond)
+    given = y if args.labels else None
+    if tokens is not None:
+        given = Condition(given, tokens.tokens, tokens.mask)
     opts = dict(samples=args.bpd_samples, batch_size=args.batch_size, seed=args.seed,
                 steps=args.steps, device=device)
     if r.config.latent:
-        bpd = latent_nats_per_dim(r.model, x, y if args.labels else None, **opts)
+        bpd = latent_nats_per_dim(r.model, x, given, **opts)
         column, unit, how = "nats_per_dim", "nats/dim", "continuous"
     else:
         bins = eval_bins(r.config.data)
-        bpd = image_bits_per_dim(r.model, x, y if args.labels else None, bins=bins, **opts)
+        bpd = image_bits_per_dim(r.model, x, given, bins=bins, **opts)
         column, unit, how = "bits_per_dim", "bits/dim", f"{bins} bins"
     out = Path(args.out) if args.out else r.run_dir / "scores.csv"
     write_scores(out, bpd, y, column)
-    kind = "p(x | y)" if args.labels else "p(x)"
+    kind = {(False, False): "p(x)", (True, False): "p(x | y)", (False, True): "p(x | tokens)",
+            (True, True): "p(x | y, tokens)"}[(bool(args.labels), tokens is not None)]
     png = plots.save_histograms({what: bpd}, out.with_suffix(".png"), xlabel=unit,
                                 title=f"{kind}, K = {args.bpd_samples}, {how}")
     finite = bpd[torch.isfinite(bpd)]

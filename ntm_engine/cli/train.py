@@ -98,6 +98,11 @@ def _add_data_options(d) -> None:
                    "file (default: digits)")
     d.add_argument("--class-conditional", action="store_true", default=None,
                    help="condition on the class label (labelled images; enables guidance)")
+    d.add_argument("--cond", nargs="?", const=True, default=None, metavar="FILE",
+                   help="condition on tokens [L, C] per image (e.g. text-encoder outputs; "
+                   "enables guidance): alone, the .npz --dataset's own 'cond' key; with FILE, "
+                   "an .npz of 'cond' (one sequence per training item) and 'test_cond' (per "
+                   "test item) for any --dataset; 'cond_mask'/'test_cond_mask' mark padding")
     d.add_argument("--image-size", type=positive_int, default=None,
                    help="resize the shorter side and centre-crop to this (images; default: "
                    "as stored, colour-patches 16)")
@@ -228,6 +233,8 @@ def _resumed_config(base: Dict[str, Any], args, model_over, train_over) -> Train
         requested["dataset"] = args.dataset
     if args.class_conditional is not None:
         requested["class_conditional"] = True
+    if args.cond is not None:
+        requested["cond"] = cond_source(args.cond, requested["dataset"])
     requested.update({k: getattr(args, k) for k in DATA_OPTIONS
                       if getattr(args, k) is not None})
     requested["model"].update(model_over)
@@ -255,8 +262,22 @@ def train_config(args) -> TrainConfig:
         train_over.update(iters=DEFAULT_ITERS.get(dataset, DEFAULT_ITERS["images"]),
                           minutes=DEFAULT_MINUTES.get(dataset, DEFAULT_MINUTES["images"]))
     data_over = {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None}
+    if args.cond is not None:
+        data_over["cond"] = cond_source(args.cond, dataset)
     return make_config(dataset, bool(args.class_conditional), model=model_over, **data_over,
                        decoder=args.decoder, **train_over)
+
+
+def cond_source(cond: Union[bool, str], dataset: str) -> str:
+    """The ``cond`` entry of ``--cond [FILE]``: FILE, or (``--cond`` alone) the dataset itself,
+    which must then be an ``.npz`` file (ConfigError otherwise)."""
+    if cond is not True:
+        return cond
+    if not dataset.lower().endswith(".npz"):
+        raise ConfigError(f"--cond without a FILE takes the tokens from the .npz --dataset's "
+                          f"'cond' key; --dataset {dataset} is not an .npz file: give the token "
+                          f"file as --cond FILE")
+    return dataset
 
 
 def run(args, parser) -> int:
@@ -282,7 +303,8 @@ def run(args, parser) -> int:
     if trainer.sharded:
         procs += f" ({trainer.world.size} FSDP shard{'s' * (trainer.world.size > 1)})"
     if trainer.world.is_main:
-        log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}, "
+        log(f"ntm train: {cfg.dataset}{' (class-conditional)' if cfg.conditional else ''}"
+            f"{'' if cfg.data.cond is None else ' (condition tokens of ' + cfg.data.cond + ')'}, "
             f"T={cfg.model['steps']}, transporter {cfg.model['transporter']}, {nparams / 1e6:.2f}M parameters, device "
             f"{trainer.device}, {torch.get_num_threads()} threads, budget iters="
             f"{cfg.optim.iters} minutes={cfg.optim.minutes}{procs}, out {args.out}")

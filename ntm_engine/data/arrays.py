@@ -8,12 +8,15 @@ images in 0..255, or floats in [0, 1]; ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, 
 (or ``y``) when present.  A test split may come as ``test_images``/``x_test`` with
 ``test_labels``/``y_test``; otherwise a fixed ``test_fraction`` is held out (:mod:`.npz`).
 An ``.npz`` with the key ``latents`` holds an autoencoder's latents (:mod:`.latents`).
+Condition tokens may come as ``cond`` ``[N, L, C]`` (with ``cond_mask``; ``test_cond`` for a
+given test split; :mod:`~ntm_engine.data.cond`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
+from .cond import read_cond
 from .core import ImageData, in_memory_data
 from .latents import LATENTS_KEY, latents_data
 from .npz import load_arrays, read_splits
@@ -41,6 +44,8 @@ def open_arrays(path, *, image_size: Optional[int] = None, channels: Optional[in
         convert=lambda a, name: fit_codes(to_codes(a, what=name), image_size, channels),
         convert_test=lambda a, name, train: fit_codes(to_codes(a, what=name), image_size,
                                                       channels or train.shape[1]))
+    cond, test_cond = read_cond(arrays, path, len(splits.values),
+                                None if splits.test is None else len(splits.test[0]))
     return in_memory_data(str(path), splits.values, splits.labels,
                           num_classes=splits.num_classes, test_fraction=test_fraction,
-                          test=splits.test)
+                          test=splits.test, cond=cond, test_cond=test_cond)

@@ -11,19 +11,24 @@ read only its rows of a batch (``rows``; the same values as those rows of the wh
 - lazy (any other split, e.g. a user ``Dataset``): :meth:`ImageBatches.stream` reads through a
   ``DataLoader`` with ``num_workers`` worker processes, which also dequantise, and pinned
   memory when the device is a GPU.  :meth:`ImageBatches.batch` still works (in-process).
+
+With condition tokens (``cond=True``) the labels' place holds a
+:class:`~ntm_engine.condition.Condition` of the same rows: the labels (``conditional``) and
+the tokens and mask of those items, gathered in this process by the same indices.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..condition import Condition
 from .core import DataError, ImageData, ImageSet, dequantize
 
-Batch = Tuple[Tensor, Optional[Tensor]]
+Batch = Tuple[Tensor, Union[None, Tensor, Condition]]
 
 
 class _Noisy(Dataset):
@@ -71,22 +76,27 @@ class _Steps(Sampler):
 
 
 class ImageBatches:
-    """Seeded training batches ``(x [B, C, H, W] dequantised, y [B] or None)`` of one split.
+    """Seeded training batches ``(x [B, C, H, W] dequantised, y)`` of one split, ``y`` labels
+    ``[B]``, None, or with ``cond`` a :class:`~ntm_engine.condition.Condition`.
 
     ``seeds(index, stream) -> int`` derives independent seeds (the trainer passes
     ``lambda i, s: derive_seed(cfg_seed, i, s)``); ``conditional`` returns labels (the data
-    must have classes).  ``num_workers`` / ``pin_memory`` (default: on for CUDA devices)
+    must have classes); ``cond`` returns the items' condition tokens (the data must have
+    them).  ``num_workers`` / ``pin_memory`` (default: on for CUDA devices)
     apply to :meth:`stream` on a lazy split.
     """
 
     def __init__(self, data: ImageData, *, batch_size: int, seeds: Callable[[int, str], int],
                  split: str = "train", conditional: bool = False, device=None,
-                 num_workers: int = 0, pin_memory: Optional[bool] = None):
+                 num_workers: int = 0, pin_memory: Optional[bool] = None, cond: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size: expected a positive integer, got {batch_size!r}")
         if conditional and data.num_classes == 0:
             raise DataError(f"conditional: data {data.name!r} has no class labels")
         self.ds = data.split(split)
+        self.cond = data.split_cond(split) if cond else None
+        if cond and self.cond is None:
+            raise DataError(f"cond: data {data.name!r} has no condition tokens")
         if len(self.ds) == 0:
             raise DataError(f"split: {data.name!r} has no {split!r} images")
         self.bins, self.batch_size, self.seeds = data.bins, batch_size, seeds
@@ -157,7 +167,7 @@ class ImageBatches:
             x = torch.stack([it[0] for it in items])
             y = torch.tensor([it[1] for it in items], dtype=torch.long)
         x = dequantize(x, self.bins, generator=self.generator(step), share=share)
-        return self._place(x, y)
+        return self._place(x, y, idx)
 
     def stream(self, start: int = 0, *, rows: Optional[slice] = None) -> Iterator[Batch]:
         """Batches ``start, start + 1, ...`` (endless; only ``rows`` of each when given);
@@ -168,11 +178,16 @@ class ImageBatches:
         loader = DataLoader(_Noisy(self.ds), batch_sampler=_Steps(self, start, rows),
                             collate_fn=_Collate(self.bins), num_workers=self.num_workers,
                             pin_memory=self.pin_memory)
-        for x, y in loader:
-            yield self._place(x, y)
+        for step, (x, y) in zip(itertools.count(start), loader):
+            yield self._place(x, y, None if self.cond is None else self.share(step, rows)[0])
 
-    def _place(self, x: Tensor, y: Optional[Tensor]) -> Batch:
+    def _place(self, x: Tensor, y: Optional[Tensor], idx: Optional[Tensor]) -> Batch:
+        """The batch on the device: ``x``, and the labels (``conditional``) or, with ``cond``,
+        the :class:`~ntm_engine.condition.Condition` of the items ``idx``."""
         nb = self.pin_memory and self.device.type == "cuda"
         x = x.to(self.device, non_blocking=nb)
         y = y.to(self.device, non_blocking=nb) if self.conditional and y is not None else None
-        return x, y
+        if self.cond is None:
+            return x, y
+        c = self.cond.rows(idx)
+        return x, Condition(y, c.tokens, c.mask).to(self.device, non_blocking=nb)

@@ -14,6 +14,10 @@ dequantised.
 In-memory splits (:class:`ImageSet`) hold integer codes (uint8: 1 byte per value) and give
 whole batches by index; lazy splits (:class:`LazyImages`) convert one item at a time and are
 read through a ``DataLoader`` (:mod:`ntm_engine.data.batches`).
+
+A data set may carry condition tokens per split (:class:`CondTokens`: one sequence ``[L, C]``
+per item, in the split's item order, with a padding mask), e.g. a text encoder's outputs for
+each image's caption (:mod:`ntm_engine.data.cond`).
 """
 from __future__ import annotations
 
@@ -102,6 +106,63 @@ def split_indices(n: int, test_fraction: float) -> Tuple[Tensor, Tensor]:
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
+@dataclass(frozen=True)
+class CondTokens:
+    """Condition tokens of one split: ``tokens [N, L, C]`` float32, row ``i`` for item ``i``,
+    and ``mask [N, L]`` bool (True = a real token; None: all real)."""
+    tokens: Tensor
+    mask: Optional[Tensor] = None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def dim(self) -> int:
+        """Features per token, ``C``."""
+        return int(self.tokens.shape[2])
+
+    def rows(self, idx: Tensor) -> "CondTokens":
+        """The tokens of items ``idx`` (``[n]``)."""
+        return CondTokens(self.tokens.index_select(0, idx),
+                          None if self.mask is None else self.mask.index_select(0, idx))
+
+
+def check_cond(tokens, mask, n: int, *, what: str = "cond",
+               mask_what: str = "cond_mask") -> CondTokens:
+    """Validate condition tokens for ``n`` items: ``tokens`` a finite float (or integer) array
+    ``[n, L, C]`` with ``L, C >= 1``, ``mask`` None or ``[n, L]`` of bools (or integers 0/1).
+    Errors name ``what`` / ``mask_what`` (e.g. the file and key)."""
+    t = torch.as_tensor(tokens)
+    if t.dtype == torch.bool or t.dtype.is_complex:
+        raise DataError(f"{what}: expected float condition tokens, got dtype {t.dtype}")
+    if t.dim() != 3:
+        raise DataError(f"{what}: expected condition tokens [N, L, C] (3-D), got shape "
+                        f"{tuple(t.shape)}")
+    if len(t) != n:
+        raise DataError(f"{what}: expected one token sequence per image ({n}), got {len(t)}")
+    if t.shape[1] < 1 or t.shape[2] < 1:
+        raise DataError(f"{what}: expected at least one token of at least one feature, got "
+                        f"shape {tuple(t.shape)}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).any(dim=2).any(dim=1).nonzero()[0])
+        raise DataError(f"{what}: expected finite values, got a non-finite one in row {bad}")
+    if mask is None:
+        return CondTokens(t.contiguous(), None)
+    m = torch.as_tensor(mask)
+    if m.dtype.is_floating_point or m.dtype.is_complex:
+        raise DataError(f"{mask_what}: expected a bool mask (True = a real token), got dtype "
+                        f"{m.dtype}")
+    if tuple(m.shape) != tuple(t.shape[:2]):
+        raise DataError(f"{mask_what}: expected shape {tuple(t.shape[:2])} (the tokens' [N, L]),"
+                        f" got {tuple(m.shape)}")
+    if m.dtype != torch.bool:
+        if n and not bool(((m == 0) | (m == 1)).all()):
+            raise DataError(f"{mask_what}: expected 0/1 or bool values, got others")
+        m = m != 0
+    return CondTokens(t.contiguous(), m.contiguous())
+
+
 class ImageSet(Dataset):
     """An in-memory split: ``codes [N, C, H, W]`` (uint8 for <= 256 bins; float32 values for
     continuous data, ``bins = 0``) and ``labels [N]`` int64 or ``None``.  Items are ``(image
@@ -157,8 +218,8 @@ class LazyImages(Dataset):
 class ImageData:
     """An image data set: ``shape (C, H, W)``, ``bins`` bins per value on [-1, 1] (0:
     continuous values such as latents, :attr:`continuous`), ``num_classes`` (0: unlabelled),
-    ``train`` / ``test`` splits (:class:`ImageSet` or :class:`LazyImages`) and the class
-    names when known."""
+    ``train`` / ``test`` splits (:class:`ImageSet` or :class:`LazyImages`), the class names
+    when known and the condition tokens of each split (:class:`CondTokens`, or None)."""
 
     name: str
     shape: Tuple[int, int, int]
@@ -167,6 +228,29 @@ class ImageData:
     train: Dataset
     test: Dataset
     classes: Tuple[str, ...] = field(default=())
+    train_cond: Optional[CondTokens] = None
+    test_cond: Optional[CondTokens] = None
+
+    def __post_init__(self):
+        for name in ("train", "test"):
+            c = self.split_cond(name)
+            if c is not None and len(c) != len(self.split(name)):
+                raise DataError(f"{name}_cond: expected one token sequence per {name} image "
+                                f"({len(self.split(name))}), got {len(c)}")
+        if (self.train_cond is None) != (self.test_cond is None) or (
+                self.train_cond is not None and self.train_cond.dim != self.test_cond.dim):
+            raise DataError("train_cond/test_cond: expected condition tokens of the same "
+                            "size C for both splits or for neither")
+
+    @property
+    def cond_dim(self) -> int:
+        """Features per condition token, ``C`` (0: no tokens)."""
+        return 0 if self.train_cond is None else self.train_cond.dim
+
+    def split_cond(self, name: str) -> Optional[CondTokens]:
+        """The condition tokens of split ``"train"`` or ``"test"`` (None: none)."""
+        self.split(name)
+        return self.train_cond if name == "train" else self.test_cond
 
     @property
     def continuous(self) -> bool:
@@ -184,6 +268,8 @@ class ImageData:
         10000 test"``."""
         labels = f"{self.num_classes} classes" if self.num_classes else "unlabelled"
         bins = "continuous" if self.continuous else f"{self.bins} bins"
+        if self.cond_dim:
+            labels += f", condition tokens of {self.cond_dim} features"
         return (f"{self.name}: {'x'.join(map(str, self.shape))}, {bins}, {labels}, "
                 f"{len(self.train)} train / {len(self.test)} test")
 
@@ -245,22 +331,32 @@ def fingerprint(data: ImageData) -> str:
             h.update(ds.codes.contiguous().numpy().tobytes())
             if ds.labels is not None:
                 h.update(ds.labels.contiguous().numpy().tobytes())
+    for c in (data.train_cond, data.test_cond):   # (no bytes at all for data without tokens)
+        if c is not None:
+            h.update(c.tokens.numpy().tobytes())
+            if c.mask is not None:
+                h.update(c.mask.numpy().tobytes())
     return h.hexdigest()
 
 
 def in_memory_data(name: str, codes: Tensor, labels: Optional[Tensor], *, bins: int = 256,
                    num_classes: int = 0, test_fraction: float,
                    classes: Tuple[str, ...] = (),
-                   test: Optional[Tuple[Tensor, Optional[Tensor]]] = None) -> ImageData:
+                   test: Optional[Tuple[Tensor, Optional[Tensor]]] = None,
+                   cond: Optional[CondTokens] = None,
+                   test_cond: Optional[CondTokens] = None) -> ImageData:
     """An :class:`ImageData` from codes ``[N, C, H, W]``: the given ``test`` split, or the
-    fixed held-out split of ``test_fraction`` (:func:`split_indices`)."""
+    fixed held-out split of ``test_fraction`` (:func:`split_indices`).  ``cond``: condition
+    tokens of the ``N`` items (split with them), ``test_cond`` those of a given ``test``."""
     full = ImageSet(codes, labels if num_classes > 0 else None, bins)
     if test is None:
         tr, te = split_indices(len(full), test_fraction)
         train_set, test_set = full.subset(tr), full.subset(te)
+        if cond is not None:
+            cond, test_cond = cond.rows(tr), cond.rows(te)
     else:
         train_set = full
         test_set = ImageSet(test[0], test[1] if num_classes > 0 else None, bins)
     return ImageData(name=name, shape=tuple(codes.shape[1:]), bins=bins,
                      num_classes=num_classes, train=train_set, test=test_set,
-                     classes=tuple(classes))
+                     classes=tuple(classes), train_cond=cond, test_cond=test_cond)

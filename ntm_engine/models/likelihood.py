@@ -35,8 +35,9 @@ __all__ = ["trajectory_log_prob", "log_likelihood_bound", "bits_per_dim", "nats_
 
 def trajectory_log_prob(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:
     """Exact ``log p(X) [B]`` (nats) of a trajectory ``X [B, T+1, *data_shape]`` (the model's
-    space) on the grid ``t [B, T+1]``: ``-L`` with ``L`` the end-to-end trajectory NLL of one
-    teacher-forced pass (no label dropout)."""
+    space) on the grid ``t [B, T+1]`` with the condition ``y`` (labels or a
+    :class:`~ntm_engine.condition.Condition`): ``-L`` with ``L`` the end-to-end trajectory NLL
+    of one teacher-forced pass (no condition dropout)."""
     levels = model.predict_levels(X, t, y)
     return -end_to_end_nll(model.last_level(X), *levels)
 
@@ -95,7 +96,7 @@ def bits_per_dim(model: "NTM", x: Tensor, y=None, bins: int = 256,
     if dequantize:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = x + (noise - 0.5) * (2.0 / bins)
-    log_px = log_likelihood_bound(model, x, model.resolve_labels(y, x.shape[0], x.device),
+    log_px = log_likelihood_bound(model, x, model.resolve_condition(y, x.shape[0], x.device),
                                   samples=samples, generator=generator, steps=steps)
     return -log_px / (model.dim * math.log(2)) + math.log2(bins / 2)
 

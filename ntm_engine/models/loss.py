@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .embedding import drop_labels
+from .embedding import drop_condition
 
 if TYPE_CHECKING:   # the NTM imports this module
     from .ntm import NTM
@@ -176,12 +176,14 @@ class StepGroups:
 
 # ----------------------------------------------------------------------------- a training step
 def dropped_labels(model: "NTM", y, batch: int, device,
-                   generator: Optional[torch.Generator]) -> Optional[Tensor]:
-    """Labels ``y`` as ``[batch]`` (or None), replaced by the null class with probability
-    ``model.label_dropout`` in training mode (one draw from ``generator``)."""
-    y = model.resolve_labels(y, batch, device)
+                   generator: Optional[torch.Generator]):
+    """The condition ``y`` (labels as ``[batch]`` or None, or a
+    :class:`~ntm_engine.condition.Condition`), made unconditional per row with probability
+    ``model.label_dropout`` in training mode (labels to the null class, tokens all masked;
+    one draw per row from ``generator``, :func:`~.embedding.drop_condition`)."""
+    y = model.resolve_condition(y, batch, device)
     if model.training:
-        y = drop_labels(y, model.label_dropout, model.num_classes, generator)
+        y = drop_condition(y, model.label_dropout, model.num_classes, generator)
     return y
 
 

@@ -3,6 +3,11 @@
 Shapes: data ``x [B, *data_shape]`` (``[D]`` or ``[C, H, W]``, ``D`` = number of elements);
 a trajectory ``X [B, T+1, *data_shape]`` with levels ``x_{t_0}, ..., x_{t_T}`` on a grid
 ``t [B, T+1]`` (``t_T = 1``); labels ``y [B]`` (long, ``0..num_classes-1``) or None.
+A model with ``cond_dim = C > 0`` also takes condition tokens ``cond [B, L, C]`` (float, e.g. a
+text encoder's last hidden states) with a padding mask ``cond_mask [B, L]`` (bool, True = real)
+wherever it takes ``y`` (keywords ``cond=``, ``cond_mask=``, or ``y`` a
+:class:`~ntm_engine.condition.Condition`); the predictor attends to them as a prefix, the
+transporter never sees them (docs/design.md section 1, "Condition tokens").
 
 ``u_{t_k} = f_T(x_{t_k}; t_k, y)`` for ``k < T`` (the transporter), ``u_{t_T} = x_1``.  The
 predictor gives ``N(mu_k, sig_k^2)`` for ``u_{t_k}`` from ``u_{t_{k+1}}, ..., u_{t_T}``.
@@ -31,7 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from . import likelihood, loss, schedule
-from .embedding import resolve_labels
+from ..condition import Condition, labels_of
+from .embedding import resolve_condition, resolve_labels
 from .normalization import ChannelNorm
 from .predictor import TrajectoryPredictor
 from .pretrained import PretrainedMixin
@@ -41,6 +47,7 @@ from .transporter import build_transporter
 __all__ = ["NTM"]
 
 Labels = Union[None, int, Tensor]
+Cond = Union[None, int, Tensor, Condition]   # labels, or a Condition (labels and/or tokens)
 
 
 TRANSPORTER_BACKWARDS = ("auto", "inverse", "recompute")
@@ -70,7 +77,10 @@ class NTM(PretrainedMixin, nn.Module):
     example in training, :attr:`trained_steps`; :attr:`steps` is the smallest, the default
     of sampling and of the likelihood); ``num_classes > 0`` makes it class-conditional
     (labels dropped to a null class with probability ``label_dropout`` in training, for
-    guidance).  Predictor: ``width``, ``depth``, ``heads``, ``patch_size`` (None: 4/2/1 for
+    guidance).  ``cond_dim = C > 0`` makes it take condition tokens ``cond [B, L, C]`` (with
+    ``cond_mask [B, L]``), besides or instead of labels, that the predictor attends to; they are
+    dropped together with the labels (one draw per sample, probability ``label_dropout``) to
+    a learned null sequence.  Predictor: ``width``, ``depth``, ``heads``, ``patch_size`` (None: 4/2/1 for
     images, one token of up to 64 features for vectors), ``mlp_ratio``.  Transporter:
     ``transporter_layers`` couplings (0: identity) with ``transporter_hidden`` units,
     soft clamp ``clamp``, time/class context of ``context_dim``, ``reversible`` backward
@@ -103,12 +113,15 @@ class NTM(PretrainedMixin, nn.Module):
                  transporter_label_conditioned: bool = False,
                  transporter_backward: str = "auto",
                  channel_mean: Optional[Sequence[float]] = None,
-                 channel_scale: Optional[Sequence[float]] = None):
+                 channel_scale: Optional[Sequence[float]] = None, cond_dim: int = 0):
         super().__init__()
         counts = schedule.step_counts(steps)
         data_shape = schedule.check_shape_and_steps(data_shape, counts[0])
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        if not isinstance(cond_dim, int) or isinstance(cond_dim, bool) or cond_dim < 0:
+            raise ValueError(f"cond_dim (features per condition token; 0: none) must be an "
+                             f"integer >= 0, got {cond_dim!r}")
         self.config: Dict[str, Any] = dict(
             data_shape=data_shape, steps=list(counts) if isinstance(steps, (list, tuple))
             else steps, num_classes=num_classes, width=width, depth=depth, heads=heads, patch_size=patch_size,
@@ -119,9 +132,9 @@ class NTM(PretrainedMixin, nn.Module):
             parameterization=parameterization, transporter=transporter,
             transporter_label_conditioned=transporter_label_conditioned,
             transporter_backward=transporter_backward, channel_mean=channel_mean,
-            channel_scale=channel_scale)
+            channel_scale=channel_scale, cond_dim=cond_dim)
         self.norm = ChannelNorm(data_shape, channel_mean, channel_scale)
-        self.data_shape, self.num_classes = data_shape, num_classes
+        self.data_shape, self.num_classes, self.cond_dim = data_shape, num_classes, cond_dim
         self.trained_steps: Tuple[int, ...] = counts
         self.steps = counts[0]
         self.dim = math.prod(data_shape)
@@ -135,7 +148,7 @@ class NTM(PretrainedMixin, nn.Module):
         self.predictor = TrajectoryPredictor(
             data_shape, width, depth, heads, patch_size, num_classes, mlp_ratio, data_mean,
             data_std, sigma_clamp, parameterization,
-            step_counts=counts if self.multi_steps else None)
+            step_counts=counts if self.multi_steps else None, cond_dim=cond_dim)
         self.shift = schedule.resolve_shift(shift, self.predictor.tokens)
         t1 = schedule.first_interior_time(counts[-1], self.shift)
         if not 0 <= t_min_max < t1:
@@ -226,14 +239,15 @@ class NTM(PretrainedMixin, nn.Module):
 
     def transport(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, *,
                   steps: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-        """``f_T``: rows ``x [R, D]`` at times ``t [R]`` (labels ``y [R]``) -> ``(u, logdet
-        [R])``; ``steps`` (the trajectories' ``T``) reaches a transporter that takes it."""
-        return self.transporter(x, t, y, **self._rows_steps(t, steps))
+        """``f_T``: rows ``x [R, D]`` at times ``t [R]`` (labels ``y [R]``, or a condition whose
+        labels are taken: the transporter never sees condition tokens) -> ``(u, logdet [R])``;
+        ``steps`` (the trajectories' ``T``) reaches a transporter that takes it."""
+        return self.transporter(x, t, labels_of(y), **self._rows_steps(t, steps))
 
     def transport_inverse(self, u: Tensor, t: Tensor, y: Optional[Tensor] = None, *,
                           steps: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         """``f_T^{-1}`` of rows ``u [R, D]`` (arguments as :meth:`transport`)."""
-        return self.transporter.inverse(u, t, y, **self._rows_steps(t, steps))
+        return self.transporter.inverse(u, t, labels_of(y), **self._rows_steps(t, steps))
 
     def _rows_steps(self, t: Tensor, steps: Optional[int]) -> Dict[str, Tensor]:
         """``{"steps": [R]}`` for a step-conditioned transporter (several trained step counts
@@ -254,6 +268,15 @@ class NTM(PretrainedMixin, nn.Module):
     def resolve_labels(self, y: Labels, batch: int, device) -> Optional[Tensor]:
         """Labels ``y`` (None, an int, or ``[batch]``) as a long tensor ``[batch]`` or None."""
         return resolve_labels(y, batch, self.num_classes, device)
+
+    def resolve_condition(self, y: Cond, batch: int, device, cond: Optional[Tensor] = None,
+                          cond_mask: Optional[Tensor] = None) -> Cond:
+        """The condition of ``batch`` rows from labels ``y`` (or a
+        :class:`~ntm_engine.condition.Condition`) and condition tokens ``cond [batch, L, C]``
+        or ``[L, C]`` with ``cond_mask`` (:func:`~.embedding.resolve_condition`): labels
+        ``[batch]`` or None without tokens, else a ``Condition``."""
+        return resolve_condition(y, batch, self.num_classes, self.cond_dim, device, cond=cond,
+                                 cond_mask=cond_mask)
 
     def check_denoiser(self, denoiser: Optional[nn.Module]) -> None:
         """A denoiser that declares ``data_shape``/``num_classes`` must declare this model's."""
@@ -301,14 +324,15 @@ class NTM(PretrainedMixin, nn.Module):
         return X.view(B, T + 1, *self.data_shape), t
 
     # ------------------------------------------------------------------ likelihood
-    def predict_levels(self, X: Tensor, t: Tensor, y: Labels = None
+    def predict_levels(self, X: Tensor, t: Tensor, y: Cond = None
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Teacher-forced pass over a trajectory ``X [B, T+1, *data_shape]`` on ``t [B, T+1]``:
+        """Teacher-forced pass over a trajectory ``X [B, T+1, *data_shape]`` on ``t [B, T+1]``
+        with the condition ``y`` (labels or a :class:`~ntm_engine.condition.Condition`):
         ``(U [B, T, D], logdet [B, T], mu [B, T, D], log_sigma [B, T, D])`` with
         ``U[:, k] = f_T(x_{t_k}; t_k)``, its log-det, and the predicted Gaussian of
         ``U[:, k]`` (from ``U[:, k+1:]`` and ``x_1`` only).  ``D`` = flat data size."""
         B, T = X.shape[0], X.shape[1] - 1
-        y = self.resolve_labels(y, B, X.device)
+        y = self.resolve_condition(y, B, X.device)
         D = self.dim
         if T < 1 or tuple(X.shape[2:]) != self.data_shape or t.shape != (B, T + 1):
             raise ValueError(f"X must be [B, T+1, {', '.join(map(str, self.data_shape))}] with "
@@ -316,7 +340,8 @@ class NTM(PretrainedMixin, nn.Module):
         T = self.check_steps(T)
         Xf = X.reshape(B, T + 1, D)
         t = t.to(X.dtype)
-        rows_y = None if y is None else y.repeat_interleave(T)
+        labels = labels_of(y)
+        rows_y = None if labels is None else labels.repeat_interleave(T)
         u, logdet = self.transport(Xf[:, :T].reshape(B * T, D), t[:, :T].reshape(B * T),
                                    rows_y, steps=T)
         U = u.view(B, T, D)
@@ -335,18 +360,25 @@ class NTM(PretrainedMixin, nn.Module):
         """``x_1 [B, D]``: the last level of a trajectory ``X [B, T+1, ...]``, flat."""
         return X.reshape(X.shape[0], X.shape[1], self.dim)[:, -1]
 
-    def trajectory_log_prob(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:
+    def trajectory_log_prob(self, X: Tensor, t: Tensor, y: Cond = None, *,
+                            cond: Optional[Tensor] = None,
+                            cond_mask: Optional[Tensor] = None) -> Tensor:
         """Exact ``log p(X) [B]`` (nats) of a trajectory ``X [B, T+1, *data_shape]`` on the grid
         ``t [B, T+1]`` (any ``T >= 1``; the model's own grid is :meth:`forward_trajectory`'s).
-        No label dropout (:func:`~.likelihood.trajectory_log_prob`)."""
+        No condition dropout (:func:`~.likelihood.trajectory_log_prob`).  ``cond``,
+        ``cond_mask``: condition tokens (:meth:`resolve_condition`)."""
+        y = self.resolve_condition(y, X.shape[0], X.device, cond, cond_mask)
         return likelihood.trajectory_log_prob(self, X, t, y)
 
     # ------------------------------------------------------------------ training loss
-    def forward(self, x: Tensor, y: Labels = None, generator: Optional[torch.Generator] = None,
-                *, trajectory_loss: str = "end_to_end") -> Tensor:
+    def forward(self, x: Tensor, y: Cond = None, generator: Optional[torch.Generator] = None,
+                *, trajectory_loss: str = "end_to_end", cond: Optional[Tensor] = None,
+                cond_mask: Optional[Tensor] = None) -> Tensor:
         """The training loss ``[B]`` (nats per sample; the Trainer minimises its mean): the
         negative log-likelihood of a forward trajectory drawn from data ``x [B,
-        *data_shape]`` (labels ``y [B]``, an int or None), :func:`~.loss.trajectory_nll`.
+        *data_shape]`` (labels ``y [B]``, an int or None; condition tokens ``cond [B, L, C]``
+        with ``cond_mask [B, L]``, or ``y`` a :class:`~ntm_engine.condition.Condition`),
+        :func:`~.loss.trajectory_nll`.
 
         >>> import torch
         >>> from ntm_engine.models import NTM
@@ -354,35 +386,40 @@ class NTM(PretrainedMixin, nn.Module):
         >>> model(torch.randn(5, 2)).shape
         torch.Size([5])
         """
+        y = self.resolve_condition(y, x.shape[0], x.device, cond, cond_mask)
         return loss.trajectory_nll(self, x, y, generator, trajectory_loss=trajectory_loss)
 
     trajectory_nll = forward
 
     # ------------------------------------------------------------------ likelihood
-    def log_prob(self, x: Tensor, y: Labels = None, samples: int = 1, *,
+    def log_prob(self, x: Tensor, y: Cond = None, samples: int = 1, *,
                  generator: Optional[torch.Generator] = None,
-                 steps: Optional[int] = None) -> Tensor:
+                 steps: Optional[int] = None, cond: Optional[Tensor] = None,
+                 cond_mask: Optional[Tensor] = None) -> Tensor:
         """A lower bound ``[B]`` (nats) on ``log p(x)`` of data ``x [B, *data_shape]`` with
         ``t_0 = 0``, importance-weighted over ``samples`` forward trajectories (tighter as it
         grows) on the grid of ``steps`` (None: :attr:`steps`); differentiable in ``x`` and the
-        weights.  :func:`~.likelihood.log_likelihood_bound`."""
+        weights.  Conditioned on ``y`` and/or the tokens ``cond`` (:meth:`resolve_condition`).
+        :func:`~.likelihood.log_likelihood_bound`."""
         self._check_data(x)
-        return likelihood.log_likelihood_bound(self, x, self.resolve_labels(y, x.shape[0], x.device),
-                                               samples=samples, generator=generator,
-                                               steps=steps)
+        y = self.resolve_condition(y, x.shape[0], x.device, cond, cond_mask)
+        return likelihood.log_likelihood_bound(self, x, y, samples=samples,
+                                               generator=generator, steps=steps)
 
     def forward_entropy(self, t: Tensor) -> Tensor:
         """``H_q [B]`` (nats) of the forward process on grid ``t [B, T+1]``."""
         return schedule.forward_entropy(t, self.dim)
 
-    def bits_per_dim(self, x: Tensor, y: Labels = None, bins: int = 256,
+    def bits_per_dim(self, x: Tensor, y: Cond = None, bins: int = 256,
                      generator: Optional[torch.Generator] = None, *,
                      dequantize: bool = False, samples: int = 1,
-                     steps: Optional[int] = None) -> Tensor:
+                     steps: Optional[int] = None, cond: Optional[Tensor] = None,
+                     cond_mask: Optional[Tensor] = None) -> Tensor:
         """Per-sample bound ``[B]`` on bits/dim of discrete data with ``bins`` bins on [-1, 1]
         (:func:`~.likelihood.bits_per_dim`; ``dequantize=True`` adds the uniform noise
-        here)."""
+        here); condition as :meth:`log_prob`."""
         self._check_data(x)
+        y = self.resolve_condition(y, x.shape[0], x.device, cond, cond_mask)
         return likelihood.bits_per_dim(self, x, y, bins, generator, dequantize=dequantize,
                                        samples=samples, steps=steps)
 
@@ -396,12 +433,13 @@ class NTM(PretrainedMixin, nn.Module):
         return likelihood.nats_per_dim(self, x, y, generator, samples=samples, steps=steps)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, n: int, y: Labels = None, steps: Optional[int] = None, *,
+    def sample(self, n: int, y: Cond = None, steps: Optional[int] = None, *,
                temperature: float = 1.0, guidance: float = 0.0,
                generator: Optional[torch.Generator] = None, return_trajectory: bool = False,
                use_cache: bool = True, t_min: Optional[float] = None,
                denoiser: Optional[nn.Module] = None,
-               sampler: str = "transporter") -> Union[Tensor, Tuple[Tensor, Tensor]]:
+               sampler: str = "transporter", cond: Optional[Tensor] = None,
+               cond_mask: Optional[Tensor] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Draw ``n`` samples ``[n, *data_shape]`` (no gradients; steps in :mod:`.sampler`).
 
         ``u_1 ~ N(0, I)``; for ``k = T-1..0``: ``u_{t_k} = mu_k + temperature * sig_k * z``;
@@ -411,7 +449,9 @@ class NTM(PretrainedMixin, nn.Module):
         grid's ``t_0`` (``0 <= t_min < t_1``; None: the denoiser's ``t_d``, for
         ``"trajectory-denoise"`` the model's ``t_min_max``, else 0;
         :func:`~.sampler.grid_start`).  ``y``: int or ``[n]`` labels (None: the null
-        class).  ``guidance`` ``w != 0`` (needs labels) runs the unconditional branch
+        class); ``cond``: condition tokens ``[n, L, C]`` or ``[L, C]`` (one sequence for all)
+        with ``cond_mask`` (None: unconditional tokens, the learned null sequence).
+        ``guidance`` ``w != 0`` (needs labels or tokens) runs the unconditional branch
         alongside (one batch of ``2n``) and combines the two Gaussians with
         :func:`~.guidance.guide` (in one space; see :mod:`.sampler` for a label-conditioned
         transporter).  ``use_cache`` keeps the keys/values of finished slots.  Decoders:
@@ -428,14 +468,22 @@ class NTM(PretrainedMixin, nn.Module):
         """
         return _sample(self, n, y, steps, temperature=temperature, guidance=guidance,
                        generator=generator, return_trajectory=return_trajectory,
-                       use_cache=use_cache, t_min=t_min, denoiser=denoiser, sampler=sampler)
+                       use_cache=use_cache, t_min=t_min, denoiser=denoiser, sampler=sampler,
+                       cond=cond, cond_mask=cond_mask)
 
     # ------------------------------------------------------------------ trajectory scores
-    def trajectory_score(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:
-        """``grad_X log p(X)`` ``[B, T+1, *data_shape]`` (:func:`~.likelihood.trajectory_score`)."""
+    def trajectory_score(self, X: Tensor, t: Tensor, y: Cond = None, *,
+                         cond: Optional[Tensor] = None,
+                         cond_mask: Optional[Tensor] = None) -> Tensor:
+        """``grad_X log p(X)`` ``[B, T+1, *data_shape]`` (:func:`~.likelihood.trajectory_score`;
+        condition as :meth:`trajectory_log_prob`)."""
+        y = self.resolve_condition(y, X.shape[0], X.device, cond, cond_mask)
         return likelihood.trajectory_score(self, X, t, y)
 
-    def posterior_mean(self, X: Tensor, t: Tensor, y: Labels = None) -> Tensor:
+    def posterior_mean(self, X: Tensor, t: Tensor, y: Cond = None, *,
+                       cond: Optional[Tensor] = None,
+                       cond_mask: Optional[Tensor] = None) -> Tensor:
         """Tweedie estimate ``E[x | X] [B, *data_shape]`` of the clean data from a trajectory
-        (:func:`~.likelihood.posterior_mean`)."""
+        (:func:`~.likelihood.posterior_mean`; condition as :meth:`trajectory_log_prob`)."""
+        y = self.resolve_condition(y, X.shape[0], X.device, cond, cond_mask)
         return likelihood.posterior_mean(self, X, t, y)

@@ -13,6 +13,18 @@ A predictor of a model trained on several step counts (``step_counts``) adds a l
 embedding of the trajectory's ``T`` to ``c_k`` (zero at the start) and is then evaluated
 only at those ``T``.
 
+Condition tokens (``cond_dim = C > 0``; docs/design.md section 1, "Condition tokens"): the
+condition ``y`` may be a :class:`~ntm_engine.condition.Condition` with tokens ``[B, L, C]``
+and a padding mask ``[B, L]``.  They become a prefix of ``1 + L`` tokens: a learned null token
+(always visible) and the linear projection of each condition token to the width (masked
+tokens zeroed first).  The prefix runs through the same blocks, attending only to itself
+(bidirectionally, padding masked; adaLN context a learned vector), so it does not depend on
+the trajectory; every trajectory token of every slot attends, in each block, to the prefix's
+keys/values of that block besides its block-causal trajectory keys.  Without tokens (or with
+all of a row's tokens masked: a dropped condition, guidance's unconditional branch) a row
+sees the null token only, which keeps every attention row finite.  A predictor without
+``cond_dim`` has none of these parameters and computes what it did before.
+
 Output parameterisations (``parameterization``; the head has two zero-initialised chunks
 ``(h1, h2)`` per slot, ``h2`` soft-clamped to ``(-sigma_clamp, sigma_clamp)``; ``u = u_in``,
 step ``t = t_{k+1} -> s = t_k``):
@@ -37,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..condition import labels_of, tokens_of
 from ..nn.patches import PatchTokens
 from .embedding import ClassEmbedding, TimeEmbedding
 from .schedule import flow_matching_reverse, gaussian_reverse
@@ -106,14 +119,16 @@ class _Block(nn.Module):
 class TrajectoryPredictor(nn.Module):
     """``f_P``: ``(u_in [B, T, D], t_lo [B, T], t_hi [B, T], y [B], steps=[B]) -> (mu, log_sigma)``, both
     ``[B, T, D]``; slot ``k`` reads ``u_in[:, k] = u_{t_{k+1}}`` and predicts the level at
-    ``t_k = t_lo[:, k]`` (``t_hi[:, k] = t_{k+1}``).  See the module docstring for tokens and
-    the two parameterizations."""
+    ``t_k = t_lo[:, k]`` (``t_hi[:, k] = t_{k+1}``).  ``y``: labels ``[B]``, a
+    :class:`~ntm_engine.condition.Condition` (with ``cond_dim > 0`` also condition tokens) or
+    None.  See the module docstring for tokens, the condition prefix and the two
+    parameterizations."""
 
     def __init__(self, data_shape: Sequence[int], width: int = 128, depth: int = 4,
                  heads: int = 4, patch_size: Optional[int] = None, num_classes: int = 0,
                  mlp_ratio: float = 4.0, data_mean: float = 0.0, data_std: float = 1.0,
                  sigma_clamp: float = 6.0, parameterization: str = "gaussian", *,
-                 step_counts: Optional[Sequence[int]] = None):
+                 step_counts: Optional[Sequence[int]] = None, cond_dim: int = 0):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
@@ -138,6 +153,13 @@ class TrajectoryPredictor(nn.Module):
             self.steps_embed = nn.Embedding(len(self.step_counts), width)
             nn.init.zeros_(self.steps_embed.weight)
             self.register_buffer("_counts", torch.tensor(self.step_counts), persistent=False)
+        self.cond_dim = int(cond_dim)
+        if self.cond_dim < 0:
+            raise ValueError(f"cond_dim must be >= 0 (0: no condition tokens), got {cond_dim}")
+        if self.cond_dim:   # the condition prefix (module docstring)
+            self.cond_in = nn.Linear(self.cond_dim, width)
+            self.cond_null = nn.Parameter(torch.randn(1, width) * 0.02)
+            self.cond_context = nn.Parameter(torch.zeros(width))
         self.blocks = nn.ModuleList(_Block(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
         self.final_mod = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
@@ -166,7 +188,7 @@ class TrajectoryPredictor(nn.Module):
         (a predictor with ``step_counts``) the step counts ``steps [B]`` of the trajectories."""
         c = self.time(torch.stack([t_lo, t_hi], dim=-1))
         if self.label is not None:
-            c = c + self.label(y, t_lo.shape[0]).unsqueeze(1)
+            c = c + self.label(labels_of(y), t_lo.shape[0]).unsqueeze(1)
         if self.step_counts is not None:
             c = c + self.steps_embed(self.step_index(steps, t_lo.shape[0])).unsqueeze(1)
         return c
@@ -218,6 +240,53 @@ class TrajectoryPredictor(nn.Module):
             mu = A * u + b + torch.exp(log_s0) * h1
         return mu, log_s0 + k * torch.tanh(h2 / k)
 
+    def prefix_visible(self, y, batch: int, device) -> Optional[Tensor]:
+        """Which prefix tokens rows may attend to: bool ``[batch, 1 + L]`` (the null token,
+        then the condition's padding mask), or None for a predictor without ``cond_dim``."""
+        if not self.cond_dim:
+            if tokens_of(y)[0] is not None:
+                raise ValueError("cond: condition tokens given to a predictor without "
+                                 "condition tokens (cond_dim=0)")
+            return None
+        null = torch.ones(batch, 1, dtype=torch.bool, device=device)
+        mask = tokens_of(y)[1]
+        return null if mask is None else torch.cat([null, mask.to(device)], dim=1)
+
+    def prefix(self, y, batch: int, visible: Tensor) -> List[KV]:
+        """The condition prefix's keys/values ``[batch, heads, 1 + L, W/heads]`` in each block
+        (module docstring); ``visible`` from :meth:`prefix_visible`."""
+        dtype = self.cond_in.weight.dtype
+        h = self.cond_null.to(dtype).expand(batch, 1, self.width)
+        tokens = tokens_of(y)[0]
+        if tokens is not None:
+            real = visible[:, 1:].unsqueeze(-1)
+            tokens = tokens.to(device=h.device, dtype=dtype).masked_fill(~real, 0.0)
+            h = torch.cat([h, self.cond_in(tokens)], dim=1)
+        h = h.unsqueeze(1)                                              # [B, 1, 1 + L, W]
+        c = self.cond_context.to(dtype).expand(batch, 1, self.width)
+        mask = visible[:, None, None, :]
+        kvs = []
+        for blk in self.blocks:
+            h, kv = self._run(blk, h, c, mask)
+            kvs.append(kv)
+        return kvs
+
+    def _run(self, blk: "_Block", h: Tensor, c: Tensor, mask: Tensor,
+             past: Optional[KV] = None) -> Tuple[Tensor, KV]:
+        """One block, recomputed in the backward pass when :attr:`checkpoint_blocks`."""
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return checkpoint(blk, h, c, mask, past, use_reentrant=False)
+        return blk(h, c, mask, past)
+
+    @staticmethod
+    def _with_prefix(mask: Tensor, visible: Tensor) -> Tensor:
+        """``[B, 1, rows, cols + P]``: the trajectory mask ``mask [rows, cols]`` then the
+        prefix columns ``visible [B, P]`` (the prefix's keys come last, as a cache's)."""
+        B, P = visible.shape
+        rows = mask.shape[0]
+        return torch.cat([mask.expand(B, 1, *mask.shape),
+                          visible[:, None, None, :].expand(B, 1, rows, P)], dim=-1)
+
     def _mask(self, rows: int, cols: int, levels: int, device) -> Tensor:
         key = (rows, cols, levels, str(device))
         if key not in self._masks:
@@ -240,11 +309,13 @@ class TrajectoryPredictor(nn.Module):
         h = self._tokens(u_in, c)
         L = T * self.tokens
         mask = self._mask(L, L, T, h.device)
-        for blk in self.blocks:
-            if self.checkpoint_blocks and torch.is_grad_enabled():
-                h, _ = checkpoint(blk, h, c, mask, use_reentrant=False)
-            else:
-                h, _ = blk(h, c, mask)
+        visible = self.prefix_visible(y, B, h.device)
+        past: List[Optional[KV]] = [None] * len(self.blocks)
+        if visible is not None:
+            past = self.prefix(y, B, visible)
+            mask = self._with_prefix(mask, visible)
+        for blk, kv in zip(self.blocks, past):
+            h, _ = self._run(blk, h, c, mask, kv)
         return self._head(h, c)
 
     def forward(self, u_in: Tensor, t_lo: Tensor, t_hi: Tensor, y: Optional[Tensor] = None,
@@ -260,12 +331,19 @@ class TrajectoryPredictor(nn.Module):
              ) -> Tuple[Tensor, Tensor, List[KV]]:
         """One slot with a KV cache of the noisier slots already run: ``u_in [B, D]``,
         ``t_lo, t_hi [B]`` -> ``(mu [B, D], log_sigma [B, D], cache)``.  Start with
-        ``cache=None`` at the noisiest slot and go towards ``t_0``."""
+        ``cache=None`` at the noisiest slot and go towards ``t_0``, with the same ``y`` at
+        every step (the first step puts the condition prefix in the cache, after which it
+        stays at the cache's end)."""
         u_in, t_lo, t_hi = u_in.unsqueeze(1), t_lo.unsqueeze(1), t_hi.unsqueeze(1)
         c = self.condition(t_lo, t_hi, y, steps)
         h = self._tokens(u_in, c)
+        visible = self.prefix_visible(y, h.shape[0], h.device)
+        if visible is not None and cache is None:
+            cache = self.prefix(y, h.shape[0], visible)
         past_len = 0 if cache is None else cache[0][0].shape[2]
         mask = self._mask(self.tokens, self.tokens + past_len, 1, h.device)
+        if visible is not None:
+            mask = self._with_prefix(mask[:, :mask.shape[1] - visible.shape[1]], visible)
         new_cache = []
         for i, blk in enumerate(self.blocks):
             h, kv = blk(h, c, mask, None if cache is None else cache[i])

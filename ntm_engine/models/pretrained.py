@@ -181,8 +181,10 @@ def model_card(meta: Mapping[str, Any], model: nn.Module) -> str:
         steps = cfg.get("steps")
         lines += [f"Normalizing Trajectory Model trained on step counts {steps}, transporter "
                   f"`{cfg.get('transporter', 'coupling')}`, "
-                  + (f"{cfg['num_classes']} classes." if cfg.get("num_classes") else
-                     "unconditional."), ""]
+                  + (f"{cfg['num_classes']} classes" if cfg.get("num_classes") else
+                     "no classes")
+                  + (f", condition tokens of {cfg['cond_dim']} features (`cond=`)."
+                     if cfg.get("cond_dim") else "."), ""]
     known = {k: v for k, v in card.items() if k not in ("name", "eval")}
     if known:
         lines += ["## Training", "", "| | |", "| --- | --- |"]

@@ -15,6 +15,11 @@ its mean is mapped back the same way before :func:`~.guidance.guide` combines it
 conditional Gaussian in the conditional space (exact when the two spaces differ by a
 translation; otherwise the unconditional Gaussian is carried over to first order, keeping its
 scale).
+
+Conditions: ``y`` is labels ``[n]``, a :class:`~ntm_engine.condition.Condition` (labels and/or
+condition tokens) or None.  Guidance's unconditional branch is :func:`~ntm_engine.condition.
+null_condition` of it (null labels, every token masked), run in the same batch; whichever the
+condition, the two Gaussians meet in :func:`~.guidance.guide`.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..condition import cat_conditions, labels_of, null_condition
 from . import schedule
 from .guidance import guide
 
@@ -86,17 +92,19 @@ def reverse_levels(model, t: Tensor, y: Optional[Tensor], *, temperature: float 
                    guidance: float = 0.0, generator: Optional[torch.Generator] = None,
                    use_cache: bool = True) -> List[Tensor]:
     """The sampled levels ``[u_{t_0}, ..., u_{t_T}]`` (each ``[n, D]``; ``u_{t_T} = u_1``) on
-    grid ``t [n, T+1]`` with labels ``y [n]`` or None.  Noise from ``generator``: ``u_1``,
+    grid ``t [n, T+1]`` with the condition ``y`` (labels ``[n]``, a resolved
+    :class:`~ntm_engine.condition.Condition`) or None.  Noise from ``generator``: ``u_1``,
     then one ``z`` per step.  ``use_cache`` keeps the keys/values of finished slots; without
     it every step reruns all slots (unfinished inputs zero, which causality ignores)."""
     n, T = t.shape[0], t.shape[1] - 1
     p = next(model.parameters())
     guided = guidance != 0
     if guided and y is None:
-        raise ValueError("guidance needs labels y (and a class-conditional NTM)")
-    y_null = torch.full_like(y, model.num_classes) if guided else None
-    own_spaces = guided and model.transporter_sees_labels()
-    y_run = torch.cat([y, y_null]) if guided else y
+        raise ValueError("guidance needs a condition: labels y (a class-conditional NTM) or "
+                         "condition tokens cond (an NTM with cond_dim > 0)")
+    y_null = null_condition(y, model.num_classes) if guided else None
+    own_spaces = guided and model.transporter_sees_labels() and labels_of(y) is not None
+    y_run = cat_conditions(y, y_null) if guided else y
     t_run = torch.cat([t, t]) if guided else t
     reps = 2 if guided else 1
     steps_kw = model.predictor_steps(T, reps * n, p.device)
@@ -130,12 +138,12 @@ def decode(model, u0: Tensor, t0: Tensor, y: Optional[Tensor],
            denoiser: Optional[nn.Module] = None, *, steps: Optional[int] = None) -> Tensor:
     """``x [n, *data_shape]`` from the cleanest level ``u0 [n, D]`` at ``t0 [n]`` of a
     trajectory of ``steps`` steps: the transporter inverse, or ``denoiser(u0 [n,
-    *data_shape], t0, y)``."""
+    *data_shape], t0, labels)`` (the denoiser reads the condition's labels only)."""
     n = u0.shape[0]
     if denoiser is None:
         x, _ = model.transport_inverse(u0, t0, y, steps=steps)
         return x.view(n, *model.data_shape)
-    x = denoiser(u0.view(n, *model.data_shape), t0, y)
+    x = denoiser(u0.view(n, *model.data_shape), t0, labels_of(y))
     if tuple(x.shape) != (n, *model.data_shape):
         raise ValueError(f"sample: the denoiser returned shape {list(x.shape)}, expected "
                          f"{[n, *model.data_shape]}")
@@ -146,7 +154,8 @@ def x_levels(model, U: List[Tensor], t: Tensor, y: Optional[Tensor]) -> Tensor:
     """The x-space trajectory ``X [n, T+1, D]``: ``f_T^{-1}`` of levels ``0..T-1`` of ``U``
     (from :func:`reverse_levels`) and ``u_1``."""
     n, T, D = t.shape[0], t.shape[1] - 1, model.dim
-    rows_y = None if y is None else y.repeat_interleave(T)
+    labels = labels_of(y)
+    rows_y = None if labels is None else labels.repeat_interleave(T)
     Xs, _ = model.transport_inverse(torch.stack(U[:T], dim=1).reshape(n * T, D),
                                     t[:, :T].reshape(n * T), rows_y, steps=T)
     return torch.cat([Xs.view(n, T, D), U[T].unsqueeze(1)], dim=1)
@@ -157,7 +166,8 @@ def sample(model, n: int, y=None, steps: Optional[int] = None, *, temperature: f
            guidance: float = 0.0, generator: Optional[torch.Generator] = None,
            return_trajectory: bool = False, use_cache: bool = True,
            t_min: Optional[float] = None,
-           denoiser: Optional[nn.Module] = None, sampler: str = "transporter"
+           denoiser: Optional[nn.Module] = None, sampler: str = "transporter",
+           cond: Optional[Tensor] = None, cond_mask: Optional[Tensor] = None
            ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """:meth:`NTM.sample <ntm_engine.models.NTM.sample>` (arguments documented there)."""
     if sampler not in SAMPLERS:
@@ -169,7 +179,7 @@ def sample(model, n: int, y=None, steps: Optional[int] = None, *, temperature: f
     t_min = grid_start(model, t_min, denoiser, sampler)
     T, t = sampling_grid(model, n, steps, t_min, device=p.device, dtype=p.dtype)
     model.check_denoiser(denoiser)
-    y = model.resolve_labels(y, n, p.device)
+    y = model.resolve_condition(y, n, p.device, cond, cond_mask)
     U = reverse_levels(model, t, y, temperature=temperature, guidance=guidance,
                        generator=generator, use_cache=use_cache)
     X = None

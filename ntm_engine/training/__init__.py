@@ -12,7 +12,8 @@
 * :mod:`.trainer`, :mod:`.distiller`, :mod:`.runs` -- the two run types, and loading their
   results (:func:`load_run`)
 """
-from .batches import DataSource, eval_bins, hand_in, run_data, sample_labels, test_data
+from .batches import (DataSource, eval_bins, hand_in, run_data, sample_conditions, sample_labels,
+                      test_data)
 from .config import (CONFIG_VERSION, IDENTITY_KEYS, MODEL_OPTIONS, TRAIN_DEFAULTS,
                      ObjectiveConfig, TrainConfig, config_differences, default_model_config,
                      make_config, upgrade, validate_config)

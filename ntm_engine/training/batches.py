@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..condition import Condition
 from ..data import ImageBatches, ImageData, fingerprint, open_dataset, sample_toy
+from ..data.cond import attach_cond
 from .determinism import derive_seed
 from .errors import ConfigError, OptionError
 from .sections import HANDED_IN, DataConfig
@@ -35,23 +37,49 @@ def _open(dataset: str, image_size: Optional[int], channels: Optional[int],
     return open_dataset(dataset, image_size=image_size, channels=channels, num_workers=workers)
 
 
+@functools.lru_cache(maxsize=4)
+def _open_with_cond(dataset: str, image_size: Optional[int], channels: Optional[int],
+                    workers: int, cond: str) -> ImageData:
+    return attach_cond(_open(dataset, image_size, channels, workers), cond)
+
+
+def _resolved(name: str) -> str:
+    return name if name in ("digits", "colour-patches") or name.startswith(HANDED_IN) \
+        else str(Path(name).expanduser().resolve())
+
+
 def run_data(data: DataConfig) -> Optional[ImageData]:
     """The :class:`~ntm_engine.data.ImageData` of ``data`` (opened once per process), or None
-    for a 2-D toy.  Bad data is a :class:`ConfigError` naming what is wrong."""
+    for a 2-D toy; with ``data.cond`` it carries the condition tokens (the dataset's own, or
+    those of the token file).  Bad data is a :class:`ConfigError` naming what is wrong."""
     if not data.is_image:
         return None
+    name = _resolved(data.dataset)
+    own = data.cond is not None and _resolved(data.cond) == name
     if data.dataset.startswith(HANDED_IN):
         if data.dataset not in _HANDED:
             raise ConfigError(f"dataset {data.dataset!r} was handed in from Python by another "
                               "process; hand it in again (training.hand_in) before resuming")
-        return _HANDED[data.dataset]
-    name = data.dataset
-    if name not in ("digits", "colour-patches"):
-        name = str(Path(name).expanduser().resolve())
-    try:
-        return _open(name, data.image_size, data.channels, data.data_workers)
-    except ValueError as e:   # DataError
-        raise OptionError(f"--dataset {data.dataset}: {e}") from e
+        images = _HANDED[data.dataset]
+        if data.cond is not None and not own:
+            raise OptionError(f"--cond {data.cond}: data handed in from Python carries its own "
+                              f"condition tokens (ImageData.train_cond/test_cond); cond must "
+                              f"be the dataset's name {data.dataset!r}")
+    else:
+        opened = (name, data.image_size, data.channels, data.data_workers)
+        try:
+            images = _open(*opened)
+        except ValueError as e:   # DataError
+            raise OptionError(f"--dataset {data.dataset}: {e}") from e
+        if data.cond is not None and not own:
+            try:
+                images = _open_with_cond(*opened, _resolved(data.cond))
+            except ValueError as e:
+                raise OptionError(f"--cond {data.cond}: {e}") from e
+    if own and not images.cond_dim:
+        raise OptionError(f"--cond: dataset {data.dataset!r} carries no condition tokens "
+                          f"(an .npz file's 'cond' key); give the token file as --cond FILE")
+    return images
 
 
 class DataSource:
@@ -63,7 +91,9 @@ class DataSource:
     ``(seed, step)``.  Toys: fresh samples seeded by ``(seed, step)``.  Batches are
     ``x [B, *shape]`` and labels ``y [B]`` (or None).  Lazily read images with
     ``data_workers > 0`` come from a ``DataLoader`` stream (restarted when a step other than
-    the next one is asked for); the same batches either way.
+    the next one is asked for); the same batches either way.  With condition tokens
+    (``cfg.data.cond``) ``y`` is a :class:`~ntm_engine.condition.Condition` of the same rows
+    (labels of a class-conditional run, the items' tokens and padding mask).
 
     ``rows`` (a slice of the global batch; one process's share under torchrun): :meth:`batch`
     gives only those rows, and image data reads and dequantises only them (the indices of the
@@ -81,7 +111,7 @@ class DataSource:
             self.images, batch_size=self.batch_size, seeds=functools.partial(derive_seed,
                                                                             self.seed),
             conditional=bool(cfg.data.class_conditional), device=self.device,
-            num_workers=cfg.data.data_workers)
+            num_workers=cfg.data.data_workers, cond=cfg.data.cond is not None)
         self._streaming = (self.batches is not None and not self.batches.in_memory
                            and cfg.data.data_workers > 0)
         self._stream: Optional[Iterator] = None
@@ -115,12 +145,18 @@ class DataSource:
         return self._last[1]
 
 
-def test_data(data: DataConfig) -> Tuple[Tensor, Optional[Tensor]]:
-    """The evaluation set: the image data's test split, or 5000 fixed toy samples."""
+def test_data(data: DataConfig) -> Tuple[Tensor, Union[None, Tensor, Condition]]:
+    """The evaluation set: the image data's test split (with the labels of a class-conditional
+    run; with condition tokens a :class:`~ntm_engine.condition.Condition` of labels and
+    tokens), or 5000 fixed toy samples."""
     images = run_data(data)
     if images is not None:
         x, y = images.tensors("test")
-        return x, (y if data.class_conditional else None)
+        y = y if data.class_conditional else None
+        if data.cond is not None:
+            c = images.test_cond
+            y = Condition(y, c.tokens, c.mask)
+        return x, y
     g = torch.Generator().manual_seed(2**31 - 1)
     return sample_toy(data.dataset, 5000, generator=g), None
 
@@ -141,3 +177,32 @@ def sample_labels(data: DataConfig, n: int) -> Optional[Tensor]:
     if not data.class_conditional:
         return None
     return torch.arange(n) % run_data(data).num_classes
+
+
+def sample_conditions(data: DataConfig, n: int
+                      ) -> Tuple[Union[None, Tensor, Condition], Optional[Tensor]]:
+    """``(condition, classes)`` of ``n`` samples for a run's evaluation: the condition to
+    sample with (None, labels ``[n]`` or a :class:`~ntm_engine.condition.Condition`) and the
+    class ``[n]`` each sample should show (None when unknown).  Labels only: classes
+    ``0..K-1`` cycled (:func:`sample_labels`).  Condition tokens: those of test items; where
+    the data has classes, sample ``i`` is of class ``i % K`` and takes the tokens of the
+    ``(i // K)``-th test item of that class (cycled; classes without test items are skipped),
+    so each class is sampled with its own conditions as labels would be; else the test items
+    cycled."""
+    if data.cond is None:
+        y = sample_labels(data, n)
+        return y, y
+    images = run_data(data)
+    tokens = images.test_cond
+    _, test_y = images.tensors("test")
+    if images.num_classes > 0 and test_y is not None and len(test_y):
+        items = [(k, (test_y == k).nonzero().view(-1)) for k in range(images.num_classes)]
+        items = [(k, ids) for k, ids in items if len(ids)]
+        picks = [(items[i % len(items)], i // len(items)) for i in range(n)]
+        classes = torch.tensor([k for (k, _), _ in picks], dtype=torch.long)
+        idx = torch.tensor([int(ids[j % len(ids)]) for (_, ids), j in picks], dtype=torch.long)
+    else:
+        classes, idx = None, torch.arange(n) % len(tokens)
+    c = tokens.rows(idx)
+    labels = None if not data.class_conditional else test_y[idx]
+    return Condition(labels, c.tokens, c.mask), classes

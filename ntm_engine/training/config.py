@@ -42,7 +42,7 @@ MODEL_OPTIONS = {
 }
 # entries that define a run: a resumed run must agree on these
 IDENTITY_KEYS = ("dataset", "class_conditional", "image_size", "channels", "model", "batch_size",
-                 "seed", "objective", "init_from", "fm_reg", "trajectory_loss")
+                 "seed", "objective", "init_from", "fm_reg", "trajectory_loss", "cond")
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,8 @@ def default_model_config(dataset: Union[str, DataConfig],
     pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`); latents (continuous data)
     instead get the per-channel mean and std of their training split as the model's fixed
     normalisation (``channel_mean``/``channel_scale``, :func:`~ntm_engine.data.channel_mean_std`),
-    the normalised data being mean 0, std 1."""
+    the normalised data being mean 0, std 1; with condition tokens (``data.cond``) their size
+    as ``cond_dim``."""
     data = dataset if isinstance(dataset, DataConfig) else DataConfig(dataset, class_conditional)
     cfg = NTM.defaults()
     if not data.is_image:
@@ -199,6 +200,8 @@ def default_model_config(dataset: Union[str, DataConfig],
             else:
                 mean, std = pixel_mean_std(images)
                 cfg.update(data_mean=round(mean, 4), data_std=round(std, 4))
+        if data.cond is not None:
+            cfg["cond_dim"] = run_data(data).cond_dim
     cfg["data_shape"] = list(cfg["data_shape"])
     return cfg
 
@@ -232,6 +235,14 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
           f"model num_classes {classes} but class_conditional={data.class_conditional}")
     for k in ("width", "depth", "heads", "transporter_layers", "transporter_hidden"):
         check(isinstance(m.get(k), int), f"{MODEL_OPTIONS[k]} must be an integer, got {m.get(k)!r}")
+    cond_dim = m.get("cond_dim", 0)
+    check(_is_real(cond_dim) and cond_dim == int(cond_dim) and cond_dim >= 0
+          and (cond_dim > 0) == (data.cond is not None),
+          f"model cond_dim {cond_dim!r} but --cond {data.cond} (condition tokens need "
+          f"cond_dim = their size C > 0; none need cond_dim 0)")
+    check(not (cond_dim and obj.needs_velocity_head),
+          "--cond: condition tokens are not supported with flow-matching pretraining "
+          "(--objective flow_matching, --init-from); train the NTM directly")
     try:
         schedule.step_counts(m.get("steps"))
     except ValueError as e:
@@ -268,14 +279,16 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
 def make_config(dataset: str = "digits", class_conditional: bool = False, *,
                 model: Optional[Mapping[str, Any]] = None, image_size: Optional[int] = None,
                 channels: Optional[int] = None, data_workers: int = 0,
-                decoder: Optional[str] = None, **train) -> TrainConfig:
+                decoder: Optional[str] = None, cond: Optional[str] = None,
+                **train) -> TrainConfig:
     """A full, validated config: the dataset's model defaults with ``model`` entries (None
     values ignored) and flat training entries ``train`` (unknown ones refused).  ``dataset``,
     ``image_size``, ``channels``, ``data_workers``, ``decoder`` (latents; a file path in it
-    is stored absolute, :func:`~.decoder.decoder_spec`): :class:`DataConfig`."""
+    is stored absolute, :func:`~.decoder.decoder_spec`), ``cond`` (where condition tokens come
+    from): :class:`DataConfig`."""
     reject_unknown(train, set(TRAIN_DEFAULTS), "training")
     data = DataConfig(dataset, bool(class_conditional), image_size, channels, data_workers,
-                      decoder_spec(decoder))
+                      decoder_spec(decoder), cond)
     m = default_model_config(data)
     given = {k: v for k, v in (model or {}).items() if v is not None}
     m.update(TRANSPORTER_SIZES.get(given.get("transporter", m["transporter"]), {}))

@@ -67,8 +67,9 @@ class DistillConfig(RunConfigProtocol):
         checks = [
             (0 <= self.label_dropout < 1,
              f"label_dropout must lie in [0, 1), got {self.label_dropout}"),
-            (self.data.class_conditional or self.label_dropout == 0,
-             f"label_dropout > 0 needs a class-conditional teacher, got label_dropout="
+            (self.data.conditioned or self.label_dropout == 0,
+             f"label_dropout > 0 needs a conditional teacher (labels or condition tokens), "
+             f"got label_dropout="
              f"{self.label_dropout} for an unconditional one"),
             (isinstance(self.updates_per_batch, int) and self.updates_per_batch >= 1,
              f"--updates-per-batch must be >= 1, got {self.updates_per_batch}"),
@@ -138,16 +139,18 @@ def make_distill_config(teacher_ck: ckpt.Checkpoint, *, t_min: Optional[float] =
     m = _teacher_model(teacher_ck)
     reject_unknown(train, set(DISTILL_DEFAULTS), "distillation")
     conditional = int(m.get("num_classes", 0)) > 0
+    cond = teacher_ck.config.get("cond")
     if t_min is None:
         t_min = float(m["t_min_max"])
     if label_dropout is None:
-        label_dropout = float(m.get("label_dropout", 0.0)) if conditional else 0.0
+        label_dropout = float(m.get("label_dropout", 0.0)) if conditional or cond else 0.0
     try:
         den = Denoiser(m["data_shape"], int(m.get("num_classes", 0)), **(denoiser or {})).config
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid denoiser configuration: {e}") from e
     flat = {**DISTILL_DEFAULTS, **{k: v for k, v in train.items() if v is not None}}
     flat.update(kind=KIND, dataset=teacher_ck.config["dataset"], class_conditional=conditional,
+                cond=cond,
                 teacher={"checkpoint": str(Path(teacher_ck.path).resolve()),
                          "step": int(teacher_ck.step)},
                 teacher_model=m, t_min=float(t_min), label_dropout=float(label_dropout),

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..condition import labels_of
 from ..data import DIGITS_BINS, dequantize
 from ..models import Denoiser
 from .batches import DataSource, test_data
@@ -156,7 +157,7 @@ class Distiller(SessionViews):
                     test_mse_data_teacher=0.0)
         n = 0
         for b, x in self.eval_set():
-            pred = self.ema.model(b.u, b.t0, b.y)
+            pred = self.ema.model(b.u, b.t0, labels_of(b.y))
             sums["test_mse"] += float((pred - b.target).pow(2).sum())
             sums["test_mse_transporter"] += float((b.x_t0 - b.target).pow(2).sum())
             sums["test_mse_data"] += float((pred - x).pow(2).sum())

@@ -16,7 +16,7 @@ from ..metrics import (dataset_bits_per_dim, dataset_fm_loss, dataset_nats_per_d
 from ..models import histogram_bits_per_dim
 from ..models.flow_matching import EULER_STEPS
 from ..models.schedule import step_counts
-from .batches import eval_bins, sample_labels, test_data
+from .batches import eval_bins, sample_conditions, test_data
 from .config import TrainConfig
 from .decoder import Decoder
 from .determinism import device_generator
@@ -160,9 +160,10 @@ def eval_summary(rec: Dict[str, Any]) -> str:
 
 def grid_samples(model, cfg: TrainConfig, *, device) -> Tensor:
     """The samples of a run's grid (fixed noise): ``[n, *data_shape]`` with ``n`` the
-    config's ``eval_samples`` (toys: at least 1000), labels cycled for a conditional run."""
+    config's ``eval_samples`` (toys: at least 1000), labels cycled for a conditional run
+    (condition tokens: those of test items, :func:`~.batches.sample_conditions`)."""
     n = cfg.eval_samples if cfg.data.is_image else max(cfg.eval_samples, 1000)
-    y = sample_labels(cfg.data, n)
+    y, _ = sample_conditions(cfg.data, n)
     g = device_generator(device, 12345)
     return model.sample(n, y=None if y is None else y.to(device), generator=g)
 

@@ -17,7 +17,8 @@ from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..models.embedding import drop_labels, resolve_labels
+from ..condition import labels_of
+from ..models.embedding import drop_condition
 from ..models.loss import (anchor_terms, anchored_trajectory_nll, loss_from_levels,
                            micro_batches, training_groups)
 
@@ -104,8 +105,9 @@ class FMInitRegularised:
 
 @dataclass
 class DistillBatch:
-    """One regression batch: input ``u [B, *shape]`` at ``t0 [B]`` with labels ``y [B]`` (or
-    None), target ``E[x | X] [B, *shape]``, and the trajectory's level 0 ``x_t0 [B, *shape]``
+    """One regression batch: input ``u [B, *shape]`` at ``t0 [B]`` with the condition ``y``
+    (labels ``[B]``, a :class:`~ntm_engine.condition.Condition` or None; the denoiser reads
+    its labels), target ``E[x | X] [B, *shape]``, and the trajectory's level 0 ``x_t0 [B, *shape]``
     (what the transporter inverse of ``u`` gives back), all in the teacher's space (latents:
     normalised, :class:`~ntm_engine.models.normalization.ChannelNorm`)."""
     u: Tensor
@@ -119,17 +121,19 @@ class DistillBatch:
 def distillation_batch(teacher: nn.Module, x: Tensor, y: Optional[Tensor], t_min: float,
                        generator: Optional[torch.Generator] = None, *,
                        label_dropout: float = 0.0) -> DistillBatch:
-    """Inputs and targets for data ``x [B, *shape]`` (labels ``y [B]`` or None).
+    """Inputs and targets for data ``x [B, *shape]`` (condition ``y``: labels ``[B]``, a
+    :class:`~ntm_engine.condition.Condition` or None).
 
     A forward trajectory ``X`` on the teacher's grid with ``t_0 = t_min`` (noise from
-    ``generator``); then, for a conditional teacher, labels dropped to the null class with
-    probability ``label_dropout`` (drawn from ``generator`` after the trajectory); the target
+    ``generator``); then, for a conditional teacher, the condition dropped (labels to the null
+    class, tokens masked) with probability ``label_dropout`` (drawn from ``generator`` after
+    the trajectory); the target
     ``teacher.posterior_mean(X, t, y)`` (its own autograd for the score; everything else
     without gradients) and the input ``u_{t_0} = f_T(x_{t_0}; t_0, y)``.
     """
     X, t = teacher.forward_trajectory(x, generator, t_min=t_min)
-    y = resolve_labels(y, x.shape[0], teacher.num_classes, x.device)
-    y = drop_labels(y, label_dropout, teacher.num_classes, generator)
+    y = teacher.resolve_condition(y, x.shape[0], x.device)
+    y = drop_condition(y, label_dropout, teacher.num_classes, generator)
     target = teacher.posterior_mean(X, t, y)
     B = x.shape[0]
     u, _ = teacher.transport(X[:, 0].reshape(B, teacher.dim), t[:, 0], y)
@@ -152,4 +156,5 @@ class DistillationTarget:
 
     def loss(self, batch: DistillBatch) -> Tuple[Tensor, Metrics]:
         """The mean squared error (per element; a scalar) and no further metrics."""
-        return (self.denoiser(batch.u, batch.t0, batch.y) - batch.target).pow(2).mean(), {}
+        return (self.denoiser(batch.u, batch.t0, labels_of(batch.y)) - batch.target
+                ).pow(2).mean(), {}

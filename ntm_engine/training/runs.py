@@ -95,6 +95,8 @@ def export_run(path, out, *, ema: bool = True, log: Optional[Callable[[str], Non
             "train_seconds": run.checkpoint.state.get("elapsed_s"), "weights":
             "EMA" if ema and run.checkpoint.ema is not None else "model",
             "model_code_sha256": run.checkpoint.state.get("model_code_sha256")}
+    if cfg.data.cond is not None:
+        card["condition_tokens"] = cfg.data.cond
     figures = _eval_figures(run.run_dir / "eval.json")
     if figures:
         card["eval"] = figures

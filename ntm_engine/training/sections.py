@@ -57,15 +57,19 @@ class DataConfig:
     ``latents`` is an autoencoder's latents --, or ``python:NAME`` for an
     :class:`~ntm_engine.data.ImageData` handed to the trainer), whether labels condition,
     ``image_size`` / ``channels`` of image data (None: as stored), ``data_workers``
-    (``DataLoader`` processes for lazily read data) and, for latents, the ``decoder``
+    (``DataLoader`` processes for lazily read data), for latents the ``decoder``
     (``MODULE:FUNCTION`` from latents to images, for sample grids; :mod:`.decoder`; not part
-    of the run's identity: a resumed run may change it)."""
+    of the run's identity: a resumed run may change it) and ``cond``, where condition tokens
+    come from (None: no tokens; the dataset's own name: the ``.npz`` dataset's ``cond`` key,
+    or the tokens of handed-in data; another path: a token file for the dataset's splits,
+    :mod:`ntm_engine.data.cond`)."""
     dataset: str = "digits"
     class_conditional: bool = False
     image_size: Optional[int] = None
     channels: Optional[int] = None
     data_workers: int = 0
     decoder: Optional[str] = None
+    cond: Optional[str] = None
 
     def __post_init__(self):
         check(isinstance(self.dataset, str) and (
@@ -76,6 +80,10 @@ class DataConfig:
             OptionError)
         check(not self.class_conditional or self.is_image,
               f"--class-conditional needs labelled data (images), not the 2-D toy {self.dataset!r}")
+        check(self.cond is None or (isinstance(self.cond, str) and self.cond != ""),
+              f"--cond must name the .npz file of the condition tokens, got {self.cond!r}")
+        check(self.cond is None or self.is_image,
+              f"--cond needs image data with condition tokens, not the 2-D toy {self.dataset!r}")
         for k in ("image_size", "channels"):
             check_number(k, getattr(self, k), integer=True, optional=True)
         check_number("data_workers", self.data_workers, integer=True)
@@ -98,6 +106,11 @@ class DataConfig:
     def is_image(self) -> bool:
         """Images (everything but the 2-D toys)."""
         return self.dataset not in TOYS
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether the model is conditioned at all: on labels and/or condition tokens."""
+        return self.class_conditional or self.cond is not None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.distributions import Normal
 
+from ntm_engine.condition import Condition, labels_of
 from ntm_engine.models import NTM
 
 
@@ -25,6 +26,32 @@ def small_ntm(data_shape=(1, 4, 4), steps=3, num_classes=3, seed=0, std=0.1, **k
     return perturb(model, std, seed).eval()
 
 
+# the conditions a model may take: class labels, condition tokens, or both
+COND_KINDS = ("labels", "tokens", "both")
+COND_DIM, COND_LEN = 5, 4
+
+
+def conditioned_ntm(kind, data_shape=(1, 4, 4), **kw):
+    """:func:`small_ntm` conditioned on ``kind``: 3 classes and/or condition tokens of
+    ``COND_DIM`` features."""
+    kw.setdefault("num_classes", 3 if kind in ("labels", "both") else 0)
+    kw.setdefault("cond_dim", COND_DIM if kind in ("tokens", "both") else 0)
+    return small_ntm(data_shape, **kw)
+
+
+def condition_of(kind, B, seed=0):
+    """A condition of ``kind`` for ``B`` rows: labels ``[B]`` in 0..2, or a Condition whose
+    tokens ``[B, COND_LEN, COND_DIM]`` (float64) have a padding mask (row ``b`` keeps its first
+    ``1 + b % COND_LEN`` tokens) and, for ``"both"``, labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (B,), generator=g)
+    if kind == "labels":
+        return labels
+    tokens = torch.randn(B, COND_LEN, COND_DIM, generator=g, dtype=torch.float64)
+    mask = torch.arange(COND_LEN).unsqueeze(0) <= (torch.arange(B) % COND_LEN).unsqueeze(1)
+    return Condition(labels if kind == "both" else None, tokens, mask)
+
+
 def joint_covariance(t, v):
     """Cov of (x_{t_0}, ..., x_{t_T}) per dimension for x ~ N(m, v): (1-t_i)(1-t_j) v + S_ij."""
     lo = torch.minimum(t.view(-1, 1), t.view(1, -1))
@@ -44,7 +71,7 @@ def brute_force_nll(model, X, t, y):
         us, logdets = [], []
         for k in range(T):
             tk = t[b, k:k + 1]
-            f = lambda v: model.transporter(v.unsqueeze(0), tk, yb)[0][0]  # noqa: E731
+            f = lambda v: model.transporter(v.unsqueeze(0), tk, labels_of(yb))[0][0]  # noqa: E731
             us.append(f(Xf[b, k]))
             J = jacobian(f, Xf[b, k])
             logdets.append(torch.linalg.slogdet(J).logabsdet)

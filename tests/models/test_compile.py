@@ -113,6 +113,35 @@ def test_sampling_step_has_no_graph_break(kind):
         assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
 
 
+def test_condition_tokens_add_no_graph_break():
+    """A training step and cached sampling steps with condition tokens (a padding mask, the
+    prefix in the cache) still trace as one graph each."""
+    from ntm_engine.condition import Condition
+
+    torch.manual_seed(0)
+    model = NTM.for_digits(conditional=False, cond_dim=6, width=32, depth=1, heads=2,
+                           transporter_hidden=32, transporter_layers=2).train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1
+    c = Condition(None, torch.randn(6, 3, 6, generator=g), torch.rand(6, 3, generator=g) > 0.3)
+    explained = torch._dynamo.explain(model.trajectory_nll)(x, c)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+    model.eval()
+    t = model.time_grid(6)
+
+    def step(u, t_lo, t_hi, cond, cache):
+        mu, log_sigma, cache = model.predictor.step(u, t_lo, t_hi, cond, cache)
+        return mu + torch.exp(log_sigma) * torch.randn_like(mu), cache
+
+    with torch.no_grad():
+        u1 = torch.randn(6, model.dim)
+        _, cache = step(u1, t[:, 3], t[:, 4], c, None)
+        for k, past in ((3, None), (2, cache)):
+            explained = torch._dynamo.explain(step)(u1, t[:, k], t[:, k + 1], c, past)
+            assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_recomputed_stack_equals_reversible_function(kind):
     """The compile-time path of a reversible stack (a checkpoint of the plain layers) gives

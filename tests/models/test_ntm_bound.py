@@ -94,27 +94,36 @@ def forward_log_q(X, t):
     return logq
 
 
-@pytest.mark.parametrize("norm", [{}, dict(channel_mean=[0.5], channel_scale=[2.0])],
-                         ids=["plain", "latent-normalised"])
-def test_exponentiated_bound_integrates_to_at_most_one(norm):
-    """The bound of ``p(x)`` integrates to at most 1 over the data's own axis -- with a
-    channel normalisation too (the grid spans the data's scale; without the log-Jacobian
-    the integral would be ``scale`` times larger)."""
+@pytest.mark.parametrize("norm,tokens", [({}, False), ({}, True),
+                                         (dict(channel_mean=[0.5], channel_scale=[2.0]), False)],
+                         ids=["plain", "tokens", "latent-normalised"])
+def test_exponentiated_bound_integrates_to_at_most_one(norm, tokens):
+    """The bound of ``p(x)`` integrates to at most 1 over the data's own axis -- also
+    ``p(x | tokens)`` for one fixed token sequence (padding included), and with a channel
+    normalisation (the grid spans the data's scale; without the log-Jacobian the integral
+    would be ``scale`` times larger)."""
     a, s = norm.get("channel_mean", [0.0])[0], norm.get("channel_scale", [1.0])[0]
     grid = a + s * torch.linspace(-7, 7, 281, dtype=torch.float64)
     M = 200
     x = grid.repeat_interleave(M).unsqueeze(1)
+    cond = {}
+    if tokens:
+        cond = dict(cond=torch.randn(3, 4, generator=torch.Generator().manual_seed(9),
+                                     dtype=torch.float64),
+                    cond_mask=torch.tensor([True, True, False]))
     for std, low in [(0.0, 0.999), (0.1, 0.5)]:    # exact Gaussian model, then a perturbed one
         torch.manual_seed(0)
-        model = NTM((1,), steps=3, width=16, depth=1, heads=2, data_std=0.8, **norm).double()
+        model = NTM((1,), steps=3, width=16, depth=1, heads=2, data_std=0.8,
+                    cond_dim=4 if tokens else 0, **norm).double()
         perturb(model.predictor, std=std, seed=4)
         model.eval()
         with torch.no_grad():
             X, t = model.forward_trajectory(x, generator=torch.Generator().manual_seed(0))
             # per-sample log p(X) - log q(X_{1:T} | x): an unbiased, low-variance ELBO estimate
             # (X in the model's space; the normalisation's log-Jacobian makes it one of x)
-            per = model.trajectory_log_prob(X, t) - forward_log_q(X, t) - math.log(s)
-            bpd = model.bits_per_dim(x, bins=2, generator=torch.Generator().manual_seed(0))
+            per = model.trajectory_log_prob(X, t, **cond) - forward_log_q(X, t) - math.log(s)
+            bpd = model.bits_per_dim(x, bins=2, generator=torch.Generator().manual_seed(0),
+                                     **cond)
         elbo = per.view(-1, M).mean(1)
         total = torch.trapezoid(elbo.exp(), grid).item()
         assert elbo.exp()[[0, -1]].max() < 1e-4               # the grid covers the mass

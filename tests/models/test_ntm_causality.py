@@ -4,7 +4,7 @@ import torch
 
 from ntm_engine.models import block_causal_mask
 
-from _ntm_testutils import small_ntm
+from _ntm_testutils import COND_KINDS, condition_of, conditioned_ntm, small_ntm
 
 
 def test_block_causal_mask_layout():
@@ -15,16 +15,20 @@ def test_block_causal_mask_layout():
             assert bool(m[i, j]) == bool(slot[j] >= slot[i])
 
 
+@pytest.mark.parametrize("kind", COND_KINDS)
 @pytest.mark.parametrize("parameterization", ["gaussian", "flow_matching"])
 @pytest.mark.parametrize("data_shape,patch", [((1, 4, 4), 2), ((3, 2, 4), 2), ((6,), 3),
                                               ((2,), 2)])
-def test_cleaner_level_never_leaks(data_shape, patch, parameterization):
+def test_cleaner_level_never_leaks(data_shape, patch, parameterization, kind):
+    """Also with condition tokens: their prefix, visible to every slot, must not carry a
+    cleaner level to a noisier slot."""
     T = 4
-    model = small_ntm(data_shape, steps=T, patch_size=patch, parameterization=parameterization)
+    model = conditioned_ntm(kind, data_shape, steps=T, patch_size=patch,
+                            parameterization=parameterization)
     g = torch.Generator().manual_seed(1)
     B = 5
     x = torch.randn(B, *data_shape, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (B,), generator=g)
+    y = condition_of(kind, B, seed=1)
     X, t = model.forward_trajectory(x, generator=g, t_min=0.02)
     with torch.no_grad():
         U0, _, mu0, ls0 = model.predict_levels(X, t, y)

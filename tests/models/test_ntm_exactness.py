@@ -8,18 +8,21 @@ from torch.distributions import Normal
 
 from ntm_engine.models import NTM
 
-from _ntm_testutils import brute_force_nll, perturb, small_ntm
+from _ntm_testutils import COND_KINDS, brute_force_nll, condition_of, conditioned_ntm, perturb
 
 
+@pytest.mark.parametrize("kind", COND_KINDS)
 @pytest.mark.parametrize("parameterization", ["gaussian", "flow_matching"])
 @pytest.mark.parametrize("data_shape,steps,patch", [((4,), 3, 2), ((1, 2, 2), 2, 1), ((2,), 4, 2)])
-def test_trajectory_nll_matches_brute_force(data_shape, steps, patch, parameterization):
-    model = small_ntm(data_shape, steps=steps, patch_size=patch, num_classes=2, std=0.3,
-                      label_dropout=0.0, parameterization=parameterization)
+def test_trajectory_nll_matches_brute_force(data_shape, steps, patch, parameterization, kind):
+    """Labels, condition tokens (the brute force runs the predictor row by row, so a padding
+    mask or a batch-wide mix would show) or both."""
+    model = conditioned_ntm(kind, data_shape, steps=steps, patch_size=patch, std=0.3,
+                            label_dropout=0.0, parameterization=parameterization)
     model.train()                        # t_0 drawn per sample; no label dropout (p = 0)
     x = torch.randn(3, *data_shape, generator=torch.Generator().manual_seed(5),
                     dtype=torch.float64)
-    y = torch.tensor([0, 1, 1])
+    y = condition_of(kind, 3)
     nll = model.trajectory_nll(x, y, generator=torch.Generator().manual_seed(7))
     X, t = model.forward_trajectory(x, generator=torch.Generator().manual_seed(7))
     assert (t[:, 0] > 0).all() and (t[:, 0] <= 0.05).all()

@@ -4,7 +4,9 @@ import torch
 
 from ntm_engine.models import NTM, guide
 
-from _ntm_testutils import small_ntm
+from ntm_engine.condition import null_condition
+
+from _ntm_testutils import COND_KINDS, condition_of, conditioned_ntm, small_ntm
 
 
 def teacher_forced(model, X, t, y):
@@ -13,20 +15,25 @@ def teacher_forced(model, X, t, y):
     return U, mu, ls
 
 
-def test_guided_levels_are_the_closed_form_in_one_space():
+@pytest.mark.parametrize("kind", COND_KINDS)
+def test_guided_levels_are_the_closed_form_in_one_space(kind):
     """Temperature 0, label-free (identity) transporter: every sampled level is the guided
-    mean of the conditional and unconditional predictions on the sampled trajectory."""
-    model = small_ntm((1, 4, 4), steps=3, patch_size=2, num_classes=3, std=0.3,
-                      transporter_layers=0)
-    y = torch.tensor([0, 1, 2, 2])
+    mean of the conditional and unconditional predictions on the sampled trajectory (the
+    unconditional: null labels, every condition token masked)."""
+    model = conditioned_ntm(kind, (1, 4, 4), steps=3, patch_size=2, std=0.3,
+                            transporter_layers=0)
+    y = condition_of(kind, 4)
     w = 2.0
     x, X = model.sample(4, y=y, guidance=w, temperature=0.0, return_trajectory=True,
                         generator=torch.Generator().manual_seed(0))
     t = model.time_grid(4, dtype=torch.float64)
     U, mu_c, ls_c = teacher_forced(model, X, t, y)
-    _, mu_u, ls_u = teacher_forced(model, X, t, torch.full_like(y, 3))
+    _, mu_u, ls_u = teacher_forced(model, X, t, null_condition(y, 3))
     mu_g, _ = guide(mu_c, ls_c, mu_u, ls_u, w)
     assert torch.allclose(U, mu_g, atol=1e-10)
+    if kind == "tokens":   # the null branch is the model without tokens (its null sequence)
+        _, mu_none, _ = teacher_forced(model, X, t, None)
+        assert torch.allclose(mu_u, mu_none, atol=1e-12)
     assert (mu_g - mu_c).abs().max() > 1e-2                     # guidance changed something
 
 

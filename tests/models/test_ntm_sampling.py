@@ -7,14 +7,16 @@ from torch.distributions import Normal
 
 from ntm_engine.models import NTM, guide
 
-from _ntm_testutils import small_ntm
+from _ntm_testutils import COND_KINDS, condition_of, conditioned_ntm, small_ntm
 
 
+@pytest.mark.parametrize("kind", COND_KINDS)
 @pytest.mark.parametrize("guidance", [0.0, 1.5])
 @pytest.mark.parametrize("steps", [None, 2])
-def test_kv_cache_matches_full_recompute(guidance, steps):
-    model = small_ntm((1, 4, 4), steps=3, patch_size=2, num_classes=3, std=0.2)
-    y = torch.tensor([0, 1, 2, 1])
+def test_kv_cache_matches_full_recompute(guidance, steps, kind):
+    """(With condition tokens the cache starts with their prefix.)"""
+    model = conditioned_ntm(kind, (1, 4, 4), steps=3, patch_size=2, std=0.2)
+    y = condition_of(kind, 4)
     kw = dict(y=y, steps=steps, guidance=guidance, return_trajectory=True)
     x1, X1 = model.sample(4, generator=torch.Generator().manual_seed(0), use_cache=True, **kw)
     x2, X2 = model.sample(4, generator=torch.Generator().manual_seed(0), use_cache=False, **kw)
@@ -76,15 +78,16 @@ def test_temperature_zero_is_the_mean_path():
     assert not torch.allclose(a, c)
 
 
-def test_guidance_zero_is_the_conditional_model():
-    model = small_ntm((1, 4, 4), steps=3, patch_size=2, num_classes=3, std=0.2)
-    y = torch.tensor([2, 0, 1])
+@pytest.mark.parametrize("kind", COND_KINDS)
+def test_guidance_zero_is_the_conditional_model(kind):
+    model = conditioned_ntm(kind, (1, 4, 4), steps=3, patch_size=2, std=0.2)
+    y = condition_of(kind, 3, seed=2)
     a = model.sample(3, y=y, guidance=0.0, generator=torch.Generator().manual_seed(1))
     b = model.sample(3, y=y, guidance=1e-12, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(a, b, atol=1e-9)                     # two-branch path, w -> 0
     c = model.sample(3, y=y, guidance=3.0, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(a, c, atol=1e-3)
-    # the conditional model differs from the unconditional one (labels are used)
+    # the conditional model differs from the unconditional one (the condition is used)
     d = model.sample(3, y=None, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(a, d, atol=1e-3)
 
