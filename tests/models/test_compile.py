@@ -119,7 +119,7 @@ def test_condition_tokens_add_no_graph_break():
     from ntm_engine.condition import Condition
 
     torch.manual_seed(0)
-    model = NTM.for_digits(conditional=False, cond_dim=6, width=32, depth=1, heads=2,
+    model = NTM.for_digits(conditional=False, cond_dim=6, steps=4, width=32, depth=1, heads=2,
                            transporter_hidden=32, transporter_layers=2).train()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1
