@@ -176,7 +176,7 @@ class NTM(PretrainedMixin, nn.Module):
         sample), width 128, depth 4, a label-free coupling transporter of 4 layers.  Chosen by
         measurement at the main job's budget (``bench/results/2026-12-05-digits-defaults.md``):
         the coupling transporter beats the autoregressive one at equal wall-clock, and the
-        paper's ``shift="auto"`` (1.58 for 4 tokens, a rule made for 256-4096) costs 0.11-0.13
+        paper's ``shift="auto"`` (1.58 for 4 tokens, a rule made for 256-4096) costs 0.09-0.13
         bits/dim against ``shift = 1``; other images keep ``"auto"``."""
         return dict(data_shape=(1, 8, 8), steps=NTM.image_step_counts((1, 8, 8)), shift=1.0,
                     num_classes=10 if conditional else 0, width=128, depth=4, heads=4,
