@@ -59,8 +59,9 @@ def samplers_for(*, ntm=None, fm=None, ntm_ablation=None, steps: Sequence[int] =
                  ntm_steps: Optional[Sequence[int]] = None,
                  ablation_steps: Sequence[int] = (4,), guidance: float = 0.0) -> List[Sampler]:
     """The rows to run: each of ``schedulers`` on ``fm`` at each of ``steps``; ``ntm`` at
-    ``ntm_steps`` (default: its trained ``steps``); the identity-transporter ``ntm_ablation``
-    at ``ablation_steps``; all with classifier-free ``guidance`` (needs labels)."""
+    ``ntm_steps`` (default: every step count it was trained on); the identity-transporter
+    ``ntm_ablation`` at ``ablation_steps``; all with classifier-free ``guidance`` (needs
+    labels)."""
     unknown = [s for s in schedulers if s not in SCHEDULERS]
     if unknown:
         raise ValueError(f"schedulers must be among {sorted(SCHEDULERS)}, got {unknown}")
@@ -72,7 +73,8 @@ def samplers_for(*, ntm=None, fm=None, ntm_ablation=None, steps: Sequence[int] =
     if fm is not None:
         out += [_scheduler_sampler(fm, s, k, guidance) for s in schedulers for k in steps]
     if ntm is not None:
-        out += [_ntm_sampler(ntm, "ntm", k, guidance) for k in (ntm_steps or (ntm.steps,))]
+        out += [_ntm_sampler(ntm, "ntm", k, guidance)
+                for k in (ntm_steps or getattr(ntm, "trained_steps", (ntm.steps,)))]
     if ntm_ablation is not None:
         out += [_ntm_sampler(ntm_ablation, "ntm_identity_transporter", k, guidance)
                 for k in ablation_steps]

@@ -62,6 +62,15 @@ def test_every_sampler_starts_from_the_same_noise(models):
         torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_an_ntm_of_several_step_counts_is_compared_at_each():
+    """Without ntm_steps the NTM is sampled at every step count it was trained on."""
+    many = NTM((2,), steps=(2, 4, 8), width=16, depth=1, heads=2)
+    one = NTM((2,), steps=4, width=16, depth=1, heads=2)
+    assert [s.steps for s in samplers_for(ntm=many)] == [2, 4, 8]
+    assert [s.steps for s in samplers_for(ntm=one)] == [4]
+    assert [s.steps for s in samplers_for(ntm=many, ntm_steps=[8])] == [8]
+
+
 def test_markdown_table_sorts_and_formats():
     rows = [{"sampler": "unipc", "model": "flow_matching", "steps": 8, "nfe": 8,
              "ms_per_sample": 0.5, "frechet_distance": 25.0},
