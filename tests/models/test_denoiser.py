@@ -74,7 +74,7 @@ def test_default_denoiser_is_light_next_to_the_digits_teacher():
     den = Denoiser.for_teacher(teacher).eval()
     y = torch.arange(4)
     with FlopCounterMode(display=False) as fc:
-        teacher.sample(4, y=y, generator=gen(0))
+        teacher.sample(4, y=y, steps=4, generator=gen(0))
     teacher_flops = fc.get_total_flops()
     with FlopCounterMode(display=False) as fc:
         den(torch.zeros(4, 1, 8, 8), 0.05, y)
