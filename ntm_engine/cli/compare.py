@@ -29,7 +29,7 @@ from ..machine import cpu_name
 from ..models.flow_matching import architecture_differences
 from ..training import ConfigError, load_run, upgrade
 from . import train
-from .common import HelpFormatter, device_named, log
+from .common import HelpFormatter, device_named, int_list, log
 
 
 def _int_list(s: str) -> List[int]:
@@ -44,10 +44,7 @@ def _int_list(s: str) -> List[int]:
 
 
 def _seed_list(s: str) -> List[int]:
-    try:
-        vals = [int(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        vals = []
+    vals = int_list(s)
     if not vals or len(set(vals)) != len(vals):
         raise argparse.ArgumentTypeError(f"expected an integer or distinct comma-separated "
                                          f"integers, got {s!r}")
