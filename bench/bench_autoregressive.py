@@ -7,7 +7,8 @@
 Decoding: one :class:`~ntm_engine.nn.AutoregressiveFlowBlock` (Transformer 2 layers, width 64,
 4 heads; output head random with std 0.02, so not the identity) on ``16 x L x 4`` float32
 tokens, ``L`` = 16, 64, 256: the parallel forward, the exact KV-cache inverse (``L``
-sequential single-token passes), and Jacobi decoding (``tol = 1e-5``, at most ``L + 1``
+sequential single-token passes) as the Python loop and as the fused ``ops.autoregressive_decode``
+(one call), and Jacobi decoding (``tol = 1e-5``, at most ``L + 1``
 parallel iterations; iterations and final residual reported).
 
 Training: one step (forward + backward of ``mean(1/2 |z|^2 - logdet)``) of a stack of blocks on
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -42,7 +42,7 @@ from torch.utils.checkpoint import checkpoint  # noqa: E402
 
 from bench_reversible import _FORWARD_MARK, _allocation_levels  # noqa: E402
 from ntm_engine.nn import AutoregressiveFlowBlock, InvertibleSequential  # noqa: E402
-from timing import emit_report, markdown_table, time_interleaved  # noqa: E402
+from timing import cpu_machine, emit_report, markdown_table, time_interleaved  # noqa: E402
 
 DECODE_BATCH, PATCH, WIDTH, LAYERS, HEADS = 16, 4, 64, 2, 4
 TOKENS = (16, 64, 256)
@@ -125,7 +125,8 @@ def decode_fns(tokens: int) -> Tuple[Dict[str, Callable[[], object]], dict]:
     with torch.no_grad():
         y, _ = block(x)
         _, _, report = block.jacobi_inverse(y, tol=1e-5)
-    fns = {"forward": lambda: block(x), "kv_inverse": lambda: block.inverse(y),
+    fns = {"forward": lambda: block(x), "kv_inverse": lambda: block.inverse(y, fused=False),
+           "fused_inverse": lambda: block.inverse(y, fused=True),
            "jacobi_inverse": lambda: block.jacobi_inverse(y, tol=1e-5)}
     return fns, dict(iterations=report.iterations, residual=report.residual)
 
@@ -136,8 +137,9 @@ def run_decode(rounds: int, log=print) -> List[list]:
         fns, rep = decode_fns(tokens)
         with torch.no_grad():
             t = time_interleaved(fns, rounds=rounds, inner=1, warmup=1)
-        rows.append([tokens, 1e3 * t["forward"], 1e3 * t["kv_inverse"], 1e3 * t["jacobi_inverse"],
-                     rep["iterations"], rep["residual"], t["kv_inverse"] / t["forward"]])
+        rows.append([tokens, 1e3 * t["forward"], 1e3 * t["kv_inverse"], 1e3 * t["fused_inverse"],
+                     1e3 * t["jacobi_inverse"], rep["iterations"], rep["residual"],
+                     t["kv_inverse"] / t["forward"], t["fused_inverse"] / t["forward"]])
         log(rows[-1])
     return rows
 
@@ -161,15 +163,12 @@ def run_train(rounds: int, log=print) -> List[list]:
     return rows
 
 
-def machine() -> str:
-    return (f"2-core AMD EPYC, AVX2 (shared), {platform.python_version()}, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
 
 
-@pytest.mark.parametrize("what", ["forward", "kv_inverse", "jacobi_inverse"])
+@pytest.mark.parametrize("what", ["forward", "kv_inverse", "fused_inverse", "jacobi_inverse"])
 @pytest.mark.parametrize("tokens", TOKENS)
 def test_decode(benchmark, tokens, what):
     fns, rep = decode_fns(tokens)
@@ -201,14 +200,16 @@ def main(argv=None) -> None:
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
     torch.set_num_threads(args.threads)
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()[0]
     decode = run_decode(args.rounds)
     train = run_train(args.rounds)
     text = (f"# Autoregressive flow blocks (cpu)\n\nDate: {datetime.date.today()}; machine: "
-            f"{machine()}; total {time.time() - t0:.0f} s.\n\n"
+            f"{cpu_machine()}; load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} "
+            f"at the end; total {time.time() - t0:.0f} s.\n\n"
             f"## Decoding: one block, {DECODE_BATCH} x L x {PATCH} float32\n\n"
-            + markdown_table(["L", "forward ms", "KV inverse ms", "Jacobi ms", "Jacobi iters",
-                              "Jacobi residual", "KV / forward"], decode)
+            + markdown_table(["L", "forward ms", "KV loop ms", "fused KV ms", "Jacobi ms",
+                              "Jacobi iters", "Jacobi residual", "loop / forward",
+                              "fused / forward"], decode)
             + f"\n\n## Training step: {TRAIN_BATCH} x {TRAIN_TOKENS} x {PATCH} float32\n\n"
             + markdown_table(["blocks", "method", "saved MiB", "held MiB", "step ms",
                               "time / plain"], train) + "\n")

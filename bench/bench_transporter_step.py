@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from typing import Callable, List, Tuple
@@ -42,7 +41,7 @@ from torch.profiler import record_function  # noqa: E402
 
 from bench_reversible import _FORWARD_MARK, _allocation_levels  # noqa: E402
 from ntm_engine.models import NTM  # noqa: E402
-from timing import emit_report, markdown_table, time_interleaved  # noqa: E402
+from timing import cpu_machine, emit_report, markdown_table, time_interleaved  # noqa: E402
 
 BATCH = 64
 SHAPES = {"1x8x8": (1, 8, 8), "3x16x16": (3, 16, 16)}
@@ -106,10 +105,6 @@ def run(rounds: int, device: torch.device = torch.device("cpu"), log=print) -> L
     return rows
 
 
-def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s)")
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -140,7 +135,7 @@ def main(argv=None) -> None:
     rows = run(args.rounds, torch.device(args.device))
     load1 = os.getloadavg()[0]
     text = (f"# NTM training step per transporter and backward mode ({args.device})\n\n"
-            f"Date: {datetime.date.today()}; machine: {machine()}; load average {load0:.2f} at "
+            f"Date: {datetime.date.today()}; machine: {cpu_machine()}; load average {load0:.2f} at "
             f"the start, {load1:.2f} at the end; total {time.time() - t0:.0f} s.\n"
             f"{BATCH} images, forward + backward of the mean trajectory NLL, default sizes.\n\n"
             + markdown_table(["data", "transporter / backward", "step ms", "time / coupling",
@@ -148,7 +143,7 @@ def main(argv=None) -> None:
     emit_report(text, args.out)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "load": [load0, load1],
+            json.dump({"machine": cpu_machine(), "load": [load0, load1],
                        "rows": [dict(zip(["data", "variant", "step_ms", "ratio", "held_mib"], r))
                                 for r in rows]}, f, indent=1)
 

@@ -58,6 +58,16 @@ def time_interleaved_samples(fns: Dict[str, Callable[[], object]], device: str =
     return samples
 
 
+def cpu_machine() -> str:
+    """One line for a CPU report: CPU model, cores, Python, torch, threads."""
+    import platform
+
+    from ntm_engine.machine import cpu_name
+
+    return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+
+
 def markdown_header(header: List[str]) -> str:
     return "| " + " | ".join(header) + " |\n|" + "---|" * len(header)
 

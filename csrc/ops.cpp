@@ -17,6 +17,12 @@ TORCH_LIBRARY(ntm, m) {
   m.def("gaussian_nll(Tensor u, Tensor mean, Tensor log_sigma) -> Tensor");
   m.def("gaussian_nll_backward(Tensor u, Tensor mean, Tensor log_sigma, Tensor grad)"
         " -> (Tensor, Tensor, Tensor)");
+  // CPU only (csrc/include/ntm/cpu_only_signatures.inc; params: ntm/decode_checks.h).
+  m.def("autoregressive_decode(Tensor y, Tensor[] params, Tensor? modulation, int heads,"
+        " float? clamp=None) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(ntm, CPU, m) { NTM_REGISTER_IMPLS(m, ntm::cpu); }
+TORCH_LIBRARY_IMPL(ntm, CPU, m) {
+  NTM_REGISTER_IMPLS(m, ntm::cpu);
+  m.impl("autoregressive_decode", &ntm::cpu::autoregressive_decode);
+}

@@ -15,7 +15,7 @@ The CPU kernels are compiled for several instruction sets and chosen at run time
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ __all__ = [
     "affine_coupling_backward",
     "gaussian_nll",
     "gaussian_nll_backward",
+    "autoregressive_decode",
     "set_cpu_capability",
     "input_copy_count",
     "reset_input_copy_count",
@@ -122,6 +123,24 @@ def gaussian_nll_backward(
     return _ops.gaussian_nll_backward(u, mean, log_sigma, grad)
 
 
+def autoregressive_decode(y: Tensor, params: Sequence[Tensor], modulation: Optional[Tensor],
+                          heads: int, clamp: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+    """Exact inverse of one autoregressive flow block in one call: ``y [B, L, P]`` (scan order)
+    -> ``(x [B, L, P], logdet of the inverse [B])``; ``params``/``modulation`` as in
+    :func:`ntm_engine.reference.autoregressive_decode`, its twin.
+
+    CPU only, float32/float64, no gradient (a sampler's and a reversible backward's inverse);
+    :meth:`~ntm_engine.nn.AutoregressiveFlowBlock.inverse` falls back to the twin elsewhere.
+    The batch is split over ``torch.get_num_threads()`` threads, one chunk of samples each.
+    """
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (y, modulation, *params)):
+        raise RuntimeError("ntm.ops.autoregressive_decode has no gradient: call it under "
+                           "torch.no_grad(), or use ntm_engine.reference.autoregressive_decode "
+                           "(differentiable)")
+    return _ops.autoregressive_decode(y, list(params), modulation, heads, _as_clamp(clamp))
+
+
 def _as_clamp(clamp):
     if clamp is None:
         return None
@@ -200,6 +219,13 @@ def _(u, mean, log_sigma, grad):
     _fake_check("ntm::gaussian_nll_backward", "u", u, mean=mean, log_sigma=log_sigma)
     _same_device("ntm::gaussian_nll_backward", "u", u, grad=grad)
     return tuple(u.new_empty(u.shape) for _ in range(3))
+
+
+@torch.library.register_fake("ntm::autoregressive_decode")
+def _(y, params, modulation, heads, clamp=None):
+    _same_device("ntm::autoregressive_decode", "y", y,
+                 **{f"params[{i}]": p for i, p in enumerate(params)})
+    return y.new_empty(y.shape), _per_sample_like(y)
 
 
 # ----------------------------------------------------------------------------- autograd

@@ -15,9 +15,10 @@ Conventions (docs/design.md, sections 2 and 3):
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "affine_coupling_backward",
     "gaussian_nll",
     "gaussian_nll_backward",
+    "autoregressive_decode",
 ]
 
 
@@ -134,3 +136,69 @@ def gaussian_nll_backward(
     grad_ls = g * (1 - z * z)
     out = u.dtype
     return grad_u.to(out), (-grad_u).to(out), grad_ls.to(out)
+
+
+def _modulated_norm(h: Tensor, modulation: Optional[Tensor], layer: int, which: int) -> Tensor:
+    """``LN(h) * (1 + scale) + shift`` with adaLN pair ``which`` (0: attention, 2: MLP) of
+    ``layer``; plain ``LN(h)`` without modulation (no affine, eps 1e-5 as ``nn.LayerNorm``)."""
+    a = F.layer_norm(h, h.shape[-1:])
+    if modulation is None:
+        return a
+    return a * (1 + modulation[layer, which + 1].unsqueeze(1)) + modulation[layer, which].unsqueeze(1)
+
+
+def autoregressive_decode(y: Tensor, params: Sequence[Tensor], modulation: Optional[Tensor],
+                          heads: int, clamp: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+    """Exact inverse of one autoregressive flow block
+    (:class:`~ntm_engine.nn.AutoregressiveFlowBlock`), token by token with a KV cache.
+
+    ``y [B, L, P]`` in the block's scan order -> ``(x [B, L, P] in y.dtype, logdet of the
+    inverse [B] in the accumulation dtype)``.  Token ``i``: the causal pre-norm Transformer
+    reads ``start + pos[0]`` (``i = 0``) or ``embed(x_{i-1}) + pos[i]``, attends to the keys and
+    values of tokens ``0..i``; its head ``out(LN(h))`` gives ``(shift, scale_logits)`` and
+    ``x_i = affine_coupling_inverse(y_i, shift, scale_logits)``.
+
+    ``params``: ``embed.weight [W, P], embed.bias, start [W], pos [N >= L, W]``; per layer
+    ``qkv.weight [3W, W], qkv.bias, proj.weight [W, W], proj.bias, mlp.0.weight [H, W],
+    mlp.0.bias, mlp.2.weight [W, H], mlp.2.bias``; ``out.weight [2P, W], out.bias``.
+    ``modulation [depth, 4, B, W]``: each layer's adaLN ``(shift1, scale1, shift2, scale2)``,
+    or None.  Differentiable (the KV cache is concatenated while autograd records).
+    """
+    embed_w, embed_b, start, pos = params[:4]
+    out_w, out_b = params[-2:]
+    layers = [params[4 + 8 * i:12 + 8 * i] for i in range((len(params) - 6) // 8)]
+    B, L, _ = y.shape
+    W = embed_w.shape[0]
+    d = W // heads
+    record = torch.is_grad_enabled()
+    keys: List[Optional[Tensor]] = [None] * len(layers)
+    values: List[Optional[Tensor]] = [None] * len(layers)
+    tokens: List[Tensor] = []
+    logdet = torch.zeros(B, dtype=accumulation_dtype(y.dtype), device=y.device)
+    inp = start.expand(B, 1, W)
+    for i in range(L):
+        h = inp + pos[i]
+        for n, (qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b) in enumerate(layers):
+            a = _modulated_norm(h, modulation, n, 0)
+            q, k, v = F.linear(a, qkv_w, qkv_b).view(B, 1, 3, heads, d).permute(2, 0, 3, 1, 4)
+            if keys[n] is None:
+                shape = (B, heads, 0 if record else L, d)
+                keys[n], values[n] = k.new_empty(shape), v.new_empty(shape)
+            if record:   # an in-place write would invalidate what autograd saved
+                keys[n], values[n] = torch.cat([keys[n], k], 2), torch.cat([values[n], v], 2)
+                k_all, v_all = keys[n], values[n]
+            else:
+                keys[n][:, :, i:i + 1], values[n][:, :, i:i + 1] = k, v
+                k_all, v_all = keys[n][:, :, :i + 1], values[n][:, :, :i + 1]
+            o = F.scaled_dot_product_attention(q, k_all, v_all)
+            h = h + F.linear(o.transpose(1, 2).reshape(B, 1, W), proj_w, proj_b)
+            a = _modulated_norm(h, modulation, n, 2)
+            h = h + F.linear(F.gelu(F.linear(a, fc1_w, fc1_b)), fc2_w, fc2_b)
+        head = F.linear(_modulated_norm(h, None, 0, 0), out_w, out_b).to(y.dtype)
+        shift, logits = head.chunk(2, dim=-1)
+        x_i, ld = affine_coupling_inverse(y[:, i:i + 1], shift, logits, clamp)
+        tokens.append(x_i)
+        logdet = logdet + ld
+        inp = F.linear(x_i.to(embed_w.dtype), embed_w, embed_b)
+    x = torch.cat(tokens, dim=1) if tokens else y.new_empty(y.shape)
+    return x, logdet

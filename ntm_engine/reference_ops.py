@@ -29,6 +29,9 @@ SCHEMAS = {
     "gaussian_nll": "gaussian_nll(Tensor u, Tensor mean, Tensor log_sigma) -> Tensor",
     "gaussian_nll_backward": "gaussian_nll_backward(Tensor u, Tensor mean, Tensor log_sigma, "
                              "Tensor grad) -> (Tensor, Tensor, Tensor)",
+    "autoregressive_decode": "autoregressive_decode(Tensor y, Tensor[] params, "
+                             "Tensor? modulation, int heads, float? clamp=None) "
+                             "-> (Tensor, Tensor)",
 }
 
 _library: Optional[torch.library.Library] = None
@@ -58,6 +61,7 @@ IMPLEMENTATIONS = {
     "affine_coupling_backward": _backward,
     "gaussian_nll": reference.gaussian_nll,
     "gaussian_nll_backward": _nll_backward,
+    "autoregressive_decode": reference.autoregressive_decode,
 }
 
 

@@ -14,6 +14,7 @@
 
 namespace ntm::cpu {
 #include "ntm/op_signatures.inc"
+#include "ntm/cpu_only_signatures.inc"
 
 // Capability names, lowest first: "default" (no SIMD beyond the baseline), "avx2", "avx512".
 std::vector<std::string> compiled_capabilities();

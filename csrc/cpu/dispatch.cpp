@@ -18,15 +18,18 @@ namespace ntm::cpu {
 // The per-capability kernels (defined in csrc/cpu/kernels/, one namespace per compilation).
 namespace DEFAULT {
 #include "ntm/op_signatures.inc"
+#include "ntm/cpu_only_signatures.inc"
 }
 #ifdef NTM_CPU_HAVE_AVX2
 namespace AVX2 {
 #include "ntm/op_signatures.inc"
+#include "ntm/cpu_only_signatures.inc"
 }
 #endif
 #ifdef NTM_CPU_HAVE_AVX512
 namespace AVX512 {
 #include "ntm/op_signatures.inc"
+#include "ntm/cpu_only_signatures.inc"
 }
 #endif
 
@@ -38,12 +41,13 @@ struct KernelTable {
   decltype(&DEFAULT::affine_coupling_backward) affine_coupling_backward;
   decltype(&DEFAULT::gaussian_nll) gaussian_nll;
   decltype(&DEFAULT::gaussian_nll_backward) gaussian_nll_backward;
+  decltype(&DEFAULT::autoregressive_decode) autoregressive_decode;
 };
 
 #define NTM_KERNEL_TABLE(ns)                                                              \
   KernelTable {                                                                           \
     &ns::affine_coupling, &ns::affine_coupling_inverse, &ns::affine_coupling_backward,    \
-        &ns::gaussian_nll, &ns::gaussian_nll_backward                                     \
+        &ns::gaussian_nll, &ns::gaussian_nll_backward, &ns::autoregressive_decode         \
   }
 
 enum Level : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2, kLevels = 3 };
@@ -177,6 +181,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_nll_backward(
     const at::Tensor& u, const at::Tensor& mean, const at::Tensor& log_sigma,
     const at::Tensor& grad) {
   return kernels().gaussian_nll_backward(u, mean, log_sigma, grad);
+}
+
+std::tuple<at::Tensor, at::Tensor> autoregressive_decode(
+    const at::Tensor& y, at::TensorList params, const std::optional<at::Tensor>& modulation,
+    int64_t heads, std::optional<double> clamp) {
+  return kernels().autoregressive_decode(y, params, modulation, heads, clamp);
 }
 
 }  // namespace ntm::cpu

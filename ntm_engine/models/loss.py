@@ -232,13 +232,31 @@ def trajectory_nll(model: "NTM", x: Tensor, y=None, generator: Optional[torch.Ge
     from data ``x [B, *data_shape]`` (``t_0`` random in training mode, 0 in eval mode).
     Several step counts: each sample's ``T`` from :func:`training_groups`, its value scaled by
     its group's weight (module docstring).  In training mode labels are replaced by the null
-    class with probability ``label_dropout`` (drawn after the trajectory).  One transporter and
-    one predictor pass per step count."""
+    class with probability ``label_dropout`` (drawn after the trajectory).  One transporter call
+    for all step counts, one predictor pass per step count (:func:`group_levels`)."""
     groups = training_groups(model, x, y, generator)
     return groups.combine([
-        loss_from_levels(model, X, model.predict_levels(X, t, yg), generator=generator,
-                         trajectory_loss=trajectory_loss)
-        for _, X, t, yg in groups])
+        loss_from_levels(model, X, levels, generator=generator, trajectory_loss=trajectory_loss)
+        for (_, X, _, _), levels in zip(groups, group_levels(model, groups))])
+
+
+def group_levels(model: "NTM", groups: Sequence[Group]
+                 ) -> List[Tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """:meth:`NTM.predict_levels` of each group ``(idx, X, t, y)``, with one transporter call
+    over all groups' rows: the transporter maps rows one by one (a step-conditioned one reads
+    each row's ``T``), so this is each group's own pass in one call instead of one per step
+    count -- fewer, larger operations for a shallow network whose cost is mostly per call.
+    The predictor runs once per group (its sequences have the group's length)."""
+    if len(groups) < 2:
+        return [model.predict_levels(X, t, y) for _, X, t, y in groups]
+    rows = [model.transporter_rows(X, t, y) for _, X, t, y in groups]
+    labels = None if rows[0][2] is None else torch.cat([r[2] for r in rows])
+    extra = {k: torch.cat([r[3][k] for r in rows]) for k in rows[0][3]}
+    u, logdet = model.transporter(torch.cat([r[0] for r in rows]),
+                                  torch.cat([r[1] for r in rows]), labels, **extra)
+    sizes = [r[0].shape[0] for r in rows]
+    return [model.predict_levels(X, t, y, transported=part)
+            for (_, X, t, y), part in zip(groups, zip(u.split(sizes), logdet.split(sizes)))]
 
 
 def anchor_terms(model: "NTM", reference: nn.Module, X: Tensor, t: Tensor, y: Optional[Tensor],
@@ -268,8 +286,7 @@ def anchored_trajectory_nll(model: "NTM", reference: nn.Module, x: Tensor, y=Non
     ``nll + lambda * sq``."""
     nll, sq = [], []
     groups = training_groups(model, x, y, generator)
-    for _, X, t, y_g in groups:
-        levels = model.predict_levels(X, t, y_g)
+    for (_, X, t, y_g), levels in zip(groups, group_levels(model, groups)):
         nll.append(loss_from_levels(model, X, levels, trajectory_loss=trajectory_loss,
                                     generator=generator))
         sq.append(anchor_terms(model, reference, X, t, y_g, levels))

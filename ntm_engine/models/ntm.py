@@ -16,9 +16,10 @@ All log-densities are per sample, in nats.
 Several step counts: ``NTM(..., steps=(4, 8, 16))`` trains with the batch dealt by one random
 permutation into one group per count, of static near-equal sizes (:mod:`.loss`: no host
 sync, one graph under ``torch.compile``; each sample's expected loss is the mean over the
-counts), one transporter and one predictor pass per group, so no compute is spent on padding
-and each group's pass is exactly the single-``T`` one; the predictor (and a transporter that
-accepts ``steps=``) then sees ``T`` and the model is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
+counts), one predictor pass per group and one transporter call over all groups' rows (it is
+row-wise), so no compute is spent on padding and each group's pass is exactly the single-``T``
+one; the predictor (and a transporter that accepts ``steps=``) then sees ``T`` and the model
+is evaluated only at trained ``T``.  A model with one ``T`` (an int) has
 no step-count embedding (its state dict is unchanged) and may be evaluated on other grids.
 
 This file holds the configuration, the modules and the forward process; the rest is one
@@ -326,28 +327,42 @@ class NTM(PretrainedMixin, nn.Module):
         return X.view(B, T + 1, *self.data_shape), t
 
     # ------------------------------------------------------------------ likelihood
-    def predict_levels(self, X: Tensor, t: Tensor, y: Cond = None
+    def transporter_rows(self, X: Tensor, t: Tensor, y: Cond = None
+                         ) -> Tuple[Tensor, Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        """The transporter's inputs for a trajectory ``X [B, T+1, *data_shape]`` on
+        ``t [B, T+1]``: ``(x [B*T, D], t [B*T], labels [B*T] or None, extra keyword rows)``,
+        rows in ``(sample, slot)`` order (what :meth:`predict_levels` transports)."""
+        B, T = X.shape[0], X.shape[1] - 1
+        y = self.resolve_condition(y, B, X.device)
+        if T < 1 or tuple(X.shape[2:]) != self.data_shape or t.shape != (B, T + 1):
+            raise ValueError(f"X must be [B, T+1, {', '.join(map(str, self.data_shape))}] with "
+                             f"T >= 1 and t [B, T+1]; got X {list(X.shape)}, t {list(t.shape)}")
+        T = self.check_steps(T)
+        rows_t = t[:, :T].to(X.dtype).reshape(B * T)
+        labels = labels_of(y)
+        rows_y = None if labels is None else labels.repeat_interleave(T)
+        return (X.reshape(B, T + 1, self.dim)[:, :T].reshape(B * T, self.dim), rows_t, rows_y,
+                self._rows_steps(rows_t, T))
+
+    def predict_levels(self, X: Tensor, t: Tensor, y: Cond = None, *,
+                       transported: Optional[Tuple[Tensor, Tensor]] = None
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Teacher-forced pass over a trajectory ``X [B, T+1, *data_shape]`` on ``t [B, T+1]``
         with the condition ``y`` (labels or a :class:`~ntm_engine.condition.Condition`):
         ``(U [B, T, D], logdet [B, T], mu [B, T, D], log_sigma [B, T, D])`` with
         ``U[:, k] = f_T(x_{t_k}; t_k)``, its log-det, and the predicted Gaussian of
-        ``U[:, k]`` (from ``U[:, k+1:]`` and ``x_1`` only).  ``D`` = flat data size."""
-        B, T = X.shape[0], X.shape[1] - 1
-        y = self.resolve_condition(y, B, X.device)
-        D = self.dim
-        if T < 1 or tuple(X.shape[2:]) != self.data_shape or t.shape != (B, T + 1):
-            raise ValueError(f"X must be [B, T+1, {', '.join(map(str, self.data_shape))}] with "
-                             f"T >= 1 and t [B, T+1]; got X {list(X.shape)}, t {list(t.shape)}")
-        T = self.check_steps(T)
-        Xf = X.reshape(B, T + 1, D)
-        t = t.to(X.dtype)
-        labels = labels_of(y)
-        rows_y = None if labels is None else labels.repeat_interleave(T)
-        u, logdet = self.transport(Xf[:, :T].reshape(B * T, D), t[:, :T].reshape(B * T),
-                                   rows_y, steps=T)
+        ``U[:, k]`` (from ``U[:, k+1:]`` and ``x_1`` only).  ``D`` = flat data size.
+        ``transported``: ``(u [B*T, D], logdet [B*T])`` of :meth:`transporter_rows`, already
+        computed (several groups' rows in one transporter call, :func:`.loss.group_levels`)."""
+        x_rows, t_rows, y_rows, extra = self.transporter_rows(X, t, y)
+        B, T, D = X.shape[0], X.shape[1] - 1, self.dim
+        if transported is None:
+            transported = self.transporter(x_rows, t_rows, y_rows, **extra)
+        u, logdet = transported
         U = u.view(B, T, D)
-        mu, log_sigma = self.predictor(self.slot_inputs(U, X), t[:, :T], t[:, 1:], y,
+        t = t.to(X.dtype)
+        mu, log_sigma = self.predictor(self.slot_inputs(U, X), t[:, :T], t[:, 1:],
+                                       self.resolve_condition(y, B, X.device),
                                        **self.predictor_steps(T, B, X.device))
         return U, logdet.view(B, T), mu.to(U.dtype), log_sigma.to(U.dtype)
 

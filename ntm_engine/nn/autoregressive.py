@@ -14,7 +14,10 @@ Costs, for ``L`` tokens and a Transformer of ``depth`` layers:
 * ``forward``: one parallel pass (attention through
   ``scaled_dot_product_attention(is_causal=True)``).
 * ``inverse``: exact and sequential, ``L`` single-token passes with a KV cache, batched over
-  all rows (token ``i`` needs ``x_{<i}``; that is inherent to the model).
+  all rows (token ``i`` needs ``x_{<i}``; that is inherent to the model).  On CPU without
+  autograd the whole decode is one call of the fused ``ops.autoregressive_decode`` (buffers
+  allocated once, no per-token dispatch; about 1-1.6x one parallel forward), elsewhere the
+  Python loop of :func:`ntm_engine.reference.autoregressive_decode`.
 * ``jacobi_inverse``: parallel fixed-point iterations ``x <- inverse_affine(y; params(x))``;
   after iteration ``k`` the first ``k`` tokens are exact, so it is exact after at most ``L``
   iterations (``L + 1`` to observe a zero update) and often much earlier in practice.
@@ -33,14 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
+from .. import ops, reference
 from .base import InvertibleModule, ReverseStepResult, accumulation_dtype, grads_for
 from .sequential import InvertibleSequential
 
 __all__ = ["AutoregressiveFlowBlock", "JacobiReport", "autoregressive_stack", "decode"]
 
 Modulation = Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]
-KV = Tuple[Tensor, Tensor]
 
 
 @dataclass(frozen=True)
@@ -50,33 +52,6 @@ class JacobiReport:
     iterations: int
     residual: float
     converged: bool
-
-
-class _KVCache:
-    """Keys and values ``[B, heads, n, head_dim]`` of the ``n`` tokens decoded so far: written
-    into buffers of ``capacity`` tokens without autograd, concatenated with it (an in-place
-    write would invalidate tensors autograd saved at earlier tokens)."""
-
-    def __init__(self, capacity: int):
-        self.capacity, self.n = capacity, 0
-        self.k: Optional[Tensor] = None
-        self.v: Optional[Tensor] = None
-
-    def extend(self, k: Tensor, v: Tensor) -> KV:
-        """Append the new tokens' ``k, v`` ``[B, heads, S, head_dim]``; return all so far."""
-        S = k.shape[2]
-        if torch.is_grad_enabled():
-            if self.k is not None:
-                k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-            self.k, self.v = k, v
-        else:
-            if self.k is None:
-                shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
-                self.k, self.v = k.new_empty(shape), v.new_empty(shape)
-            self.k[:, :, self.n:self.n + S] = k
-            self.v[:, :, self.n:self.n + S] = v
-        self.n += S
-        return self.k[:, :, :self.n], self.v[:, :, :self.n]
 
 
 class _CausalLayer(nn.Module):
@@ -104,18 +79,15 @@ class _CausalLayer(nn.Module):
             return None
         return tuple(self.mod(context).unsqueeze(1).chunk(4, dim=-1))
 
-    def forward(self, h: Tensor, mod: Modulation, cache: Optional[_KVCache] = None) -> Tensor:
-        """``h [B, S, W] -> [B, S, W]``; without ``cache`` the ``S`` tokens attend causally to
-        each other; with ``cache`` (the tokens before) ``S`` must be 1: the token is appended
-        to the cache and attends to all of it."""
+    def forward(self, h: Tensor, mod: Modulation) -> Tensor:
+        """``h [B, S, W] -> [B, S, W]``, the ``S`` tokens attending causally to each other (the
+        token-by-token twin of this maths is :func:`ntm_engine.reference.autoregressive_decode`)."""
         B, S, W = h.shape
         a = self.norm1(h)
         if mod is not None:
             a = a * (1 + mod[1]) + mod[0]
         q, k, v = self.qkv(a).view(B, S, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            k, v = cache.extend(k, v)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         h = h + self.proj(o.transpose(1, 2).reshape(B, S, W))
         a = self.norm2(h)
         if mod is not None:
@@ -185,8 +157,33 @@ class AutoregressiveFlowBlock(InvertibleModule):
     def _modulations(self, context: Optional[Tensor]) -> List[Modulation]:
         return [layer.modulation(context) for layer in self.layers]
 
-    def _head(self, h: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        return self.out(self.norm(h)).to(dtype).chunk(2, dim=-1)
+    def decode_params(self) -> List[Tensor]:
+        """The block's tensors in the order of ``ops.autoregressive_decode``'s ``params``."""
+        params = [self.embed.weight, self.embed.bias, self.start, self.pos]
+        for layer in self.layers:
+            params += [layer.qkv.weight, layer.qkv.bias, layer.proj.weight, layer.proj.bias,
+                       layer.mlp[0].weight, layer.mlp[0].bias, layer.mlp[2].weight,
+                       layer.mlp[2].bias]
+        return params + [self.out.weight, self.out.bias]
+
+    def _modulation_stack(self, context: Optional[Tensor]) -> Optional[Tensor]:
+        """Every layer's adaLN ``(shift1, scale1, shift2, scale2)`` as ``[depth, 4, B, W]``."""
+        if self.context_dim == 0:
+            return None
+        return torch.stack([layer.mod(context).unflatten(-1, (4, -1)).transpose(0, 1)
+                            for layer in self.layers])
+
+    def _fused_decode_applies(self, ys: Tensor, params: Sequence[Tensor],
+                              mod: Optional[Tensor]) -> bool:
+        """``ops.autoregressive_decode`` serves this call: CPU, float32/float64 everywhere, no
+        autocast, nothing that autograd must record."""
+        if ys.device.type != "cpu" or ys.dtype not in (torch.float32, torch.float64):
+            return False
+        if ys.dtype != params[0].dtype or torch.is_autocast_enabled("cpu"):
+            return False
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (ys, mod, *params))
+        return not needs_grad
 
     def _net_out(self, xs: Tensor, context: Optional[Tensor]) -> Tensor:
         """The raw head ``[B, L, 2P]`` for tokens ``xs`` in scan order (one parallel pass)."""
@@ -212,27 +209,23 @@ class AutoregressiveFlowBlock(InvertibleModule):
         ys, logdet = ops.affine_coupling(xs, shift, logits, self.clamp)
         return self._scan(ys), logdet
 
-    def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, context: Optional[Tensor] = None, *,
+                fused: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
         """Latent to data, exact: ``y [B, L, P] -> (x [B, L, P], logdet of the inverse [B])``,
-        token by token in scan order with a KV cache (``L`` single-token passes)."""
+        token by token in scan order with a KV cache (``L`` single-token passes).
+
+        ``fused=None`` runs the whole decode in one call of ``ops.autoregressive_decode``
+        where it applies (CPU, float32/float64, no autocast, no gradient needed) and the
+        differentiable Python loop (:func:`ntm_engine.reference.autoregressive_decode`)
+        elsewhere; ``True``/``False`` pick one (``True`` raises where the op cannot serve)."""
         self._check("y", y, context)
         ys = self._scan(y)
-        B, L, _ = ys.shape
-        mods = self._modulations(context)
-        caches = [_KVCache(L) for _ in self.layers]
-        tokens: List[Tensor] = []
-        logdet = torch.zeros(B, dtype=accumulation_dtype(y.dtype), device=y.device)
-        inp = self.start.expand(B, 1, -1)
-        for i in range(L):
-            h = inp + self.pos[i]
-            for layer, mod, cache in zip(self.layers, mods, caches):
-                h = layer(h, mod, cache)
-            shift, logits = self._head(h, y.dtype)
-            x_i, ld = ops.affine_coupling_inverse(ys[:, i:i + 1], shift, logits, self.clamp)
-            tokens.append(x_i)
-            logdet = logdet + ld
-            inp = self.embed(x_i.to(self.embed.weight.dtype))
-        return self._scan(torch.cat(tokens, dim=1)), logdet
+        params, mod = self.decode_params(), self._modulation_stack(context)
+        if fused is None:
+            fused = self._fused_decode_applies(ys, params, mod)
+        decode = ops.autoregressive_decode if fused else reference.autoregressive_decode
+        xs, logdet = decode(ys, params, mod, self.layers[0].heads, self.clamp)
+        return self._scan(xs), logdet
 
     def jacobi_inverse(self, y: Tensor, context: Optional[Tensor] = None, *,
                        tol: float = 1e-6, max_iters: Optional[int] = None
