@@ -70,6 +70,34 @@ void norm_modulate(const T* in, T* out, int64_t rows, int64_t W, const T* shift,
   }
 }
 
+// s[0:n] <- exp(scale * s - max(scale * s)) on SIMD lanes; returns their sum (the softmax's
+// denominator, applied by the caller to the weighted sum of values).
+template <typename T>
+T softmax_inplace(T* s, int64_t n, T scale) {
+  using Vec = Vectorized<T>;
+  const int64_t vec_end = n - n % Vec::size();
+  const Vec vscale(scale);
+  T top = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) top = std::max(top, s[j]);
+  top *= scale;   // scale > 0: the max of the scaled scores
+  const Vec vtop(top);
+  Vec vsum(T(0));
+  for (int64_t j = 0; j < vec_end; j += Vec::size()) {
+    const Vec e = ntm_exp(Vec::loadu(s + j) * vscale - vtop);
+    e.store(s + j);
+    vsum = vsum + e;
+  }
+  T lanes[Vec::size()];
+  vsum.store(lanes);
+  T total = 0;
+  for (int64_t i = 0; i < Vec::size(); ++i) total += lanes[i];
+  for (int64_t j = vec_end; j < n; ++j) {
+    s[j] = ntm_exp(s[j] * scale - top);
+    total += s[j];
+  }
+  return total;
+}
+
 // Appends position `pos`'s keys and values (from qkv [rows, 3W]) to the caches, then
 // att[r, head*d:(head+1)*d] = softmax(q k^T / sqrt(d)) v over positions 0..pos.
 template <typename T>
@@ -95,14 +123,7 @@ void attend(const T* qkv, T* keys_t, T* values, T* att, int64_t rows, int64_t he
         const T* krow = kt + c * L;
         for (int64_t j = 0; j < n; ++j) s[j] += qc * krow[j];
       }
-      acc top = -INFINITY;
-      for (int64_t j = 0; j < n; ++j) top = std::max<acc>(top, s[j] * scale);
-      acc total = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        const acc e = std::exp(s[j] * scale - top);
-        s[j] = static_cast<T>(e);
-        total += e;
-      }
+      const T total = softmax_inplace(s, n, static_cast<T>(scale));
       T* o = att + r * W + hd * d;
       std::fill(o, o + d, T(0));
       for (int64_t j = 0; j < n; ++j) {
@@ -110,7 +131,7 @@ void attend(const T* qkv, T* keys_t, T* values, T* att, int64_t rows, int64_t he
         const T* vj = v + j * d;
         for (int64_t c = 0; c < d; ++c) o[c] += p * vj[c];
       }
-      const T inv = static_cast<T>(acc(1) / total);
+      const T inv = T(1) / total;
       for (int64_t c = 0; c < d; ++c) o[c] *= inv;
     }
   }
