@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Type, TypeVar
 
-if TYPE_CHECKING:
-    from .ntm import NTM
+Model = TypeVar("Model", bound="NTMPresets")   # the class the presets are mixed into (an NTM)
 
 __all__ = ["NTMPresets"]
 
@@ -53,11 +52,11 @@ class NTMPresets:
                     data_mean=0.0, data_std=1.5)
 
     @classmethod
-    def for_digits(cls, conditional: bool = True, **overrides) -> "NTM":
+    def for_digits(cls: Type[Model], conditional: bool = True, **overrides) -> Model:
         """An NTM with :meth:`digits_config` (keyword ``overrides`` replace entries)."""
         return cls(**{**cls.digits_config(conditional), **overrides})
 
     @classmethod
-    def for_toy(cls, **overrides) -> "NTM":
+    def for_toy(cls: Type[Model], **overrides) -> Model:
         """An NTM with :meth:`toy_config` (keyword ``overrides`` replace entries)."""
         return cls(**{**cls.toy_config(), **overrides})
