@@ -17,6 +17,9 @@ at the default sizes of ``ntm train`` (predictor width 128, depth 4; coupling: 4
   re-run in one parallel pass in the backward (the default for this kind);
 * ``none`` -- the identity transporter (the predictor alone).
 
+``--grouping`` adds a table: the same steps with the transporter run once over all step-count
+groups' rows (``models.loss.group_levels``, the default) against once per group (before).
+
 Times are interleaved medians in one process (their ratios are what to read on a shared
 machine); ``held MiB`` is what the forward allocated and still holds when it returns (the
 activations, profiler allocation events); the load average is printed at the start and end.
@@ -41,6 +44,7 @@ from torch.profiler import record_function  # noqa: E402
 
 from bench_reversible import _FORWARD_MARK, _allocation_levels  # noqa: E402
 from ntm_engine.models import NTM  # noqa: E402
+from ntm_engine.models import loss as loss_module  # noqa: E402
 from timing import cpu_machine, emit_report, markdown_table, time_interleaved  # noqa: E402
 
 BATCH = 64
@@ -105,6 +109,35 @@ def run(rounds: int, device: torch.device = torch.device("cpu"), log=print) -> L
     return rows
 
 
+def run_grouping(rounds: int, device: torch.device = torch.device("cpu"), log=print
+                 ) -> List[list]:
+    """Rows ``[data, variant, one call ms, per group ms, per group / one call]``: the
+    transporter run once over all step-count groups' rows against once per group."""
+    real = loss_module.group_levels
+
+    def per_group(model, groups):
+        return [model.predict_levels(X, t, y) for _, X, t, y in groups]
+
+    rows = []
+    try:
+        for name, shape in SHAPES.items():
+            x, y = (t.to(device) for t in data(shape))
+            for v in ("coupling", "autoregressive/recompute"):
+                step = make_step(make_model(shape, v).to(device), x, y)
+
+                def with_levels(levels):
+                    def call() -> None:
+                        loss_module.group_levels = levels
+                        step()
+                    return call
+
+                t = time_interleaved({"one": with_levels(real), "per": with_levels(per_group)},
+                                     device=str(device), rounds=rounds, inner=1, warmup=1)
+                rows.append([name, v, 1e3 * t["one"], 1e3 * t["per"], t["per"] / t["one"]])
+                log(rows[-1])
+    finally:
+        loss_module.group_levels = real
+    return rows
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -129,10 +162,13 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="also write the markdown report to this file")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument("--grouping", action="store_true",
+                        help="also time one transporter call for all step counts vs one per count")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0, t0 = os.getloadavg()[0], time.time()
     rows = run(args.rounds, torch.device(args.device))
+    grouping = run_grouping(args.rounds, torch.device(args.device)) if args.grouping else []
     load1 = os.getloadavg()[0]
     text = (f"# NTM training step per transporter and backward mode ({args.device})\n\n"
             f"Date: {datetime.date.today()}; machine: {cpu_machine()}; load average {load0:.2f} at "
@@ -140,6 +176,11 @@ def main(argv=None) -> None:
             f"{BATCH} images, forward + backward of the mean trajectory NLL, default sizes.\n\n"
             + markdown_table(["data", "transporter / backward", "step ms", "time / coupling",
                               "held MiB"], rows) + "\n")
+    if grouping:
+        text += ("\nThe transporter once over all step-count groups' rows (one call) against once "
+                 "per group:\n\n" + markdown_table(["data", "transporter", "one call ms",
+                                                    "per group ms", "per group / one call"],
+                                                   grouping) + "\n")
     emit_report(text, args.out)
     if args.json:
         with open(args.json, "w") as f:
