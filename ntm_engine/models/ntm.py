@@ -281,22 +281,31 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
         return X.view(B, T + 1, *self.data_shape), t
 
     # ------------------------------------------------------------------ likelihood
-    def transporter_rows(self, X: Tensor, t: Tensor, y: Cond = None
-                         ) -> Tuple[Tensor, Tensor, Optional[Tensor], Dict[str, Tensor]]:
-        """The transporter's inputs for a trajectory ``X [B, T+1, *data_shape]`` on
-        ``t [B, T+1]``: ``(x [B*T, D], t [B*T], labels [B*T] or None, extra keyword rows)``,
-        rows in ``(sample, slot)`` order (what :meth:`predict_levels` transports)."""
+    def _trajectory_steps(self, X: Tensor, t: Tensor) -> int:
+        """``T`` of a trajectory ``X [B, T+1, *data_shape]`` on ``t [B, T+1]``, checked."""
         B, T = X.shape[0], X.shape[1] - 1
-        y = self.resolve_condition(y, B, X.device)
         if T < 1 or tuple(X.shape[2:]) != self.data_shape or t.shape != (B, T + 1):
             raise ValueError(f"X must be [B, T+1, {', '.join(map(str, self.data_shape))}] with "
                              f"T >= 1 and t [B, T+1]; got X {list(X.shape)}, t {list(t.shape)}")
-        T = self.check_steps(T)
+        return self.check_steps(T)
+
+    def _rows(self, X: Tensor, t: Tensor, y: Cond, T: int
+              ) -> Tuple[Tensor, Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        """:meth:`transporter_rows` of a checked trajectory with a resolved condition."""
+        B = X.shape[0]
         rows_t = t[:, :T].to(X.dtype).reshape(B * T)
         labels = labels_of(y)
         rows_y = None if labels is None else labels.repeat_interleave(T)
         return (X.reshape(B, T + 1, self.dim)[:, :T].reshape(B * T, self.dim), rows_t, rows_y,
                 self._rows_steps(rows_t, T))
+
+    def transporter_rows(self, X: Tensor, t: Tensor, y: Cond = None
+                         ) -> Tuple[Tensor, Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        """The transporter's inputs for a trajectory ``X [B, T+1, *data_shape]`` on
+        ``t [B, T+1]``: ``(x [B*T, D], t [B*T], labels [B*T] or None, extra keyword rows)``,
+        rows in ``(sample, slot)`` order (what :meth:`predict_levels` transports)."""
+        T = self._trajectory_steps(X, t)
+        return self._rows(X, t, self.resolve_condition(y, X.shape[0], X.device), T)
 
     def predict_levels(self, X: Tensor, t: Tensor, y: Cond = None, *,
                        transported: Optional[Tuple[Tensor, Tensor]] = None
@@ -308,15 +317,16 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
         ``U[:, k]`` (from ``U[:, k+1:]`` and ``x_1`` only).  ``D`` = flat data size.
         ``transported``: ``(u [B*T, D], logdet [B*T])`` of :meth:`transporter_rows`, already
         computed (several groups' rows in one transporter call, :func:`.loss.group_levels`)."""
-        x_rows, t_rows, y_rows, extra = self.transporter_rows(X, t, y)
-        B, T, D = X.shape[0], X.shape[1] - 1, self.dim
+        B, D = X.shape[0], self.dim
+        T = self._trajectory_steps(X, t)
+        y = self.resolve_condition(y, B, X.device)
         if transported is None:
+            x_rows, t_rows, y_rows, extra = self._rows(X, t, y, T)
             transported = self.transporter(x_rows, t_rows, y_rows, **extra)
         u, logdet = transported
         U = u.view(B, T, D)
         t = t.to(X.dtype)
-        mu, log_sigma = self.predictor(self.slot_inputs(U, X), t[:, :T], t[:, 1:],
-                                       self.resolve_condition(y, B, X.device),
+        mu, log_sigma = self.predictor(self.slot_inputs(U, X), t[:, :T], t[:, 1:], y,
                                        **self.predictor_steps(T, B, X.device))
         return U, logdet.view(B, T), mu.to(U.dtype), log_sigma.to(U.dtype)
 

@@ -60,8 +60,9 @@ inline DecodeIO prepare_decode(const at::Tensor& y, at::TensorList params,
                     " tensors (depth >= 1), got ", n);
   const int64_t depth = (n - kDecodeHeadParams - kDecodeTailParams) / kDecodeLayerParams;
   const int64_t B = y.size(0), L = y.size(1), P = y.size(2);
-  TORCH_CHECK_VALUE(params[0].dim() == 2 && params[3].dim() == 2 && params[6].dim() == 2, op,
-                    ": arguments 'params[0]' (embed.weight), 'params[3]' (pos) and 'params[6]' "
+  TORCH_CHECK_VALUE(params[0].dim() == 2 && params[3].dim() == 2 &&
+                        params[kDecodeHeadParams + 4].dim() == 2, op,
+                    ": arguments 'params[0]' (embed.weight), 'params[3]' (pos) and 'params[8]' "
                     "(mlp.0.weight) must be matrices");
   const int64_t W = params[0].size(0), H = params[kDecodeHeadParams + 4].size(0);
   TORCH_CHECK_VALUE(heads >= 1 && W % heads == 0, op, ": argument 'heads' must divide the width ",
