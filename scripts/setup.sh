@@ -7,6 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REQ="${1:-requirements.txt}"
 PY="${PYTHON:-python3}"
+NEED_GB=7   # torch 2.14.1 is a CUDA build: about 6 GB in .venv
+if [ ! -x .venv/bin/python ] && [ -z "${NTM_SKIP_DISK_CHECK:-}" ]; then
+  free_gb=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1048576 ))
+  if [ "$free_gb" -lt "$NEED_GB" ]; then
+    echo "[setup] error: .venv needs about $NEED_GB GB of free disk here (torch's CUDA build)," \
+         "$free_gb GB free in $(pwd); free some space (NTM_SKIP_DISK_CHECK=1 tries anyway)" >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv

@@ -67,6 +67,18 @@ def _role_iters(s: str) -> Dict[str, int]:
     return out
 
 
+def _temperature_list(s: str) -> List[float]:
+    try:
+        vals = [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        vals = []
+    if (not vals or len(set(vals)) != len(vals)
+            or not all(math.isfinite(v) and v >= 0 for v in vals)):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated numbers >= 0, "
+                                         f"got {s!r}")
+    return vals
+
+
 def _name_list(s: str) -> List[str]:
     vals = [v.strip() for v in s.split(",") if v.strip()]
     bad = [v for v in vals if v not in SCHEDULER_NAMES]
@@ -120,6 +132,11 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--guidance", type=float, default=0.0,
                    help="classifier-free guidance weight for every sampler (class-conditional "
                    "runs)")
+    p.add_argument("--temperature", type=_temperature_list, default=[1.0],
+                   metavar="TAU[,TAU...]",
+                   help="the NTMs' sampling temperature (scale of each step's noise); several: "
+                   "one row per temperature, named ntm@TAU below 1 (the schedulers always "
+                   "start from unscaled noise)")
     p.add_argument("--out", default=None, help="output folder (default: NTM_RUN/compare; with "
                    "--train runs/compare-<dataset>, holding the runs too)")
     p.add_argument("--classifier", default=None, help="cached digits classifier (as ntm eval)")
@@ -259,7 +276,8 @@ def cmd_compare(args, parser, *, load_model: Callable, device_of: Callable,
         ntm=models["ntm"], fm=models["fm"], ntm_ablation=models.get("ablation"),
         quality=rating.quality, labels=rating.labels, n=args.n, steps=args.steps,
         schedulers=args.schedulers, ntm_steps=args.ntm_steps,
-        ablation_steps=args.ablation_steps, guidance=args.guidance, seed=args.seed,
+        ablation_steps=args.ablation_steps, guidance=args.guidance,
+        temperatures=args.temperature, seed=args.seed,
         device=device, out_dir=out,
         title=f"{cks['ntm'].config['dataset']}: quality against steps and time",
         meta=report_meta(args, cks, rating), progress=not args.no_progress)

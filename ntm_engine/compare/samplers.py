@@ -23,8 +23,8 @@ from .names import STEPS
 from .report import write_report
 from .schedulers import SCHEDULERS, fm_velocity, sample_with_scheduler
 
-__all__ = ["STEPS", "Sampler", "compare_samplers", "samplers_for", "seed_summary",
-           "time_sampler"]
+__all__ = ["STEPS", "Sampler", "compare_samplers", "ntm_sampler_name", "samplers_for",
+           "seed_summary", "time_sampler"]
 
 WARMUP = 2   # samples drawn once before timing (first-call allocations)
 Quality = Callable[[Tensor], Dict[str, float]]
@@ -39,10 +39,17 @@ class Sampler:
     draw: Callable[[int, Optional[Tensor], torch.Generator], Tuple[Tensor, int]]
 
 
-def _ntm_sampler(model, name: str, steps: int, guidance: float) -> Sampler:
+def ntm_sampler_name(base: str, temperature: float) -> str:
+    """The row name of an NTM sampler: ``base`` at temperature 1, else ``base@tau``."""
+    return base if temperature == 1 else f"{base}@{temperature:g}"
+
+
+def _ntm_sampler(model, name: str, steps: int, guidance: float,
+                 temperature: float = 1.0) -> Sampler:
     # one predictor pass per step (the transporter inverse, run once, is not counted)
-    return Sampler(name, "ntm", steps, lambda n, y, g: (
-        model.sample(n, y=y, steps=steps, guidance=guidance, generator=g), steps))
+    return Sampler(ntm_sampler_name(name, temperature), "ntm", steps, lambda n, y, g: (
+        model.sample(n, y=y, steps=steps, guidance=guidance, temperature=temperature,
+                     generator=g), steps))
 
 
 def _scheduler_sampler(fm, scheduler: str, steps: int, guidance: float) -> Sampler:
@@ -57,11 +64,14 @@ def _scheduler_sampler(fm, scheduler: str, steps: int, guidance: float) -> Sampl
 def samplers_for(*, ntm=None, fm=None, ntm_ablation=None, steps: Sequence[int] = STEPS,
                  schedulers: Sequence[str] = tuple(SCHEDULERS),
                  ntm_steps: Optional[Sequence[int]] = None,
-                 ablation_steps: Sequence[int] = (4,), guidance: float = 0.0) -> List[Sampler]:
+                 ablation_steps: Sequence[int] = (4,), guidance: float = 0.0,
+                 temperatures: Sequence[float] = (1.0,)) -> List[Sampler]:
     """The rows to run: each of ``schedulers`` on ``fm`` at each of ``steps``; ``ntm`` at
     ``ntm_steps`` (default: every step count it was trained on); the identity-transporter
     ``ntm_ablation`` at ``ablation_steps``; all with classifier-free ``guidance`` (needs
-    labels)."""
+    labels).  The two NTMs sample at each of ``temperatures`` (the scale of every step's
+    noise, :meth:`NTM.sample <ntm_engine.models.NTM.sample>`; rows named ``ntm@0.8`` etc.
+    below 1); the schedulers start from unscaled noise."""
     unknown = [s for s in schedulers if s not in SCHEDULERS]
     if unknown:
         raise ValueError(f"schedulers must be among {sorted(SCHEDULERS)}, got {unknown}")
@@ -70,14 +80,18 @@ def samplers_for(*, ntm=None, fm=None, ntm_ablation=None, steps: Sequence[int] =
     if bad:
         raise ValueError(f"step counts must be positive integers, got {bad}")
     out: List[Sampler] = []
+    bad_tau = [tau for tau in temperatures if not (math.isfinite(tau) and tau >= 0)]
+    if not temperatures or bad_tau or len(set(temperatures)) != len(temperatures):
+        raise ValueError(f"temperatures must be distinct finite numbers >= 0, got "
+                         f"{list(temperatures)}")
     if fm is not None:
         out += [_scheduler_sampler(fm, s, k, guidance) for s in schedulers for k in steps]
     if ntm is not None:
-        out += [_ntm_sampler(ntm, "ntm", k, guidance)
+        out += [_ntm_sampler(ntm, "ntm", k, guidance, tau) for tau in temperatures
                 for k in (ntm_steps or getattr(ntm, "trained_steps", (ntm.steps,)))]
     if ntm_ablation is not None:
-        out += [_ntm_sampler(ntm_ablation, "ntm_identity_transporter", k, guidance)
-                for k in ablation_steps]
+        out += [_ntm_sampler(ntm_ablation, "ntm_identity_transporter", k, guidance, tau)
+                for tau in temperatures for k in ablation_steps]
     if not out:
         raise ValueError("compare_samplers needs at least one of ntm, fm, ntm_ablation")
     return out
@@ -133,6 +147,7 @@ def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
                      schedulers: Sequence[str] = tuple(SCHEDULERS),
                      ntm_steps: Optional[Sequence[int]] = None,
                      ablation_steps: Sequence[int] = (4,), guidance: float = 0.0,
+                     temperatures: Sequence[float] = (1.0,),
                      seed: Union[int, Sequence[int]] = 0, device="cpu",
                      out_dir=None, title: str = "Quality against steps",
                      meta: Optional[Dict[str, Any]] = None,
@@ -144,7 +159,8 @@ def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
     its row holds the mean of each figure with its standard error (:func:`seed_summary`).
     Non-finite samples are counted, then replaced (0 / +-1e3) before rating.  With
     ``out_dir``: writes the table, plot and JSON there (:func:`~.report.write_report`, with
-    ``title`` and ``meta``, which gains ``n``, ``seed``, ``guidance`` and ``device``)."""
+    ``title`` and ``meta``, which gains ``n``, ``seed``, ``guidance``, ``temperatures`` and
+    ``device``)."""
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if labels is not None and tuple(labels.shape) != (n,):
@@ -156,7 +172,8 @@ def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
         raise ValueError(f"seed must be one integer or distinct integers, got {seed!r}")
     samplers = samplers_for(ntm=ntm, fm=fm, ntm_ablation=ntm_ablation, steps=steps,
                             schedulers=schedulers, ntm_steps=ntm_steps,
-                            ablation_steps=ablation_steps, guidance=guidance)
+                            ablation_steps=ablation_steps, guidance=guidance,
+                            temperatures=temperatures)
     rows = []
     bar = tqdm([(s, k) for s in samplers for k in seeds], desc="compare", unit="draw",
                disable=not progress)
@@ -175,5 +192,5 @@ def compare_samplers(*, ntm=None, fm=None, ntm_ablation=None, quality: Quality,
     if out_dir is not None:
         write_report(rows, Path(out_dir), title=title, meta=dict(
             meta or {}, n=n, seed=seeds[0] if len(seeds) == 1 else seeds, guidance=guidance,
-            device=str(device)))
+            temperatures=list(temperatures), device=str(device)))
     return rows

@@ -71,6 +71,25 @@ def test_an_ntm_of_several_step_counts_is_compared_at_each():
     assert [s.steps for s in samplers_for(ntm=many, ntm_steps=[8])] == [8]
 
 
+def test_the_ntms_sample_at_each_temperature(models):
+    """One NTM row per temperature (``ntm@tau`` below 1), each drawing exactly what
+    ``NTM.sample(temperature=tau)`` draws from the same generator."""
+    _, ntm, ablation = models
+    rows = samplers_for(ntm=ntm, ntm_ablation=ablation, ablation_steps=(2,),
+                        temperatures=(1.0, 0.5))
+    assert [s.name for s in rows] == ["ntm", "ntm@0.5", "ntm_identity_transporter",
+                                      "ntm_identity_transporter@0.5"]
+    y = torch.arange(4) % 3
+    draws = {}
+    for s in rows[:2]:
+        draws[s.name], nfe = s.draw(4, y, torch.Generator().manual_seed(3))
+        assert nfe == 2
+    for name, tau in (("ntm", 1.0), ("ntm@0.5", 0.5)):
+        expected = ntm.sample(4, y=y, temperature=tau, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(draws[name], expected, rtol=0, atol=0)
+    assert (draws["ntm"] - draws["ntm@0.5"]).abs().max() > 1e-3
+
+
 def test_markdown_table_sorts_and_formats():
     rows = [{"sampler": "unipc", "model": "flow_matching", "steps": 8, "nfe": 8,
              "ms_per_sample": 0.5, "frechet_distance": 25.0},
@@ -91,6 +110,9 @@ def test_markdown_table_sorts_and_formats():
     (dict(steps=(0, 2)), "step counts must be positive integers, got [0]"),
     (dict(fm=None), "needs at least one of ntm, fm, ntm_ablation"),
     (dict(guidance=1.0), "guidance 1.0 needs labels, got labels=None"),
+    (dict(temperatures=(1.0, -0.5)), "temperatures must be distinct finite numbers >= 0, got "
+                                     "[1.0, -0.5]"),
+    (dict(temperatures=()), "temperatures must be distinct finite numbers >= 0, got []"),
 ])
 def test_bad_arguments_are_named(models, kwargs, needle):
     fm, _, _ = models

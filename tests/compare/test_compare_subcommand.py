@@ -55,6 +55,21 @@ def test_ntm_compare_subcommand_writes_the_report(runs, tmp_path, capsys):
     assert "| flow_euler | flow_matching | 1 |" in capsys.readouterr().out
 
 
+def test_ntm_compare_rows_per_temperature(runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", str(runs / "ntm"), "--fm", str(runs / "fm"), "--n", "8",
+                     "--steps", "1", "--schedulers", "flow_euler", "--temperature", "1,0.7",
+                     "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "quality_vs_steps.json").read_text())
+    assert sorted(r["sampler"] for r in report["rows"]) == ["flow_euler", "ntm", "ntm@0.7"]
+    assert report["meta"]["temperatures"] == [1.0, 0.7]
+    with pytest.raises(SystemExit):
+        cli.main(["compare", str(runs / "ntm"), "--fm", str(runs / "fm"), "--temperature",
+                  "0.8,-1", "--out", str(tmp_path / "bad")])
+    assert "--temperature: expected distinct comma-separated numbers >= 0, got '0.8,-1'" in \
+        capsys.readouterr().err
+
+
 def test_ntm_compare_refuses_a_flow_matching_run_as_the_ntm(runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["compare", str(runs / "fm"), "--fm", str(runs / "fm"), "--n", "4",
