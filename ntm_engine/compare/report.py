@@ -18,13 +18,15 @@ COLUMNS = (("sampler", "sampler", "{}"), ("model", "model", "{}"), ("steps", "st
            ("nfe", "NFE", "{}"), ("ms_per_sample", "ms / sample", "{:.3f}"),
            ("frechet_distance", "Frechet distance", "{:.2f}"),
            ("frechet_distance_raw", "Frechet distance (raw)", "{:.4f}"),
+           ("frechet_distance_train", "Frechet distance (raw, to train)", "{:.4f}"),
            ("class_accuracy", "class accuracy", "{:.3f}"),
            ("samples_nonfinite", "non-finite", "{}"))
 
 
 # the y-axis label of each Frechet distance: which features it compares
 AXIS_LABELS = {"frechet_distance": "Frechet distance, digits-classifier features",
-               "frechet_distance_raw": "Frechet distance, raw values (pixels)"}
+               "frechet_distance_raw": "Frechet distance, raw values (pixels)",
+               "frechet_distance_train": "Frechet distance, raw values, to training examples"}
 
 
 def quality_keys(rows: Sequence[Dict[str, Any]]) -> List[str]:

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*"
 
 from ntm_engine import checkpoint as ckpt  # noqa: E402
 from ntm_engine import cli  # noqa: E402
-from ntm_engine.compare.quality import (held_out_examples, rating_for,  # noqa: E402
-                                          shared_data)
+from ntm_engine.compare.quality import (REFERENCE_SEED, TRAIN_REFERENCE,  # noqa: E402
+                                        held_out_examples, rating_for,
+                                        shared_data)
 from ntm_engine.training import test_data  # noqa: E402
 from tests.run_testutils import sigkill_when  # noqa: E402
 
@@ -152,6 +153,26 @@ def test_the_raw_rating_compares_with_the_test_split_of_the_runs_data():
     assert abs(rating.quality(x_test)["frechet_distance_raw"]) < 1e-3 * rating.reference
     noise = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     assert rating.quality(noise)["frechet_distance_raw"] > 2 * rating.reference
+
+
+def test_colour_patches_are_also_rated_against_training_examples():
+    """Next to the test split (another region of the photographs, a floor for every sampler)
+    the distance to training examples: real held-out training patches score its reference,
+    the test split scores far worse (the region gap), noise worse still; and the reference's
+    examples are training patches disjoint from the ones it compares with."""
+    rating = rating_for({"ntm": COLOUR8, "fm": COLOUR8}, 64)
+    data = shared_data({"ntm": COLOUR8})
+    ref = rating.other_references["frechet_distance_train"]
+    real = held_out_examples(data, 64, seed=REFERENCE_SEED + 1, offset=TRAIN_REFERENCE)
+    assert rating.quality(real)["frechet_distance_train"] == pytest.approx(ref, rel=1e-9)
+    x_test = test_data(data)[0][:64]
+    assert rating.quality(x_test)["frechet_distance_train"] > 1.5 * ref
+    noise = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert rating.quality(noise)["frechet_distance_train"] > 10 * ref
+    compared = held_out_examples(data, TRAIN_REFERENCE, seed=REFERENCE_SEED + 1).flatten(1)
+    assert torch.cdist(real.flatten(1), compared).min() > 0
+    train = data_split(data, "train").flatten(1)
+    assert torch.cdist(real.flatten(1), train).min(1).values.max() == 0
 
 
 def test_digits_are_rated_by_the_classifier_and_by_the_raw_pixels():
