@@ -77,6 +77,26 @@ def test_explicit_sizes_win_over_the_autoregressive_defaults():
         make_config("digits", iters=1, trajectory_loss="sideways")
 
 
+def test_larger_images_get_the_larger_coupling_transporter():
+    """Up to 256 values per image the digits' 4 x 128 couplings, above them 8 x 512 (chosen
+    at equal wall-clock on the colour patches); the autoregressive kind keeps its own sizes
+    and explicit sizes win over both."""
+    size = ("transporter_layers", "transporter_hidden")
+    m = make_config("colour-patches", iters=1).model
+    assert tuple(m[k] for k in size) == (8, 512) and m["data_shape"] == [3, 16, 16]
+    small = make_config("colour-patches", image_size=8, channels=1, iters=1).model
+    assert tuple(small[k] for k in size) == (4, 128) and small["data_shape"] == [1, 8, 8]
+    assert tuple(make_config("digits", iters=1).model[k] for k in size) == (4, 128)
+    ar = make_config("colour-patches", model=dict(transporter="autoregressive"), iters=1).model
+    assert tuple(ar[k] for k in size) == (2, 64)
+    given = make_config("colour-patches", model=dict(transporter_hidden=96), iters=1).model
+    assert tuple(given[k] for k in size) == (8, 96)
+    assert NTM.image_transporter_size((3, 16, 16)) == dict(transporter_layers=8,
+                                                           transporter_hidden=512)
+    assert NTM.image_transporter_size((4, 8, 8)) == dict(transporter_layers=4,
+                                                         transporter_hidden=128)
+
+
 def test_the_objective_uses_the_configured_trajectory_loss():
     cfg = make_config("two_moons", model=dict(width=16, depth=1, heads=2, steps=4), iters=1,
                       trajectory_loss="pairwise")

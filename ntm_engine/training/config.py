@@ -176,7 +176,8 @@ def default_model_config(dataset: Union[str, DataConfig],
                          class_conditional: bool = False) -> Dict[str, Any]:
     """Every :class:`~ntm_engine.models.NTM` constructor default, then the dataset's config:
     the digits' or the toys' own, or for other images the digits' architecture with the
-    data's shape, step counts (:meth:`~ntm_engine.models.NTM.image_step_counts`), the paper's
+    data's shape, step counts (:meth:`~ntm_engine.models.NTM.image_step_counts`), transporter
+    size (:meth:`~ntm_engine.models.NTM.image_transporter_size`), the paper's
     time shift (``"auto"``), classes and pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`); latents (continuous data)
     instead get the per-channel mean and std of their training split as the model's fixed
     normalisation (``channel_mean``/``channel_scale``, :func:`~ntm_engine.data.channel_mean_std`),
@@ -193,7 +194,8 @@ def default_model_config(dataset: Union[str, DataConfig],
             cfg.update(data_shape=list(images.shape),
                        patch_size=default_patch_size(images.shape),
                        steps=NTM.image_step_counts(images.shape), shift="auto",
-                       num_classes=images.num_classes if data.class_conditional else 0)
+                       num_classes=images.num_classes if data.class_conditional else 0,
+                       **NTM.image_transporter_size(images.shape))
             if images.continuous:
                 mean, std = _latent_statistics(images, data)
                 cfg.update(data_mean=0.0, data_std=1.0, channel_mean=mean, channel_scale=std)
