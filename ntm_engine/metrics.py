@@ -149,6 +149,13 @@ def frechet_distance_features(f1: Tensor, f2: Tensor) -> float:
     return frechet_distance(*feature_stats(f1), *feature_stats(f2))
 
 
+def frechet_distance_to(reference: Tensor) -> Callable[[Tensor], float]:
+    """``distance(f [N, d]) -> float``: :func:`frechet_distance_features` of ``f`` and the
+    fixed ``reference [M, d]``, whose mean and covariance are computed once here."""
+    ref_stats = feature_stats(reference)
+    return lambda f: frechet_distance(*feature_stats(f), *ref_stats)
+
+
 # ----------------------------------------------------------------------------- classifier
 
 CLASSIFIER_VERSION = "mlp-v1"

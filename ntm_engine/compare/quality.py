@@ -109,11 +109,11 @@ def train_quality(data: DataConfig, n: int) -> Tuple[Quality, float]:
     images = run_data(data)
     total = len(images.split("train")) if images is not None else TRAIN_REFERENCE + n
     k = min(TRAIN_REFERENCE, max(total - n, 2))
-    x_train = held_out_examples(data, k, seed=REFERENCE_SEED + 1).flatten(1)
+    to_train = metrics.frechet_distance_to(
+        held_out_examples(data, k, seed=REFERENCE_SEED + 1).flatten(1))
 
     def quality(s: Tensor) -> Dict[str, float]:
-        return {"frechet_distance_train": metrics.frechet_distance_features(s.flatten(1),
-                                                                            x_train)}
+        return {"frechet_distance_train": to_train(s.flatten(1))}
     real = held_out_examples(data, n, seed=REFERENCE_SEED + 1, offset=k)
     return quality, quality(real)["frechet_distance_train"]
 

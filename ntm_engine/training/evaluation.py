@@ -12,7 +12,7 @@ from .. import checkpoint as ckpt
 from .. import plots
 from ..data import eight_gaussian_modes, load_digits
 from ..metrics import (dataset_bits_per_dim, dataset_fm_loss, dataset_nats_per_dim,
-                       frechet_distance_features)
+                       frechet_distance_to)
 from ..models import histogram_bits_per_dim
 from ..models.flow_matching import EULER_STEPS
 from ..models.schedule import step_counts
@@ -89,10 +89,10 @@ def raw_quality(data: DataConfig) -> Callable[[Tensor], Dict[str, float]]:
     Frechet distance between the raw values (flattened to ``[n, prod(shape)]``) of ``s`` and
     of the test split (:func:`~.batches.test_data`; lower is closer); eight Gaussians also get
     ``fraction_within_3std_of_a_mode``."""
-    x_test = test_data(data)[0].flatten(1)
+    to_test = frechet_distance_to(test_data(data)[0].flatten(1))
 
     def quality(s: Tensor) -> Dict[str, float]:
-        out = {"frechet_distance_raw": frechet_distance_features(s.flatten(1), x_test)}
+        out = {"frechet_distance_raw": to_test(s.flatten(1))}
         if data.dataset == "eight_gaussians":
             d = torch.cdist(s, eight_gaussian_modes()).min(1).values
             out["fraction_within_3std_of_a_mode"] = float((d < 0.3).float().mean())
@@ -129,12 +129,13 @@ def latent_quality(data: DataConfig, decoder: Optional[Decoder] = None
             note += (f"; frechet_distance_decoded: of the decoded samples to {len(ref)} "
                      f"decoded test latents (raw pixels)")
 
+    to_test = frechet_distance_to(x_test.flatten(1))
+    to_decoded = None if ref is None else frechet_distance_to(ref)
+
     def quality(s: Tensor) -> Dict[str, float]:
-        out = {"frechet_distance_latent": frechet_distance_features(s.flatten(1),
-                                                                    x_test.flatten(1))}
-        if ref is not None:
-            out["frechet_distance_decoded"] = frechet_distance_features(
-                decoder(s).flatten(1), ref)
+        out = {"frechet_distance_latent": to_test(s.flatten(1))}
+        if to_decoded is not None:
+            out["frechet_distance_decoded"] = to_decoded(decoder(s).flatten(1))
         return out
     return quality, note
 
