@@ -68,6 +68,26 @@ def test_a_batch_too_small_for_the_step_counts_is_refused_before_any_work(tmp_pa
                    "--out", tmp_path / "three") == 0
 
 
+def test_step_shares_reach_the_model_and_bad_ones_name_the_flag(tmp_path, capsys):
+    run = tmp_path / "shares"
+    assert run_cli("train", "--steps", "2,4,8", "--step-shares", "2,1,1", *TINY,
+                   "--out", run) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["step_shares"] == [2, 1, 1]
+    assert load_run(run).model.step_shares == (0.5, 0.25, 0.25)
+    for argv, msg in ((["--step-shares", "2,x"], "expected positive numbers separated by "
+                       "commas, one per step count (e.g. 2,1,1), got '2,x'"),
+                      (["--step-shares", "2,-1"], "expected positive numbers")):
+        with pytest.raises(SystemExit) as e:
+            run_cli("train", *argv, *TINY, "--out", tmp_path / "bad")
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--step-shares \(how often each of --steps is drawn\): "
+                       r"step_shares must hold 3 positive finite numbers, one per trained step "
+                       r"count \(2, 4, 8\) in increasing T, got \[2.0, 1.0\]"):
+        run_cli("train", "--steps", "2,4,8", "--step-shares", "2,1", *TINY,
+                "--out", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_explicit_sizes_win_over_the_autoregressive_defaults():
     m = make_config("digits", model=dict(transporter="autoregressive", transporter_layers=3),
                     iters=1).model

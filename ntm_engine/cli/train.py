@@ -86,6 +86,17 @@ def step_counts_arg(s: str) -> Union[int, List[int]]:
     return counts[0] if len(counts) == 1 else list(counts)
 
 
+def step_shares_arg(s: str) -> List[float]:
+    """``--step-shares 2,1,1`` -> [2.0, 1.0, 1.0] (positive numbers; checked against --steps
+    when the config is made)."""
+    try:
+        vals = [positive_float(v) for v in s.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, one "
+                                         f"per step count (e.g. 2,1,1), got {s!r}")
+    return vals
+
+
 def shift_arg(s: str) -> Union[str, float]:
     """``--shift auto`` (the paper's rule from the token count) or a number > 0."""
     return "auto" if s == "auto" else positive_float(s)
@@ -122,6 +133,10 @@ def _add_model_options(m) -> None:
     m.add_argument("--steps", "--steps-T", dest="steps", type=step_counts_arg, default=None,
                    metavar="T[,T...]", help="trajectory steps T, or several (4,8,16: T drawn "
                    f"per example, the model samples at each); default {MODEL_DEFAULTS['steps']}")
+    m.add_argument("--step-shares", type=step_shares_arg, default=None, metavar="S[,S...]",
+                   help="how often training draws each step count, one positive number per "
+                   "count in increasing T (2,1,1: half the examples at the smallest); default "
+                   "equal, or the dataset's config")
     m.add_argument("--transporter", choices=TRANSPORTER_KINDS, default=None,
                    help="autoregressive (causal Transformer blocks over the patch tokens; "
                    "default sizes 2 blocks of width 64), coupling (MLP couplings) or none "

@@ -37,6 +37,13 @@ the mean of the former scheme, ``T ~ U{T_0..T_{K-1}}`` per sample.  When ``K`` d
 every ``s_i = B / K`` and ``w_i = 1`` exactly (no multiply: each sample's ``T`` is uniform and
 its value is the plain loss of its trajectory).  ``B < K`` leaves a count without samples,
 which no weight can make up for: ValueError naming the batch size and the step counts.
+
+**Unequal shares.**  A model made with ``step_shares`` (probabilities ``p_i``, e.g. half the
+samples at the smallest ``T``, the step count few-step sampling uses) gets sizes
+``s_i ~ B p_i`` (:func:`group_sizes`) and weights ``w_i = B p_i / s_i``, so the same
+computation gives ``E = sum_i p_i l_i(x_j)``: the loss of ``T ~ p`` per sample.  The cost of a
+step follows the sizes (group ``i``'s predictor pass reads ``s_i`` sequences of ``T_i``
+levels), so shares that favour small ``T`` also make the iteration cheaper.
 """
 from __future__ import annotations
 
@@ -105,26 +112,44 @@ def loss_of_kind(kind: str, x1: Tensor, levels: Tuple[Tensor, Tensor, Tensor, Te
 # ----------------------------------------------------------------------------- step-count groups
 
 
-def group_sizes(batch: int, counts: Sequence[int]) -> Tuple[int, ...]:
+def group_sizes(batch: int, counts: Sequence[int],
+                shares: Optional[Sequence[float]] = None) -> Tuple[int, ...]:
     """The static sizes ``(s_0, ..., s_{K-1})`` (summing to ``batch``) of the groups of the
-    ``K = len(counts)`` step counts ``counts``: near-equal, the first ``batch % K`` one larger.
-    ValueError when ``batch < K`` (a count would get no sample)."""
+    ``K = len(counts)`` step counts ``counts``.  Equal ``shares`` (None): near-equal, the
+    first ``batch % K`` one larger.  ``shares`` (probabilities, one per count,
+    :func:`~.schedule.step_shares`): ``s_i`` near ``batch * p_i`` -- at least 1 each, then
+    the rest to the largest remainders (the first on ties).  ValueError when ``batch < K``
+    (a count would get no sample)."""
     K = len(counts)
     if batch < K:
         raise ValueError(
             f"steps: a batch of {batch} sample(s) cannot give each of the {K} trained step "
             f"counts {tuple(counts)} its own group; the batch (--batch-size, per process) "
             f"must hold at least {K} samples, or train on fewer step counts (--steps)")
-    q, r = divmod(batch, K)
-    return tuple(q + (i < r) for i in range(K))
+    if shares is None:
+        q, r = divmod(batch, K)
+        return tuple(q + (i < r) for i in range(K))
+    ideal = [batch * p for p in shares]
+    sizes = [max(1, int(math.floor(v))) for v in ideal]
+    while sum(sizes) > batch:       # the minimum of 1 took samples from the large groups
+        i = max((i for i in range(K) if sizes[i] > 1), key=lambda i: sizes[i] - ideal[i])
+        sizes[i] -= 1
+    while sum(sizes) < batch:
+        i = max(range(K), key=lambda i: (ideal[i] - sizes[i], -i))
+        sizes[i] += 1
+    return tuple(sizes)
 
 
-def group_weights(sizes: Sequence[int]) -> Tuple[float, ...]:
-    """``w_i = B / (K s_i)`` for group sizes ``sizes`` (``B = sum``, ``K = len``): scaling
-    group ``i``'s losses by it makes every sample's expected loss the mean over the counts
-    (module docstring).  Exactly 1.0 each when the sizes are equal."""
+def group_weights(sizes: Sequence[int],
+                  shares: Optional[Sequence[float]] = None) -> Tuple[float, ...]:
+    """``w_i = B p_i / s_i`` for group sizes ``sizes`` (``B = sum``) and the step counts'
+    probabilities ``shares`` (None: ``p_i = 1 / K``): scaling group ``i``'s losses by it
+    makes every sample's expected loss the ``p``-mixture over the counts (module docstring).
+    Exactly 1.0 where ``s_i = B p_i``."""
     B, K = sum(sizes), len(sizes)
-    return tuple(1.0 if K * s == B else B / (K * s) for s in sizes)
+    if shares is None:
+        return tuple(1.0 if K * s == B else B / (K * s) for s in sizes)
+    return tuple(1.0 if B * p == s else B * p / s for s, p in zip(sizes, shares))
 
 
 def draw_permutation(batch: int, generator: Optional[torch.Generator], device) -> Tensor:
@@ -207,14 +232,14 @@ def training_groups(model: "NTM", x: Tensor, y=None,
     if not model.multi_steps:
         return StepGroups([(None, *training_trajectory(model, x, y, generator))])
     B = x.shape[0]
-    sizes = group_sizes(B, model.trained_steps)
+    sizes = group_sizes(B, model.trained_steps, model.step_shares)
     perm = draw_permutation(B, generator, x.device)
     groups = []
     for idx, T in zip(perm.split(sizes), model.trained_steps):
         groups.append((idx, *model.forward_trajectory(x[idx], generator, steps=T)))
     y = dropped_labels(model, y, B, x.device, generator)
     return StepGroups([(idx, X, t, None if y is None else y[idx]) for idx, X, t in groups],
-                      perm, group_weights(sizes))
+                      perm, group_weights(sizes, model.step_shares))
 
 
 def loss_from_levels(model: "NTM", X: Tensor, levels: Tuple[Tensor, Tensor, Tensor, Tensor], *,

@@ -76,7 +76,9 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
 
     ``steps`` (T) levels below ``t = 1``, an int or several (e.g. ``(4, 8, 16)``: ``T`` drawn per
     example in training, :attr:`trained_steps`; :attr:`steps` is the smallest, the default
-    of sampling and of the likelihood); ``num_classes > 0`` makes it class-conditional
+    of sampling and of the likelihood; ``step_shares``, one positive number per count in
+    increasing ``T``: how often each is drawn, :attr:`step_shares` the probabilities, None
+    equal); ``num_classes > 0`` makes it class-conditional
     (labels dropped to a null class with probability ``label_dropout`` in training, for
     guidance).  ``cond_dim = C > 0`` makes it take condition tokens ``cond [B, L, C]`` (with
     ``cond_mask [B, L]``), besides or instead of labels, that the predictor attends to; they are
@@ -114,9 +116,11 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
                  transporter_label_conditioned: bool = False,
                  transporter_backward: str = "auto",
                  channel_mean: Optional[Sequence[float]] = None,
-                 channel_scale: Optional[Sequence[float]] = None, cond_dim: int = 0):
+                 channel_scale: Optional[Sequence[float]] = None, cond_dim: int = 0,
+                 step_shares: Optional[Sequence[float]] = None):
         super().__init__()
         counts = schedule.step_counts(steps)
+        shares = schedule.step_shares(step_shares, counts)
         data_shape = schedule.check_shape_and_steps(data_shape, counts[0])
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
@@ -133,10 +137,12 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
             parameterization=parameterization, transporter=transporter,
             transporter_label_conditioned=transporter_label_conditioned,
             transporter_backward=transporter_backward, channel_mean=channel_mean,
-            channel_scale=channel_scale, cond_dim=cond_dim)
+            channel_scale=channel_scale, cond_dim=cond_dim,
+            step_shares=None if step_shares is None else [float(v) for v in step_shares])
         self.norm = ChannelNorm(data_shape, channel_mean, channel_scale)
         self.data_shape, self.num_classes, self.cond_dim = data_shape, num_classes, cond_dim
         self.trained_steps: Tuple[int, ...] = counts
+        self.step_shares: Optional[Tuple[float, ...]] = shares
         self.steps = counts[0]
         self.dim = math.prod(data_shape)
         self.t_min_max, self.label_dropout = t_min_max, label_dropout

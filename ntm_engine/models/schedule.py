@@ -14,6 +14,7 @@ from torch import Tensor
 __all__ = [
     "check_shape_and_steps",
     "step_counts",
+    "step_shares",
     "auto_shift",
     "resolve_shift",
     "shifted",
@@ -63,6 +64,27 @@ def step_counts(steps: Union[int, Sequence[int]]) -> Tuple[int, ...]:
     if len(set(counts)) != len(counts):
         raise ValueError(f"steps must be distinct step counts, got {steps!r}")
     return tuple(sorted(counts))
+
+
+def step_shares(shares: Optional[Sequence[float]], counts: Sequence[int]
+                ) -> Optional[Tuple[float, ...]]:
+    """The training mixture over the step counts ``counts`` (sorted, :func:`step_counts`) as
+    probabilities summing to 1, one per count in increasing ``T``, from positive finite
+    ``shares`` of any scale (``(2, 1, 1)``: half the samples at the smallest ``T``); ``None``
+    stays None (equal shares).  ValueError naming ``step_shares`` otherwise."""
+    if shares is None:
+        return None
+    try:
+        vals = tuple(float(s) for s in shares)
+    except (TypeError, ValueError):
+        raise ValueError(f"step_shares must be a sequence of numbers, one per trained step "
+                         f"count {tuple(counts)}, got {shares!r}")
+    if len(vals) != len(counts) or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"step_shares must hold {len(counts)} positive finite numbers, one "
+                         f"per trained step count {tuple(counts)} in increasing T, got "
+                         f"{list(shares)}")
+    total = sum(vals)
+    return tuple(v / total for v in vals)
 
 
 def auto_shift(tokens: int) -> float:

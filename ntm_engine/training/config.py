@@ -34,7 +34,7 @@ TRANSPORTER_SIZES = {"autoregressive": dict(transporter_layers=2, transporter_hi
 
 # keys of the model section that the command line exposes (and their CLI names)
 MODEL_OPTIONS = {
-    "steps": "--steps", "transporter": "--transporter", "width": "--width", "depth": "--depth", "heads": "--heads",
+    "steps": "--steps", "step_shares": "--step-shares", "transporter": "--transporter", "width": "--width", "depth": "--depth", "heads": "--heads",
     "patch_size": "--patch-size", "transporter_layers": "--transporter-layers",
     "transporter_hidden": "--transporter-hidden", "shift": "--shift",
     "t_min_max": "--t-min-max", "label_dropout": "--label-dropout", "clamp": "--clamp",
@@ -246,9 +246,13 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
           "--cond: condition tokens are not supported with flow-matching pretraining "
           "(--objective flow_matching, --init-from); train the NTM directly")
     try:
-        schedule.step_counts(m.get("steps"))
+        counts = schedule.step_counts(m.get("steps"))
     except ValueError as e:
         check(False, f"--steps/--steps-T (the trajectory step counts T): {e}")
+    try:
+        schedule.step_shares(m.get("step_shares"), counts)
+    except ValueError as e:
+        check(False, f"--step-shares (how often each of --steps is drawn): {e}")
     # a value that is not a plain number (shift "auto") is the model constructor's to check
     checks = [
         (m["width"] >= 1 and m["depth"] >= 1 and m["heads"] >= 1,

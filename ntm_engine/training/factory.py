@@ -67,7 +67,7 @@ def preflight(model: nn.Module, cfg: TrainConfig, device, *, rows: Optional[int]
     counts = getattr(model, "trained_steps", ())
     if rows is not None and len(counts) > 1:
         try:
-            group_sizes(rows, counts)
+            group_sizes(rows, counts, getattr(model, "step_shares", None))
         except ValueError as e:
             raise ConfigError(f"--batch-size {cfg.optim.batch_size}: {e}") from e
     n = max(2, len(counts))

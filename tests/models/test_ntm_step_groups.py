@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ntm_engine.models import NTM
+from ntm_engine.models import NTM, schedule
 from ntm_engine.models.loss import (StepGroups, group_sizes, group_weights, training_groups,
                                     training_trajectory)
 
@@ -95,6 +95,71 @@ def test_loss_is_each_groups_trajectory_nll_times_its_weight():
                                    rtol=1e-12, atol=0)
     loss.sum().backward()
     assert all(p.grad is not None for p in model.predictor.parameters())
+
+
+@pytest.mark.parametrize("shares", [(2, 1, 1), (4, 2, 1), (1, 5, 3), (100, 1, 1)])
+@pytest.mark.parametrize("batch", [3, 5, 7, 64, 128, 1000])
+def test_unequal_shares_give_sizes_near_batch_times_p_and_weights_that_make_the_p_mixture(
+        shares, batch):
+    """``s_i`` within 1 of ``B p_i`` unless the minimum of one sample per count intervenes,
+    sizes sum to ``B``; ``P(sample in group i) * w_i = (s_i / B) (B p_i / s_i) = p_i``."""
+    p = schedule.step_shares(shares, COUNTS)
+    assert sum(p) == pytest.approx(1.0, rel=1e-15)
+    sizes = group_sizes(batch, COUNTS, p)
+    assert sum(sizes) == batch and min(sizes) >= 1
+    lifted = any(batch * q < 1 for q in p)        # the minimum of one sample per count
+    for s, q in zip(sizes, p):
+        if batch * q < 1:
+            assert s == 1
+        elif lifted:
+            assert 1 <= s <= math.ceil(batch * q)
+        else:
+            assert abs(s - batch * q) < 1
+    for s, w, q in zip(sizes, group_weights(sizes, p), p):
+        assert s / batch * w == pytest.approx(q, rel=1e-14)
+    assert group_sizes(batch, COUNTS, schedule.step_shares((1, 1, 1), COUNTS)) == \
+        group_sizes(batch, COUNTS)                             # equal shares: as without
+
+
+def test_shares_change_how_often_each_count_is_drawn_and_the_mixture_the_loss_estimates():
+    """``step_shares = (3, 1, 1)`` on batches of 10 (sizes 6, 2, 2): sample ``j`` lands at
+    ``T = 2`` with frequency 0.6, and :meth:`StepGroups.combine` of a known table ``c``
+    averages to ``sum_i p_i c_i`` (within 5 standard errors)."""
+    model = toy_ntm()
+    model_shared = NTM((2,), steps=COUNTS, width=16, depth=1, heads=2, transporter_layers=1,
+                       transporter_hidden=8, shift=0.5, step_shares=(3, 1, 1)).double().train()
+    assert model.step_shares is None and model_shared.step_shares == (0.6, 0.2, 0.2)
+    assert model_shared.config["step_shares"] == [3.0, 1.0, 1.0]
+    B, N = 10, 3000
+    x = torch.randn(B, 2, dtype=torch.float64)
+    c = torch.rand(B, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64) + 1
+    hits = torch.zeros(B, 3, dtype=torch.float64)
+    total = torch.zeros(B, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(N):
+        groups = training_groups(model_shared, x, generator=g)
+        assert [len(gr[0]) for gr in groups] == [6, 2, 2]
+        for i, (idx, *_rest) in enumerate(groups):
+            hits[idx, i] += 1
+        total += groups.combine([c[idx, i] for i, (idx, *_r) in enumerate(groups)])
+    p = torch.tensor([0.6, 0.2, 0.2], dtype=torch.float64)
+    assert ((hits / N - p).abs() <= 5 * (p * (1 - p) / N).sqrt()).all(), hits / N
+    expected = (c * p).sum(1)
+    sd_mean = ((p * c ** 2).sum(1) - expected ** 2).sqrt() / math.sqrt(N)
+    assert ((total / N - expected).abs() <= 5 * sd_mean).all()
+    assert ((total / N - c.mean(1)).abs() > 5 * sd_mean).any()   # not the uniform mixture
+
+
+@pytest.mark.parametrize("shares, msg", [
+    ((1, 1), r"step_shares must hold 3 positive finite numbers, one per trained step count "
+             r"\(2, 4, 8\) in increasing T, got \[1, 1\]"),
+    ((1, 0, 1), r"step_shares must hold 3 positive.*got \[1, 0, 1\]"),
+    ((1, float("nan"), 1), r"step_shares must hold 3 positive.*got \[1, nan, 1\]"),
+    ("abc", r"step_shares must be a sequence of numbers, one per trained step count"),
+])
+def test_bad_step_shares_are_refused_by_name(shares, msg):
+    with pytest.raises(ValueError, match=msg):
+        NTM((2,), steps=COUNTS, width=16, depth=1, heads=2, step_shares=shares)
 
 
 def test_a_single_step_count_keeps_its_draws_and_values():
