@@ -176,7 +176,8 @@ def default_model_config(dataset: Union[str, DataConfig],
                          class_conditional: bool = False) -> Dict[str, Any]:
     """Every :class:`~ntm_engine.models.NTM` constructor default, then the dataset's config:
     the digits' or the toys' own, or for other images the digits' architecture with the
-    data's shape, step counts (:meth:`~ntm_engine.models.NTM.image_step_counts`), transporter
+    data's shape, step counts (:meth:`~ntm_engine.models.NTM.image_step_counts`) and their
+    shares (:meth:`~ntm_engine.models.NTM.image_step_shares`), transporter
     size (:meth:`~ntm_engine.models.NTM.image_transporter_size`), the paper's
     time shift (``"auto"``), classes and pixel mean / std (:func:`~ntm_engine.data.pixel_mean_std`); latents (continuous data)
     instead get the per-channel mean and std of their training split as the model's fixed
@@ -193,7 +194,8 @@ def default_model_config(dataset: Union[str, DataConfig],
             images = run_data(data)
             cfg.update(data_shape=list(images.shape),
                        patch_size=default_patch_size(images.shape),
-                       steps=NTM.image_step_counts(images.shape), shift="auto",
+                       steps=NTM.image_step_counts(images.shape),
+                       step_shares=NTM.image_step_shares(images.shape), shift="auto",
                        num_classes=images.num_classes if data.class_conditional else 0,
                        **NTM.image_transporter_size(images.shape))
             if images.continuous:
@@ -298,6 +300,8 @@ def make_config(dataset: str = "digits", class_conditional: bool = False, *,
     m = default_model_config(data)
     given = {k: v for k, v in (model or {}).items() if v is not None}
     m.update(TRANSPORTER_SIZES.get(given.get("transporter", m["transporter"]), {}))
+    if "steps" in given and "step_shares" not in given:
+        m["step_shares"] = None     # the config's shares belong to its own step counts
     m.update(given)
     flat = {**TRAIN_DEFAULTS, **{k: v for k, v in train.items() if v is not None}}
     if (model or {}).get("parameterization") is None and \
