@@ -64,23 +64,35 @@ def test_each_sample_meets_each_count_with_the_expected_frequency():
     frequency ``s_i / B`` (within 5 binomial standard deviations), and the values of
     :meth:`StepGroups.combine` of a known per-(sample, count) table ``c`` average to the mean of
     ``c`` over the counts: the estimator is the uniform-``T`` one in expectation."""
-    model, B, N = toy_ntm(), 5, 3000
+    B, N = 5, 3000
+    freq, mean, c = draws_over_batches(toy_ntm(), B, N)
+    p = torch.tensor(group_sizes(B, COUNTS), dtype=torch.float64) / B
+    sd = (p * (1 - p) / N).sqrt()
+    assert ((freq - p).abs() <= 5 * sd).all(), freq
+    w = torch.tensor(group_weights(group_sizes(B, COUNTS)), dtype=torch.float64)
+    sd_mean = ((p * (w * c) ** 2).sum(1) - c.mean(1) ** 2).sqrt() / math.sqrt(N)
+    assert ((mean - c.mean(1)).abs() <= 5 * sd_mean).all()
+
+
+def draws_over_batches(model: NTM, B: int, N: int, sizes=None):
+    """``(freq [B, K], mean [B], c [B, K])`` over ``N`` batches of ``B`` samples: how often
+    sample ``j`` landed in group ``i``, and the mean of :meth:`StepGroups.combine` of a fixed
+    random per-(sample, count) table ``c`` (each batch's group sizes checked against
+    ``sizes`` when given)."""
     x = torch.randn(B, 2, dtype=torch.float64)
-    c = torch.rand(B, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64) + 1
-    hits = torch.zeros(B, 3, dtype=torch.float64)
+    K = len(model.trained_steps)
+    c = torch.rand(B, K, generator=torch.Generator().manual_seed(9), dtype=torch.float64) + 1
+    hits = torch.zeros(B, K, dtype=torch.float64)
     total = torch.zeros(B, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     for _ in range(N):
         groups = training_groups(model, x, generator=g)
+        if sizes is not None:
+            assert [len(gr[0]) for gr in groups] == list(sizes)
         for i, (idx, *_rest) in enumerate(groups):
             hits[idx, i] += 1
         total += groups.combine([c[idx, i] for i, (idx, *_r) in enumerate(groups)])
-    p = torch.tensor(group_sizes(B, COUNTS), dtype=torch.float64) / B
-    sd = (p * (1 - p) / N).sqrt()
-    assert ((hits / N - p).abs() <= 5 * sd).all(), hits / N
-    w = torch.tensor(group_weights(group_sizes(B, COUNTS)), dtype=torch.float64)
-    sd_mean = ((p * (w * c) ** 2).sum(1) - c.mean(1) ** 2).sqrt() / math.sqrt(N)
-    assert ((total / N - c.mean(1)).abs() <= 5 * sd_mean).all()
+    return hits / N, total / N, c
 
 
 def test_loss_is_each_groups_trajectory_nll_times_its_weight():
@@ -131,23 +143,13 @@ def test_shares_change_how_often_each_count_is_drawn_and_the_mixture_the_loss_es
     assert model.step_shares is None and model_shared.step_shares == (0.6, 0.2, 0.2)
     assert model_shared.config["step_shares"] == [3.0, 1.0, 1.0]
     B, N = 10, 3000
-    x = torch.randn(B, 2, dtype=torch.float64)
-    c = torch.rand(B, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64) + 1
-    hits = torch.zeros(B, 3, dtype=torch.float64)
-    total = torch.zeros(B, dtype=torch.float64)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(N):
-        groups = training_groups(model_shared, x, generator=g)
-        assert [len(gr[0]) for gr in groups] == [6, 2, 2]
-        for i, (idx, *_rest) in enumerate(groups):
-            hits[idx, i] += 1
-        total += groups.combine([c[idx, i] for i, (idx, *_r) in enumerate(groups)])
+    freq, mean, c = draws_over_batches(model_shared, B, N, sizes=(6, 2, 2))
     p = torch.tensor([0.6, 0.2, 0.2], dtype=torch.float64)
-    assert ((hits / N - p).abs() <= 5 * (p * (1 - p) / N).sqrt()).all(), hits / N
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / N).sqrt()).all(), freq
     expected = (c * p).sum(1)
     sd_mean = ((p * c ** 2).sum(1) - expected ** 2).sqrt() / math.sqrt(N)
-    assert ((total / N - expected).abs() <= 5 * sd_mean).all()
-    assert ((total / N - c.mean(1)).abs() > 5 * sd_mean).any()   # not the uniform mixture
+    assert ((mean - expected).abs() <= 5 * sd_mean).all()
+    assert ((mean - c.mean(1)).abs() > 5 * sd_mean).any()   # not the uniform mixture
 
 
 @pytest.mark.parametrize("shares, msg", [
