@@ -193,7 +193,9 @@ def _add_optim_options(o) -> None:
                    help=f"cosine decay ends at this fraction of --lr ({TRAIN_DEFAULTS['min_lr_ratio']:g})")
     o.add_argument("--warmup", type=int, default=None, help=f"linear warm-up iterations ({TRAIN_DEFAULTS['warmup']})")
     o.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay ({TRAIN_DEFAULTS['weight_decay']:g})")
-    o.add_argument("--ema-decay", type=float, default=None, help=f"EMA decay of weights ({TRAIN_DEFAULTS['ema_decay']:g})")
+    o.add_argument("--ema-decay", type=float, default=None, help=f"EMA decay of weights ({TRAIN_DEFAULTS['ema_decay']:g}); the first "
+                   "updates use min(decay, (1+n)/(10+n)): the default is reached at step 4490, "
+                   "and shorter runs average over about their last n/9 steps whatever the decay")
     o.add_argument("--grad-clip", type=float, default=None, help=f"gradient-norm clip ({TRAIN_DEFAULTS['grad_clip']:g})")
     o.add_argument("--seed", type=int, default=None, help=f"seed of everything ({TRAIN_DEFAULTS['seed']})")
     o.add_argument("--iters", type=int, default=None,
