@@ -130,7 +130,7 @@ def group_sizes(batch: int, counts: Sequence[int],
         q, r = divmod(batch, K)
         return tuple(q + (i < r) for i in range(K))
     ideal = [batch * p for p in shares]
-    sizes = [max(1, int(math.floor(v))) for v in ideal]
+    sizes = [max(1, math.floor(v)) for v in ideal]
     while sum(sizes) > batch:       # the minimum of 1 took samples from the large groups
         i = max((i for i in range(K) if sizes[i] > 1), key=lambda i: sizes[i] - ideal[i])
         sizes[i] -= 1

@@ -13,11 +13,11 @@ from ntm_engine.models.loss import (StepGroups, group_sizes, group_weights, trai
 COUNTS = (2, 4, 8)
 
 
-def toy_ntm(steps=COUNTS) -> NTM:
+def toy_ntm(steps=COUNTS, step_shares=None) -> NTM:
     """A tiny 2-D NTM in training mode (only its draws are used here)."""
     torch.manual_seed(0)
     return NTM((2,), steps=steps, width=16, depth=1, heads=2, transporter_layers=1,
-               transporter_hidden=8, shift=0.5).double().train()
+               transporter_hidden=8, shift=0.5, step_shares=step_shares).double().train()
 
 
 @pytest.mark.parametrize("batch", [3, 4, 5, 7, 64, 65])
@@ -138,8 +138,7 @@ def test_shares_change_how_often_each_count_is_drawn_and_the_mixture_the_loss_es
     ``T = 2`` with frequency 0.6, and :meth:`StepGroups.combine` of a known table ``c``
     averages to ``sum_i p_i c_i`` (within 5 standard errors)."""
     model = toy_ntm()
-    model_shared = NTM((2,), steps=COUNTS, width=16, depth=1, heads=2, transporter_layers=1,
-                       transporter_hidden=8, shift=0.5, step_shares=(3, 1, 1)).double().train()
+    model_shared = toy_ntm(step_shares=(3, 1, 1))
     assert model.step_shares is None and model_shared.step_shares == (0.6, 0.2, 0.2)
     assert model_shared.config["step_shares"] == [3.0, 1.0, 1.0]
     B, N = 10, 3000
@@ -161,7 +160,7 @@ def test_shares_change_how_often_each_count_is_drawn_and_the_mixture_the_loss_es
 ])
 def test_bad_step_shares_are_refused_by_name(shares, msg):
     with pytest.raises(ValueError, match=msg):
-        NTM((2,), steps=COUNTS, width=16, depth=1, heads=2, step_shares=shares)
+        toy_ntm(step_shares=shares)
 
 
 def test_a_single_step_count_keeps_its_draws_and_values():
