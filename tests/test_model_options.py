@@ -89,20 +89,23 @@ def test_step_shares_reach_the_model_and_bad_ones_name_the_flag(tmp_path, capsys
 
 
 def test_larger_images_draw_their_smallest_step_count_most_often():
-    """Above 256 values per image the config's shares are 8, 2, 1 for T = 4, 8, 16; the digits
-    keep equal shares; given --steps drop the config's shares (they belong to its counts),
-    given --step-shares win."""
-    assert make_config("colour-patches", iters=1).model["step_shares"] == [8.0, 2.0, 1.0]
-    assert make_config("digits", iters=1).model["step_shares"] is None
+    """Above 256 values per image the config trains T = 4, 8 in the shares 8, 1; the digits
+    keep 2, 4, 8 in equal shares; given --steps drop the config's shares (they belong to its
+    counts), given --step-shares win."""
+    colour = make_config("colour-patches", iters=1).model
+    assert colour["steps"] == [4, 8] and colour["step_shares"] == [8.0, 1.0]
+    digits = make_config("digits", iters=1).model
+    assert digits["steps"] == [2, 4, 8] and digits["step_shares"] is None
     small = make_config("colour-patches", image_size=8, channels=1, iters=1).model
     assert small["step_shares"] is None and small["steps"] == [2, 4, 8]
-    own = make_config("colour-patches", model=dict(steps=[4, 8]), iters=1).model
-    assert own["steps"] == [4, 8] and own["step_shares"] is None
-    mine = make_config("colour-patches", model=dict(step_shares=[1, 1, 2]), iters=1).model
-    assert mine["step_shares"] == [1, 1, 2]
+    own = make_config("colour-patches", model=dict(steps=[4, 8, 16]), iters=1).model
+    assert own["steps"] == [4, 8, 16] and own["step_shares"] is None
+    mine = make_config("colour-patches", model=dict(step_shares=[1, 2]), iters=1).model
+    assert mine["step_shares"] == [1, 2]
     model = build_model(make_config("colour-patches", iters=1))
-    assert model.step_shares == (8 / 11, 2 / 11, 1 / 11)
-    assert NTM.image_step_shares((3, 16, 16)) == [8.0, 2.0, 1.0]
+    assert model.trained_steps == (4, 8) and model.step_shares == (8 / 9, 1 / 9)
+    assert NTM.image_step_counts((3, 16, 16)) == [4, 8]
+    assert NTM.image_step_shares((3, 16, 16)) == [8.0, 1.0]
     assert NTM.image_step_shares((4, 8, 8)) is None
 
 

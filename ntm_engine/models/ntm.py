@@ -432,7 +432,9 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
         ``u_1 ~ N(0, I)``; for ``k = T-1..0``: ``u_{t_k} = mu_k + temperature * sig_k * z``;
         ``x = f_T^{-1}(u_{t_0}; t_0)``.  ``steps`` (None: :attr:`steps`) is the grid's ``T``;
         a model trained on several step counts refuses an untrained one, a model trained on
-        one evaluates its predictor on any grid of the same schedule.  ``t_min`` is the
+        one evaluates its predictor on any grid of the same schedule, with a warning (those
+        steps were never trained: on the colour patches a ``T = 4`` model is 27x further
+        from the data at 8 steps than at 4).  ``t_min`` is the
         grid's ``t_0`` (``0 <= t_min < t_1``; None: the denoiser's ``t_d``, for
         ``"trajectory-denoise"`` the model's ``t_min_max``, else 0;
         :func:`~.sampler.grid_start`).  ``y``: int or ``[n]`` labels (None: the null

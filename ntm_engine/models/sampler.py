@@ -23,6 +23,7 @@ condition, the two Gaussians meet in :func:`~.guidance.guide`.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -41,8 +42,13 @@ def sampling_grid(model, n: int, steps: Optional[int], t_min: float, *, device, 
                   ) -> Tuple[int, Tensor]:
     """``(T, t [n, T+1])``: the grid of ``steps`` (None: the model's default T) with
     ``t_0 = t_min``; ValueError for an untrained T (models trained on several) or a
-    ``t_min`` outside ``[0, t_1)``."""
+    ``t_min`` outside ``[0, t_1)``.  A model trained on one ``T`` samples at others with a
+    warning: its likelihood holds at any ``T``, but those reverse steps were never trained."""
     T = model.check_steps(steps)
+    if not model.multi_steps and T != model.steps:
+        warnings.warn(f"sample: steps={T}, but this model was trained on T = {model.steps} "
+                      f"only; its {T}-step samples are untrained (train several counts with "
+                      f"--steps, e.g. {model.steps},{2 * model.steps})", stacklevel=5)
     t1 = schedule.first_interior_time(T, model.shift)
     if not 0 <= t_min < t1:
         raise ValueError(f"sample: t_min (the t_0 of the sampling grid) must lie in "

@@ -1,5 +1,6 @@
 """Several step counts in one model, and the time shift."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -49,6 +50,17 @@ def test_samples_at_each_trained_count_and_refuses_others():
     with pytest.raises(ValueError, match=r"not trained"):                # T from X's shape
         model.trajectory_log_prob(torch.cat([X, X[:, :1]], dim=1),
                                   model.time_grid(2, 4, dtype=torch.float64))
+
+
+def test_a_one_count_model_warns_when_sampled_at_another():
+    model = small_ntm((1, 4, 4), steps=2, patch_size=2, num_classes=0)
+    with pytest.warns(UserWarning, match=r"steps=3, but this model was trained on T = 2 only"):
+        x = model.sample(2, steps=3, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.sample(2, steps=2, generator=torch.Generator().manual_seed(0))
+        model.sample(2, generator=torch.Generator().manual_seed(0))
 
 
 def test_the_predictor_sees_the_step_count():
