@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -64,11 +65,35 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: torch's choice)")
 
 
-def setup_device(args) -> torch.device:
-    """Apply ``--threads`` and return the device of ``--device`` (SystemExit if unusable)."""
+def setup_device(args, *, long_job: bool = False) -> torch.device:
+    """Apply ``--threads`` and return the device of ``--device`` (SystemExit if unusable).
+    ``long_job`` (training, distillation) on the CPU: note when other processes already hold
+    the cores the threads need (:func:`busy_cores_note`)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return device_named(args.device)
+    device = device_named(args.device)
+    if long_job and device.type == "cpu" and hasattr(os, "getloadavg"):
+        note = busy_cores_note(torch.get_num_threads(), len(os.sched_getaffinity(0))
+                               if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                               os.getloadavg()[0])
+        if note:
+            log(note)
+    return device
+
+
+def busy_cores_note(threads: int, cores: int, load: float) -> Optional[str]:
+    """A warning when ``threads`` torch threads will not find idle cores: the 1-minute load
+    average ``load`` (other processes; this one has not started working) leaves fewer than
+    ``threads`` of ``cores`` free.  Torch's CPU threads wait for each other by spinning, so a
+    busy core costs far more than its share: on 2 cores next to one busy process a 2-thread
+    digits training step took 1.2-1.5 s against 127 ms alone, and 1 thread 190 ms.  None
+    when the cores are free (or the job uses one thread)."""
+    free = max(1, int(cores - load + 0.5))
+    if threads <= 1 or threads <= free:
+        return None
+    return (f"warning: load average {load:.1f} on {cores} cores leaves about {free} free for "
+            f"{threads} threads; torch's threads spin waiting for each other, so a busy core "
+            f"can slow every step several times over: --threads {free} may be faster")
 
 
 def device_named(name: str) -> torch.device:

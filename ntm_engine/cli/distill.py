@@ -77,7 +77,7 @@ def distill_config(args, teacher_ck: ckpt.Checkpoint, out: Path) -> DistillConfi
 def run(args, parser) -> int:
     if args.resume and args.restart:
         parser.error("--resume continues the run in --out, --restart begins it again: give one")
-    device = setup_device(args)
+    device = setup_device(args, long_job=True)
     out = Path(args.out) if args.out else Path(args.run) / "denoiser"
     if not Path(args.run).exists():
         raise ConfigError(f"teacher RUN {args.run}: no such run folder or checkpoint")

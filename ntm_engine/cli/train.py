@@ -304,7 +304,7 @@ def run(args, parser) -> int:
         parser.error(f"--lr must be > 0, got {args.lr}")
     if args.resume and args.restart:
         parser.error("--resume continues the run in --out, --restart begins it again: give one")
-    device = setup_device(args)
+    device = setup_device(args, long_job=True)
     cfg = train_config(args)
     sinks = []
     if args.tensorboard is not None:
