@@ -1,7 +1,6 @@
 """The ``ntm`` command line: smoke runs of train/sample/eval, SIGKILL and resume, corrupt
 checkpoints, non-finite losses and configuration errors.  Tiny models; most runs in-process
 (``cli.main``), the kill test and the module entry point in subprocesses."""
-import argparse
 import json
 import os
 import subprocess
@@ -252,7 +251,7 @@ def test_resume_refuses_another_model_config(tmp_path, capsys):
 
 
 def test_a_long_cpu_job_is_warned_when_other_processes_hold_its_cores(monkeypatch, capsys):
-    from ntm_engine.cli.common import busy_cores_note, setup_device
+    from ntm_engine.cli.common import busy_cores_note, note_busy_cores
     assert busy_cores_note(2, 2, 0.3) is None                  # idle machine
     assert busy_cores_note(1, 2, 1.9) is None                  # one thread finds a core
     assert busy_cores_note(4, 8, 3.0) is None                  # 5 free for 4
@@ -260,10 +259,20 @@ def test_a_long_cpu_job_is_warned_when_other_processes_hold_its_cores(monkeypatc
     assert note.startswith("warning: load average 1.0 on 2 cores leaves about 1 free for 2 "
                            "threads") and note.endswith("--threads 1 may be faster")
     assert "about 1 free" in busy_cores_note(8, 4, 6.5)         # never fewer than one
-    args = argparse.Namespace(threads=None, device="cpu")
     monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
     threads = torch.get_num_threads()
-    assert setup_device(args).type == "cpu" and capsys.readouterr().err == ""   # short jobs: quiet
-    setup_device(args, long_job=True)
+    note_busy_cores(torch.device("meta"))                     # not a CPU job: quiet
+    assert capsys.readouterr().err == ""
+    note_busy_cores(torch.device("cpu"))
     err = capsys.readouterr().err
     assert ("load average 64.0" in err) == (threads > 1), err
+
+
+def test_a_bad_dataset_stays_the_only_line_on_a_busy_machine(tmp_path, monkeypatch, capsys):
+    """The busy-cores note comes after the input checks: an error is still the one line."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--dataset", str(tmp_path / "missing"), *TINY, "--iters", "1",
+                  "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert err.startswith("ntm train: error: --dataset") and err.count("\n") == 1, err

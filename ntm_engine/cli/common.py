@@ -65,20 +65,24 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: torch's choice)")
 
 
-def setup_device(args, *, long_job: bool = False) -> torch.device:
-    """Apply ``--threads`` and return the device of ``--device`` (SystemExit if unusable).
-    ``long_job`` (training, distillation) on the CPU: note when other processes already hold
-    the cores the threads need (:func:`busy_cores_note`)."""
+def setup_device(args) -> torch.device:
+    """Apply ``--threads`` and return the device of ``--device`` (SystemExit if unusable)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = device_named(args.device)
-    if long_job and device.type == "cpu" and hasattr(os, "getloadavg"):
-        note = busy_cores_note(torch.get_num_threads(), len(os.sched_getaffinity(0))
-                               if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                               os.getloadavg()[0])
-        if note:
-            log(note)
-    return device
+    return device_named(args.device)
+
+
+def note_busy_cores(device: torch.device) -> None:
+    """For a long CPU job that is about to start (training, distillation): log
+    :func:`busy_cores_note` of this process's threads, its usable cores and the 1-minute load
+    average, if it has one (after the job's input checks, so an error stays the only line)."""
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    note = busy_cores_note(torch.get_num_threads(), cores, os.getloadavg()[0])
+    if note:
+        log(note)
 
 
 def busy_cores_note(threads: int, cores: int, load: float) -> Optional[str]:

@@ -10,8 +10,8 @@ from .. import checkpoint as ckpt
 from ..training import (DISTILL_DEFAULTS, KIND, ConfigError, DistillConfig, Distiller,
                         load_run, make_distill_config, run_command)
 from ..training.distill_config import distill_differences
-from .common import (add_device_options, log, nonneg_float, positive_float, positive_int,
-                     setup_device)
+from .common import (add_device_options, log, nonneg_float, note_busy_cores, positive_float,
+                     positive_int, setup_device)
 
 # budget when neither --iters nor --minutes is given (the cosine schedule follows whichever
 # ends first); sized for the digits teacher on one thread (about 0.4 s per iteration)
@@ -77,7 +77,7 @@ def distill_config(args, teacher_ck: ckpt.Checkpoint, out: Path) -> DistillConfi
 def run(args, parser) -> int:
     if args.resume and args.restart:
         parser.error("--resume continues the run in --out, --restart begins it again: give one")
-    device = setup_device(args, long_job=True)
+    device = setup_device(args)
     out = Path(args.out) if args.out else Path(args.run) / "denoiser"
     if not Path(args.run).exists():
         raise ConfigError(f"teacher RUN {args.run}: no such run folder or checkpoint")
@@ -92,4 +92,5 @@ def run(args, parser) -> int:
         f"({n_den / 1e3:.0f}k parameters), t_d = {cfg.t_min}, device {device}, "
         f"{torch.get_num_threads()} threads, budget iters={cfg.optim.iters} "
         f"minutes={cfg.optim.minutes}, out {out}")
+    note_busy_cores(device)
     return run_command(distiller.run, "ntm distill")

@@ -22,7 +22,7 @@ from ..training.tensorboard import TensorBoardSink
 from ..models import NTM, schedule
 from ..models.ntm import TRANSPORTER_BACKWARDS
 from .common import (HelpFormatter, add_device_options, int_list, log, nonneg_float, nonneg_int,
-                     positive_float, positive_int, setup_device)
+                     note_busy_cores, positive_float, positive_int, setup_device)
 
 # Budget when neither --iters nor --minutes is given: the iterations, capped by a time budget
 # (the cosine schedule follows whichever ends first, so a slow or busy machine still finishes
@@ -304,7 +304,7 @@ def run(args, parser) -> int:
         parser.error(f"--lr must be > 0, got {args.lr}")
     if args.resume and args.restart:
         parser.error("--resume continues the run in --out, --restart begins it again: give one")
-    device = setup_device(args, long_job=True)
+    device = setup_device(args)
     cfg = train_config(args)
     sinks = []
     if args.tensorboard is not None:
@@ -325,6 +325,7 @@ def run(args, parser) -> int:
             f"T={cfg.model['steps']}, transporter {cfg.model['transporter']}, {nparams / 1e6:.2f}M parameters, device "
             f"{trainer.device}, {torch.get_num_threads()} threads, budget iters="
             f"{cfg.optim.iters} minutes={cfg.optim.minutes}{procs}, out {args.out}")
+        note_busy_cores(trainer.device)
     try:
         return run_command(trainer.run, "ntm train")
     finally:
