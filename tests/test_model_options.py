@@ -174,3 +174,28 @@ def test_single_T_needs_take_the_smallest_trained_T():
     model = build_model(cfg)
     t1 = float(model.time_grid(1, steps=4, dtype=torch.float64)[0, 1])
     assert teacher_first_time(cfg.model) == pytest.approx(t1, rel=1e-12)
+
+
+def test_dropout_reaches_the_predictor_and_a_bad_one_names_the_flag(tmp_path):
+    run = tmp_path / "drop"
+    assert run_cli("train", "--dropout", "0.2", *TINY, "--out", run) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["dropout"] == 0.2
+    drops = [m for m in load_run(run).model.predictor.modules()
+             if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.p == 0.2 for m in drops)
+    with pytest.raises(SystemExit, match=r"--dropout must be a number in \[0, 1\), got 1.0"):
+        run_cli("train", "--dropout", "1", *TINY, "--out", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_digits_default_to_a_stronger_weight_decay_and_the_flag_wins(tmp_path):
+    for argv, want in ((["--dataset", "digits"], 0.3),
+                       (["--dataset", "digits", "--weight-decay", "0.05"], 0.05),
+                       (["--dataset", "two_moons"], 0.01)):
+        run = tmp_path / f"wd{len(list(tmp_path.iterdir()))}"
+        assert run_cli("train", *argv, *TINY, "--out", run) == 0
+        assert json.loads((run / "config.json").read_text())["weight_decay"] == want
+    # a resumed run keeps its own, whatever the dataset's default
+    assert run_cli("train", "--out", tmp_path / "wd1", "--resume", "--iters", "3",
+                   "--no-progress", "--no-plots", "--eval-samples", "0") == 0
+    assert json.loads((tmp_path / "wd1" / "config.json").read_text())["weight_decay"] == 0.05

@@ -31,6 +31,10 @@ DEFAULT_ITERS = {"digits": 1500, "checkerboard": 2000, "eight_gaussians": 2000,
                  "two_moons": 2000, "images": 2000}
 DEFAULT_MINUTES = {"digits": 10.0, "checkerboard": 5.0, "eight_gaussians": 5.0,
                    "two_moons": 5.0, "images": 10.0}
+# AdamW weight decay when --weight-decay is not given: the digits' 1438 training images are
+# overfit within the main job's budget, and 0.3 measured best there (0.1 / 0.3 / 1.0,
+# bench/results/2026-12-06-digits-regularisation.md); other data the optimiser's default
+DEFAULT_WEIGHT_DECAY = {"digits": 0.3}
 DATA_OPTIONS = ("image_size", "channels", "data_workers")
 
 
@@ -167,6 +171,9 @@ def _add_model_options(m) -> None:
     m.add_argument("--clamp", type=positive_float, default=None,
                    help="soft clamp of the transporter's log-scales (default "
                    f"{MODEL_DEFAULTS['clamp']:g})")
+    m.add_argument("--dropout", type=nonneg_float, default=None,
+                   help="dropout of the predictor blocks' residual branches in training "
+                   "(default: the dataset's config)")
     m.add_argument("--parameterization", choices=("gaussian", "flow_matching"), default=None,
                    help="predictor output: gaussian (default) or flow_matching (a velocity "
                    "head; the default with --objective flow_matching and --init-from)")
@@ -192,7 +199,10 @@ def _add_optim_options(o) -> None:
     o.add_argument("--min-lr-ratio", type=float, default=None,
                    help=f"cosine decay ends at this fraction of --lr ({TRAIN_DEFAULTS['min_lr_ratio']:g})")
     o.add_argument("--warmup", type=int, default=None, help=f"linear warm-up iterations ({TRAIN_DEFAULTS['warmup']})")
-    o.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay ({TRAIN_DEFAULTS['weight_decay']:g})")
+    o.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW weight decay (" + ", ".join(
+                       f"{k} {v:g}" for k, v in DEFAULT_WEIGHT_DECAY.items())
+                   + f", otherwise {TRAIN_DEFAULTS['weight_decay']:g})")
     o.add_argument("--ema-decay", type=float, default=None, help=f"EMA decay of weights ({TRAIN_DEFAULTS['ema_decay']:g}); the first "
                    "updates use min(decay, (1+n)/(10+n)): the default is reached at step 4490, "
                    "and shorter runs average over about their last n/9 steps whatever the decay")
@@ -278,6 +288,8 @@ def train_config(args) -> TrainConfig:
     if train_over.get("iters") is None and train_over.get("minutes") is None:
         train_over.update(iters=DEFAULT_ITERS.get(dataset, DEFAULT_ITERS["images"]),
                           minutes=DEFAULT_MINUTES.get(dataset, DEFAULT_MINUTES["images"]))
+    train_over.setdefault("weight_decay",
+                          DEFAULT_WEIGHT_DECAY.get(dataset, TRAIN_DEFAULTS["weight_decay"]))
     data_over = {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None}
     if args.cond is not None:
         data_over["cond"] = cond_source(args.cond, dataset)

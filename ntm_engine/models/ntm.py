@@ -84,7 +84,8 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
     ``cond_mask [B, L]``), besides or instead of labels, that the predictor attends to; they are
     dropped together with the labels (one draw per sample, probability ``label_dropout``) to
     a learned null sequence.  Predictor: ``width``, ``depth``, ``heads``, ``patch_size`` (None: 4/2/1 for
-    images, one token of up to 64 features for vectors), ``mlp_ratio``.  Transporter:
+    images, one token of up to 64 features for vectors), ``mlp_ratio``, ``dropout`` (of the
+    blocks' residual branches in training).  Transporter:
     ``transporter_layers`` couplings (0: identity) with ``transporter_hidden`` units,
     soft clamp ``clamp``, time/class context of ``context_dim``, ``reversible`` backward
     (``transporter_backward``: how, :func:`transporter_backward_mode`).
@@ -117,7 +118,7 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
                  transporter_backward: str = "auto",
                  channel_mean: Optional[Sequence[float]] = None,
                  channel_scale: Optional[Sequence[float]] = None, cond_dim: int = 0,
-                 step_shares: Optional[Sequence[float]] = None):
+                 step_shares: Optional[Sequence[float]] = None, dropout: float = 0.0):
         super().__init__()
         counts = schedule.step_counts(steps)
         shares = schedule.step_shares(step_shares, counts)
@@ -138,7 +139,8 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
             transporter_label_conditioned=transporter_label_conditioned,
             transporter_backward=transporter_backward, channel_mean=channel_mean,
             channel_scale=channel_scale, cond_dim=cond_dim,
-            step_shares=None if step_shares is None else [float(v) for v in step_shares])
+            step_shares=None if step_shares is None else [float(v) for v in step_shares],
+            dropout=dropout)
         self.norm = ChannelNorm(data_shape, channel_mean, channel_scale)
         self.data_shape, self.num_classes, self.cond_dim = data_shape, num_classes, cond_dim
         self.trained_steps: Tuple[int, ...] = counts
@@ -155,7 +157,7 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
         self.predictor = TrajectoryPredictor(
             data_shape, width, depth, heads, patch_size, num_classes, mlp_ratio, data_mean,
             data_std, sigma_clamp, parameterization,
-            step_counts=counts if self.multi_steps else None, cond_dim=cond_dim)
+            step_counts=counts if self.multi_steps else None, cond_dim=cond_dim, dropout=dropout)
         self.shift = schedule.resolve_shift(shift, self.predictor.tokens)
         t1 = schedule.first_interior_time(counts[-1], self.shift)
         if not 0 <= t_min_max < t1:

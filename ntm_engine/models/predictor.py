@@ -80,9 +80,11 @@ def default_patch_size(data_shape: Sequence[int]) -> int:
 
 
 class _Block(nn.Module):
-    """Pre-LN Transformer block with adaLN (shift, scale) from the slot conditioning."""
+    """Pre-LN Transformer block with adaLN (shift, scale) from the slot conditioning;
+    ``dropout`` (training only) on the outputs of the attention and of the MLP, before each is
+    added to the residual stream."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float = 0.0):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be divisible by heads {heads}")
@@ -93,6 +95,7 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, width))
+        self.drop = nn.Dropout(dropout)
         self.mod = nn.Sequential(nn.SiLU(), nn.Linear(width, 4 * width))
         nn.init.zeros_(self.mod[1].weight)
         nn.init.zeros_(self.mod[1].bias)
@@ -111,8 +114,8 @@ class _Block(nn.Module):
             k = torch.cat([k, past[0]], dim=2)
             v = torch.cat([v, past[1]], dim=2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        h = h + self.proj(o.transpose(1, 2).reshape(B, S, N, W))
-        h = h + self.mlp(self.norm2(h) * (1 + sc2) + sh2)
+        h = h + self.drop(self.proj(o.transpose(1, 2).reshape(B, S, N, W)))
+        h = h + self.drop(self.mlp(self.norm2(h) * (1 + sc2) + sh2))
         return h, (k, v)
 
 
@@ -121,15 +124,19 @@ class TrajectoryPredictor(nn.Module):
     ``[B, T, D]``; slot ``k`` reads ``u_in[:, k] = u_{t_{k+1}}`` and predicts the level at
     ``t_k = t_lo[:, k]`` (``t_hi[:, k] = t_{k+1}``).  ``y``: labels ``[B]``, a
     :class:`~ntm_engine.condition.Condition` (with ``cond_dim > 0`` also condition tokens) or
-    None.  See the module docstring for tokens, the condition prefix and the two
+    None.  ``dropout``: of every block's residual branches in training (a regulariser for
+    small data).  See the module docstring for tokens, the condition prefix and the two
     parameterizations."""
 
     def __init__(self, data_shape: Sequence[int], width: int = 128, depth: int = 4,
                  heads: int = 4, patch_size: Optional[int] = None, num_classes: int = 0,
                  mlp_ratio: float = 4.0, data_mean: float = 0.0, data_std: float = 1.0,
                  sigma_clamp: float = 6.0, parameterization: str = "gaussian", *,
-                 step_counts: Optional[Sequence[int]] = None, cond_dim: int = 0):
+                 step_counts: Optional[Sequence[int]] = None, cond_dim: int = 0,
+                 dropout: float = 0.0):
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
                              f"got {parameterization!r}")
@@ -160,7 +167,8 @@ class TrajectoryPredictor(nn.Module):
             self.cond_in = nn.Linear(self.cond_dim, width)
             self.cond_null = nn.Parameter(torch.randn(1, width) * 0.02)
             self.cond_context = nn.Parameter(torch.zeros(width))
-        self.blocks = nn.ModuleList(_Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(_Block(width, heads, mlp_ratio, dropout)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
         self.final_mod = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.head = nn.Linear(width, 2 * self.patch_dim)

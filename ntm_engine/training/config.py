@@ -39,6 +39,7 @@ MODEL_OPTIONS = {
     "transporter_hidden": "--transporter-hidden", "shift": "--shift",
     "t_min_max": "--t-min-max", "label_dropout": "--label-dropout", "clamp": "--clamp",
     "parameterization": "--parameterization", "transporter_backward": "--transporter-backward",
+    "dropout": "--dropout",
 }
 # entries that define a run: a resumed run must agree on these
 IDENTITY_KEYS = ("dataset", "class_conditional", "image_size", "channels", "model", "batch_size",
@@ -269,6 +270,8 @@ def _check_model(m: Mapping[str, Any], data: DataConfig, obj: ObjectiveConfig) -
          f"--shift must be > 0, got {m.get('shift')}"),
         (not _is_real(m.get("clamp")) or m["clamp"] > 0,
          f"--clamp must be > 0, got {m.get('clamp')}"),
+        (_is_real(m.get("dropout", 0.0)) and 0 <= m.get("dropout", 0.0) < 1,
+         f"--dropout must be a number in [0, 1), got {m.get('dropout')!r}"),
         (not obj.needs_velocity_head or m.get("parameterization") == "flow_matching",
          "--init-from and --objective flow_matching need the flow_matching parameterization, "
          f"got --parameterization {m.get('parameterization')}"),
