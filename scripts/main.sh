@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up; pretrain the predictor on the built-in digits as a flow-matching model
 # (1000 iterations), train a class-conditional NTM from it on 2, 4 and 8 steps (1500
-# iterations; the paper's recipe; about 6 minutes of training on 2 CPU cores, a GPU is used
+# iterations; the paper's recipe; 6-10 minutes of training on 2 CPU cores, a GPU is used
 # when present), sample a grid at each step count, distil the model into a light denoiser
 # (3 minutes), and evaluate both samplers.
 # Usage: scripts/main.sh [extra `ntm train` options, given to both stages]   (run: runs/digits)
@@ -20,7 +20,7 @@ if [ "$FM_ITERS" != "0" ]; then
     --out "$RUN/fm" --resume "$@"
   INIT=(--init-from "$RUN/fm")
 fi
-ntm train --dataset digits --class-conditional "${INIT[@]}" --out "$RUN" --resume "$@"
+ntm train --dataset digits --class-conditional ${INIT[@]+"${INIT[@]}"} --out "$RUN" --resume "$@"
 ntm sample "$RUN" -n 100 --steps all --out "$RUN/samples.png"
 if [ "$DISTILL_MINUTES" != "0" ]; then
   ntm distill "$RUN" --out "$RUN/denoiser" --minutes "$DISTILL_MINUTES" --resume
