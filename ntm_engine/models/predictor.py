@@ -95,7 +95,7 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, width))
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()   # off: the old block, no dropout call
         self.mod = nn.Sequential(nn.SiLU(), nn.Linear(width, 4 * width))
         nn.init.zeros_(self.mod[1].weight)
         nn.init.zeros_(self.mod[1].bias)
