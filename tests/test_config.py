@@ -60,6 +60,9 @@ def test_sections_check_their_fields():
         OptimConfig()
     with pytest.raises(ConfigError, match=r"--ema-decay must lie in \[0, 1\), got 1.0"):
         OptimConfig(iters=1, ema_decay=1.0)
+    with pytest.raises(ConfigError, match=r"--ema-warmup must be a finite number > 1, got 1.0"):
+        OptimConfig(iters=1, ema_warmup=1.0)
+    assert OptimConfig(iters=1).ema_warmup == 10.0
     with pytest.raises(ConfigError, match="--log-every must be >= 1, got 0"):
         RunConfig(log_every=0)
     with pytest.raises(ConfigError, match="kind must be 'ntm-denoiser', got None"):

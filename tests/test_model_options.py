@@ -199,3 +199,12 @@ def test_the_digits_default_to_a_stronger_weight_decay_and_the_flag_wins(tmp_pat
     assert run_cli("train", "--out", tmp_path / "wd1", "--resume", "--iters", "3",
                    "--no-progress", "--no-plots", "--eval-samples", "0") == 0
     assert json.loads((tmp_path / "wd1" / "config.json").read_text())["weight_decay"] == 0.05
+
+
+def test_ema_warmup_reaches_the_run_and_a_bad_one_names_the_flag(tmp_path):
+    run = tmp_path / "ema"
+    assert run_cli("train", "--ema-warmup", "4", *TINY, "--out", run) == 0
+    assert json.loads((run / "config.json").read_text())["ema_warmup"] == 4.0
+    with pytest.raises(SystemExit, match=r"--ema-warmup must be a finite number > 1, got 1.0"):
+        run_cli("train", "--ema-warmup", "1", *TINY, "--out", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -101,7 +101,7 @@ def test_an_old_run_resumes(old_run, capsys):
          # keys added later, at the values that reproduce what old runs did
          "image_size": None, "channels": None, "data_workers": 0, "decoder": None,
          "precision": "fp32", "cond": None,
-         "checkpoint_predictor": False,
+         "checkpoint_predictor": False, "ema_warmup": 10.0,
          # the drift guard is on for old runs too (it changes nothing unless it fires)
          "reversible_check_every": 100, "reversible_tolerance": None,
          "reversible_guard": "fallback"}

@@ -75,6 +75,30 @@ def test_ema_tracks_weights():
         assert not e.requires_grad
 
 
+@pytest.mark.parametrize("warmup,n", [(10.0, 0), (10.0, 1490), (4.0, 1490), (4.0, 9000),
+                                      (1.5, 3)])
+def test_ema_ramp_follows_the_warmup(warmup, n):
+    """The update's decay is min(decay, (1+n)/(warmup+n)): from all zeros towards all ones the
+    average moves by exactly 1 - d."""
+    m = torch.nn.Linear(3, 2)
+    ema = EMA(m, decay=0.998, warmup=warmup)
+    with torch.no_grad():
+        for e in ema.model.parameters():
+            e.zero_()
+        for p in m.parameters():
+            p.fill_(1.0)
+    ema.update(m, num_updates=n)
+    d = min(0.998, (1 + n) / (warmup + n))
+    for e in ema.model.parameters():
+        torch.testing.assert_close(e, torch.full_like(e, 1 - d))
+
+
+@pytest.mark.parametrize("bad", [1.0, 0.5, math.inf])
+def test_ema_refuses_a_warmup_that_never_averages(bad):
+    with pytest.raises(ValueError, match=f"EMA warmup must be a finite number > 1, got {bad}"):
+        EMA(torch.nn.Linear(2, 2), decay=0.9, warmup=bad)
+
+
 # ----------------------------------------------------------------------------- resume
 
 @pytest.mark.parametrize("dataset,conditional", [("digits", True), ("two_moons", False)])

@@ -60,19 +60,22 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 class EMA:
     """Exponential moving average of a model's floating-point parameters and buffers;
-    ``decay`` ramps up as ``min(decay, (1+n)/(10+n))`` over the first updates.  A sharded
+    ``decay`` ramps up as ``min(decay, (1+n)/(warmup+n))`` over the first updates (until then
+    the average spans about the last ``n/(warmup-1)`` updates).  A sharded
     model (``--parallel fsdp``) needs an EMA model sharded the same way: the update works on
     the local shards."""
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, warmup: float = 10.0):
+        if not 1 < warmup < math.inf:
+            raise ValueError(f"EMA warmup must be a finite number > 1, got {warmup}")
+        self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module, num_updates: int) -> None:
-        d = min(self.decay, (1 + num_updates) / (10 + num_updates))
+        d = min(self.decay, (1 + num_updates) / (self.warmup + num_updates))
         src = model.state_dict()
         avg, new = [], []
         for k, v in self.model.state_dict().items():

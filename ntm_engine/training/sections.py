@@ -129,6 +129,7 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     ema_decay: float = 0.998
+    ema_warmup: float = 10.0
     grad_clip: Optional[float] = 1.0
     seed: int = 0
     iters: Optional[int] = None
@@ -149,7 +150,7 @@ class OptimConfig:
         check_number("iters", self.iters, integer=True, optional=True)
         check_number("reversible_check_every", self.reversible_check_every, integer=True)
         check_number("reversible_tolerance", self.reversible_tolerance, optional=True)
-        for k in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "ema_decay"):
+        for k in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "ema_decay", "ema_warmup"):
             check_number(k, getattr(self, k))
         for k in ("grad_clip", "minutes"):
             check_number(k, getattr(self, k), optional=True)
@@ -161,6 +162,8 @@ class OptimConfig:
             (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.ema_decay < 1, f"--ema-decay must lie in [0, 1), got {self.ema_decay}"),
+            (1 < self.ema_warmup < math.inf,
+             f"--ema-warmup must be a finite number > 1, got {self.ema_warmup}"),
             (self.grad_clip is None or self.grad_clip > 0,
              f"--grad-clip must be > 0, got {self.grad_clip}"),
             (self.iters is not None or self.minutes is not None,

@@ -148,13 +148,13 @@ class Trainer(SessionViews):
                                             run_dir=self.folder.path, device=self.device)
         self.objective = make_objective(cfg, self.model, self.reference)
         if self.sharded:   # the EMA model is sharded like the model (AdamW comes after)
-            self.ema = EMA(self.model, cfg.optim.ema_decay)
+            self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
             for m in (self.model, self.ema.model):
                 shard_model(m, self.device)
                 FullStates().copy_from_rank0(m)
         else:
             self.world.broadcast_module(self.model)
-            self.ema = EMA(self.model, cfg.optim.ema_decay)
+            self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
         self.ddp = self._wrap_ddp()
         if self.device.type != "cpu":
             preflight(self.model, cfg, self.device)
@@ -215,6 +215,9 @@ class Trainer(SessionViews):
             except Exception as e:  # a figure must never lose a run
                 self.log(f"could not draw curves.png: {e}")
         self.close()
+        # every rank past its last collective before any tears the process group down: a
+        # peer that exits while another still draws or writes can abort gloo's teardown
+        self.world.barrier()
         return summary
 
     def train_step(self) -> Dict[str, Any]:
