@@ -61,7 +61,7 @@ def _single_process_step(cfg):
     seed = cfg.optim.seed
     seed_everything(derive_seed(seed, 0, "init"))
     model = build_model(cfg)
-    ema = EMA(model, cfg.optim.ema_decay)
+    ema = EMA.of(model, cfg.optim)
     optimizer = adamw(model, cfg.optim)
     set_lr(optimizer, learning_rate(cfg.optim, 0))
     objective = make_objective(cfg, model)

@@ -203,10 +203,8 @@ def _add_optim_options(o) -> None:
                    help="AdamW weight decay (" + ", ".join(
                        f"{k} {v:g}" for k, v in DEFAULT_WEIGHT_DECAY.items())
                    + f", otherwise {TRAIN_DEFAULTS['weight_decay']:g})")
-    o.add_argument("--ema-decay", type=float, default=None, help=f"EMA decay of weights ({TRAIN_DEFAULTS['ema_decay']:g}); the first "
-                   "updates use min(decay, (1+n)/(W+n)), W = --ema-warmup: with W = 10 the "
-                   "default is reached at step 4490, and shorter runs average over about their "
-                   "last n/9 steps whatever the decay")
+    o.add_argument("--ema-decay", type=float, default=None, help=f"EMA decay of weights ({TRAIN_DEFAULTS['ema_decay']:g}), reached after "
+                   "the ramp of --ema-warmup (with its default, at step 4490)")
     o.add_argument("--ema-warmup", type=float, default=None, metavar="W",
                    help=f"EMA ramp (1+n)/(W+n) of the first updates, W > 1: a shorter run "
                    f"averages over about its last n/(W-1) steps ({TRAIN_DEFAULTS['ema_warmup']:g})")

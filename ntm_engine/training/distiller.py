@@ -78,7 +78,7 @@ class Distiller(SessionViews):
         self.model = Denoiser(**{**cfg.denoiser, "t_min": cfg.t_min}).to(self.device).train()
         self.objective = DistillationTarget(self.teacher, self.model, t_min=cfg.t_min,
                                             label_dropout=cfg.label_dropout)
-        self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
+        self.ema = EMA.of(self.model, cfg.optim)
         self.data = DataSource(cfg, device=self.device)
         self._eval_set: Optional[List[Tuple[DistillBatch, Tensor]]] = None
         session = RunSession(self.folder, cfg.to_dict(), self.model, self.ema,

@@ -73,6 +73,11 @@ class EMA:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    @classmethod
+    def of(cls, model: nn.Module, opt: OptimConfig) -> "EMA":
+        """The EMA of ``model`` with the decay and ramp of ``opt``."""
+        return cls(model, opt.ema_decay, opt.ema_warmup)
+
     @torch.no_grad()
     def update(self, model: nn.Module, num_updates: int) -> None:
         d = min(self.decay, (1 + num_updates) / (self.warmup + num_updates))

@@ -148,13 +148,13 @@ class Trainer(SessionViews):
                                             run_dir=self.folder.path, device=self.device)
         self.objective = make_objective(cfg, self.model, self.reference)
         if self.sharded:   # the EMA model is sharded like the model (AdamW comes after)
-            self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
+            self.ema = EMA.of(self.model, cfg.optim)
             for m in (self.model, self.ema.model):
                 shard_model(m, self.device)
                 FullStates().copy_from_rank0(m)
         else:
             self.world.broadcast_module(self.model)
-            self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
+            self.ema = EMA.of(self.model, cfg.optim)
         self.ddp = self._wrap_ddp()
         if self.device.type != "cpu":
             preflight(self.model, cfg, self.device)
