@@ -42,6 +42,7 @@ from .normalization import ChannelNorm
 from .predictor import TrajectoryPredictor
 from .presets import NTMPresets
 from .pretrained import PretrainedMixin
+from .sampler import resample as _resample
 from .sampler import sample as _sample
 from .transporter import build_transporter
 
@@ -461,6 +462,21 @@ class NTM(NTMPresets, PretrainedMixin, nn.Module):
                        generator=generator, return_trajectory=return_trajectory,
                        use_cache=use_cache, t_min=t_min, denoiser=denoiser, sampler=sampler,
                        cond=cond, cond_mask=cond_mask)
+
+    def resample(self, x: Tensor, y: Cond = None, steps: Optional[int] = None, *,
+                 keep: int = 1, temperature: float = 1.0, guidance: float = 0.0,
+                 generator: Optional[torch.Generator] = None, cond: Optional[Tensor] = None,
+                 cond_mask: Optional[Tensor] = None) -> Tensor:
+        """Variations of data ``x [B, *data_shape]`` (the data's scale): a forward trajectory
+        of ``x`` on the ``steps``-step grid with ``t_0 = 0``, its levels ``t_keep .. t_T``
+        kept as they are, the ``keep`` reverse steps below them sampled as in :meth:`sample`
+        (condition, ``temperature``, ``guidance`` the same); returns ``[B, *data_shape]`` in
+        the data's scale.  ``keep = 1`` redraws only the last step (from ``x``'s own
+        ``x_{t_1}``: how good the last conditional flow is on its own), ``keep = T`` gives
+        fresh samples (``x`` only seeds the noise).  Noise from ``generator``: the forward
+        trajectory, then one ``z`` per sampled step.  No gradients."""
+        return _resample(self, x, y, steps, keep=keep, temperature=temperature,
+                         guidance=guidance, generator=generator, cond=cond, cond_mask=cond_mask)
 
     # ------------------------------------------------------------------ trajectory scores
     def trajectory_score(self, X: Tensor, t: Tensor, y: Cond = None, *,

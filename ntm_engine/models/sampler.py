@@ -5,6 +5,8 @@
 (:func:`sampling_grid`), the reverse steps in ``u``-space (:func:`reverse_levels`), the
 decoder (:func:`decode`: transporter inverse, a learned denoiser, or the slow
 ``"trajectory-denoise"`` path), and optionally the x-space trajectory (:func:`x_levels`).
+:meth:`NTM.resample <ntm_engine.models.NTM.resample>` is :func:`resample`: the same reverse
+steps continued from the noisier levels of a data point's own forward trajectory.
 
 Guidance combines a conditional and an unconditional Gaussian, which must describe the same
 variable.  With a label-free transporter (the default) both live in one ``u``-space and
@@ -33,7 +35,8 @@ from ..condition import cat_conditions, labels_of, null_condition
 from . import schedule
 from .guidance import guide
 
-__all__ = ["SAMPLERS", "sample", "grid_start", "sampling_grid", "reverse_levels", "decode", "x_levels"]
+__all__ = ["SAMPLERS", "sample", "resample", "grid_start", "sampling_grid", "reverse_levels",
+           "decode", "x_levels"]
 
 SAMPLERS = ("transporter", "trajectory-denoise")
 
@@ -96,13 +99,19 @@ def _slots(levels: List[Optional[Tensor]]) -> Tensor:
 
 def reverse_levels(model, t: Tensor, y: Optional[Tensor], *, temperature: float = 1.0,
                    guidance: float = 0.0, generator: Optional[torch.Generator] = None,
-                   use_cache: bool = True) -> List[Tensor]:
+                   use_cache: bool = True, kept: Optional[List[Tensor]] = None) -> List[Tensor]:
     """The sampled levels ``[u_{t_0}, ..., u_{t_T}]`` (each ``[n, D]``; ``u_{t_T} = u_1``) on
     grid ``t [n, T+1]`` with the condition ``y`` (labels ``[n]``, a resolved
     :class:`~ntm_engine.condition.Condition`) or None.  Noise from ``generator``: ``u_1``,
     then one ``z`` per step.  ``use_cache`` keeps the keys/values of finished slots; without
-    it every step reruns all slots (unfinished inputs zero, which causality ignores)."""
+    it every step reruns all slots (unfinished inputs zero, which causality ignores).
+    ``kept``: the noisiest levels ``[u_{t_j}, ..., u_{t_T}]`` (``1 <= j <= T``, each
+    ``[n, D]``) taken as given; only the steps below ``t_j`` are sampled, drawing one ``z``
+    each (:func:`resample`)."""
     n, T = t.shape[0], t.shape[1] - 1
+    if kept is not None and not 1 <= len(kept) <= T:
+        raise ValueError(f"reverse_levels: 'kept' must hold 1 to T = {T} levels (the noisiest "
+                         f"first kept one at index j >= 1), got {len(kept)}")
     p = next(model.parameters())
     guided = guidance != 0
     if guided and y is None:
@@ -115,11 +124,17 @@ def reverse_levels(model, t: Tensor, y: Optional[Tensor], *, temperature: float 
     reps = 2 if guided else 1
     steps_kw = model.predictor_steps(T, reps * n, p.device)
 
-    u = torch.randn(n, model.dim, generator=generator, device=p.device, dtype=p.dtype)
-    U = [None] * T + [u]
-    U_null = [None] * T + [u]        # the unconditional branch's inputs (own space)
+    if kept is None:
+        kept = [torch.randn(n, model.dim, generator=generator, device=p.device, dtype=p.dtype)]
+    j = T + 1 - len(kept)            # the cleanest kept level
+    U = [None] * j + list(kept)
+    U_null = [None] * T + [U[T]]     # the unconditional branch's inputs (own space)
+    for k in range(j, T):
+        U_null[k] = _to_space(model, U[k], t[:, k], y, y_null, T) if own_spaces else U[k]
     cache = None
     for k in range(T - 1, -1, -1):
+        if U[k] is not None and not use_cache:   # a kept level: nothing to compute
+            continue
         if use_cache:
             u_in = torch.cat([U[k + 1], U_null[k + 1]]) if guided else U[k + 1]
             mu, log_sigma, cache = model.predictor.step(u_in, t_run[:, k], t_run[:, k + 1],
@@ -129,6 +144,8 @@ def reverse_levels(model, t: Tensor, y: Optional[Tensor], *, temperature: float 
             mu, log_sigma = model.predictor(u_in, t_run[:, :T], t_run[:, 1:], y_run,
                                             **steps_kw)
             mu, log_sigma = mu[:, k], log_sigma[:, k]
+        if U[k] is not None:   # a kept level: its step only filled the cache
+            continue
         if guided:
             mu_u = mu[n:]
             if own_spaces:
@@ -154,6 +171,30 @@ def decode(model, u0: Tensor, t0: Tensor, y: Optional[Tensor],
         raise ValueError(f"sample: the denoiser returned shape {list(x.shape)}, expected "
                          f"{[n, *model.data_shape]}")
     return x
+
+
+@torch.no_grad()
+def resample(model, x: Tensor, y=None, steps: Optional[int] = None, *, keep: int = 1,
+             temperature: float = 1.0, guidance: float = 0.0,
+             generator: Optional[torch.Generator] = None, cond: Optional[Tensor] = None,
+             cond_mask: Optional[Tensor] = None) -> Tensor:
+    """:meth:`NTM.resample <ntm_engine.models.NTM.resample>` (arguments documented there)."""
+    p = next(model.parameters())
+    if not isinstance(x, Tensor):
+        raise TypeError(f"resample: argument 'x' must be a tensor [B, "
+                        f"{', '.join(map(str, model.data_shape))}], got {type(x).__name__}")
+    T, _ = sampling_grid(model, 1, steps, 0.0, device=p.device, dtype=p.dtype)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= T:
+        raise ValueError(f"resample: argument 'keep' must be an integer level in [1, T = {T}] "
+                         f"(1: only the last step is redrawn; T: fresh samples), got {keep!r}")
+    X, t = model.forward_trajectory(x.to(p.dtype), generator, t_min=0.0, steps=T)
+    n = X.shape[0]
+    y = model.resolve_condition(y, n, p.device, cond, cond_mask)
+    X = X.reshape(n, T + 1, model.dim)
+    kept = [model.transport(X[:, k], t[:, k], y, steps=T)[0] for k in range(keep, T)]
+    U = reverse_levels(model, t, y, temperature=temperature, guidance=guidance,
+                       generator=generator, kept=kept + [X[:, T]])
+    return model.norm.to_data(decode(model, U[0], t[:, 0], y, steps=T))
 
 
 def x_levels(model, U: List[Tensor], t: Tensor, y: Optional[Tensor]) -> Tensor:
