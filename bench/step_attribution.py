@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the source checkout
 
-from ntm_engine import metrics  # noqa: E402
+from ntm_engine.compare.quality import digits_quality  # noqa: E402
 from ntm_engine.data import dequantize  # noqa: E402
 from ntm_engine.training import load_run, raw_quality  # noqa: E402
 from ntm_engine.training.batches import run_data  # noqa: E402
@@ -34,9 +34,8 @@ from ntm_engine.training.batches import run_data  # noqa: E402
 def judge(cfg):
     """``fd(images [n, ...]) -> float`` against the test split."""
     if cfg.data.dataset == "digits":
-        net, _ = metrics.load_or_train_classifier()
-        xt = run_data(cfg.data).tensors("test")[0]
-        return lambda s: metrics.sample_quality(net, s, None, xt)["frechet_distance"]
+        quality, _ = digits_quality(None)
+        return lambda s: quality(s)["frechet_distance"]
     quality = raw_quality(cfg.data)
     return lambda s: quality(s)["frechet_distance_raw"]
 

@@ -190,8 +190,13 @@ def resample(model, x: Tensor, y=None, steps: Optional[int] = None, *, keep: int
     X, t = model.forward_trajectory(x.to(p.dtype), generator, t_min=0.0, steps=T)
     n = X.shape[0]
     y = model.resolve_condition(y, n, p.device, cond, cond_mask)
-    X = X.reshape(n, T + 1, model.dim)
-    kept = [model.transport(X[:, k], t[:, k], y, steps=T)[0] for k in range(keep, T)]
+    X, L, D = X.reshape(n, T + 1, model.dim), T - keep, model.dim
+    kept = []
+    if L:   # levels keep..T-1 in one transporter call, rows in (sample, level) order
+        labels = labels_of(y)
+        u, _ = model.transport(X[:, keep:T].reshape(n * L, D), t[:, keep:T].reshape(n * L),
+                               None if labels is None else labels.repeat_interleave(L), steps=T)
+        kept = list(u.view(n, L, D).unbind(1))
     U = reverse_levels(model, t, y, temperature=temperature, guidance=guidance,
                        generator=generator, kept=kept + [X[:, T]])
     return model.norm.to_data(decode(model, U[0], t[:, 0], y, steps=T))
