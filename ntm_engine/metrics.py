@@ -65,15 +65,28 @@ def dataset_bits_per_dim(model, x: Tensor, y: Optional[Tensor] = None, bins: int
                          ) -> Dict[str, float]:
     """Mean and standard error of ``model.bits_per_dim`` over ``x`` (fixed noise from ``seed``).
 
-    ``dequantize_data`` adds uniform noise of one grey level first (the bound is on the
-    dequantised density; ``bins`` sets the bin width ``2/bins``).  ``samples`` (K > 1: the
-    importance-weighted bound) and ``steps`` (the grid's T; None: the model's default) are
-    passed to ``model.bits_per_dim`` when they differ from those defaults, so any model with
-    ``bits_per_dim(x, y, bins=, generator=)`` can be measured.
+    ``dequantize_data`` adds uniform noise of one grey level (the bound is on the dequantised
+    density; ``bins`` sets the bin width ``2/bins``): first, from ``seed``, for ``samples = 1``;
+    for ``samples = K > 1`` (the importance-weighted bound) the model draws it afresh for each
+    trajectory (``bits_per_dim(..., dequantize=True)``), so the bound tends to the discrete
+    bits/dim.  ``samples`` and ``steps`` (the grid's T; None: the model's default) are passed
+    to ``model.bits_per_dim`` when they differ from those defaults, so any model with
+    ``bits_per_dim(x, y, bins=, generator=)`` can be measured at ``K = 1``.
     """
-    return _dataset_likelihood(
-        "bpd", lambda xb, yb, g, **kw: model.bits_per_dim(xb, yb, bins=bins, generator=g, **kw),
-        model, x, y, bins, batch_size, seed, dequantize_data, device, samples, steps)
+    per_sample, dequantize_first = bits_per_dim_of(model, bins, samples, dequantize_data)
+    return _dataset_likelihood("bpd", per_sample, model, x, y, bins, batch_size, seed,
+                               dequantize_first, device, samples, steps)
+
+
+def bits_per_dim_of(model, bins: int, samples: int, dequantize_data: bool):
+    """``(per_sample(x, y, generator, **kw), dequantize_first)``: ``model.bits_per_dim`` of a
+    batch, and whether the data must be dequantised before (``K = 1``) or the model draws the
+    noise with each of its ``K > 1`` trajectories (:func:`dataset_bits_per_dim`)."""
+    in_model = dequantize_data and samples > 1
+    extra = {"dequantize": True} if in_model else {}
+    return ((lambda xb, yb, g, **kw: model.bits_per_dim(xb, yb, bins=bins, generator=g,
+                                                        **extra, **kw)),
+            dequantize_data and not in_model)
 
 
 def dataset_nats_per_dim(model, x: Tensor, y: Optional[Tensor] = None, bins: int = 0,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ntm_engine import metrics
-from ntm_engine.data import load_digits
+from ntm_engine.data import dequantize, load_digits
 
 
 def random_spd(d, seed, cond=10.0):
@@ -148,3 +148,31 @@ def test_sample_quality_on_real_and_noise_images(classifier_path):
     assert real["class_accuracy"] > 0.95 and noise["class_accuracy"] < 0.5
     assert real["frechet_distance"] < 0.2 * noise["frechet_distance"]
     assert real["predicted_class_entropy_bits"] > 3.0  # all ten classes present
+
+
+class RecordingBpd(ConstantBpd):
+    """Stand-in that records the arguments each call of ``bits_per_dim`` got."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def bits_per_dim(self, x, y=None, bins=17, generator=None, **kw):
+        self.calls.append((x.clone(), kw))
+        return x.flatten(1).mean(1)
+
+
+@pytest.mark.parametrize("samples", [1, 4])
+def test_dataset_bits_per_dim_leaves_the_noise_to_the_model_only_when_it_weights_samples(samples):
+    """K = 1: the data dequantised first (noise from ``seed``); K > 1: bin centres and
+    ``dequantize=True``, so the model draws the noise with each trajectory."""
+    x, _ = load_digits("test")
+    model = RecordingBpd()
+    metrics.dataset_bits_per_dim(model, x[:10], samples=samples, seed=3)
+    (seen, kw), = model.calls
+    if samples == 1:
+        assert kw == {} and not torch.equal(seen, x[:10])
+        torch.testing.assert_close(seen, dequantize(
+            x[:10], 17, generator=torch.Generator().manual_seed(3)))
+    else:
+        assert kw == {"dequantize": True, "samples": 4} and torch.equal(seen, x[:10])

@@ -36,8 +36,9 @@ def add_parser(sub) -> None:
                    help="passes over the test split with fresh noise for bits/dim (nats/dim "
                    "of latents)")
     e.add_argument("--bpd-samples", type=positive_int, default=16, metavar="K",
-                   help="trajectories per test image of the importance-weighted bound "
-                   "(test_bpd_iw; test_bpd stays the single-trajectory bound; latents: "
+                   help="trajectories per test image of the importance-weighted bound, each "
+                   "with its own dequantisation noise (test_bpd_iw; test_bpd stays the "
+                   "single-trajectory bound; latents: "
                    "test_nats_per_dim_iw and test_nats_per_dim)")
     e.add_argument("--t-min", type=nonneg_float, default=None, metavar="T_D",
                    help="t_0 of the trajectory-denoise sampler (default: the --denoiser's t_d, "

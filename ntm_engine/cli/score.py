@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
     s.add_argument("--split", choices=SPLITS, default="test",
                    help="which split of the data (all: train then test)")
     s.add_argument("--bpd-samples", type=positive_int, default=16, metavar="K",
-                   help="forward trajectories per image (the importance-weighted bound)")
+                   help="forward trajectories per image, each with its own dequantisation "
+                   "noise (the importance-weighted bound)")
     s.add_argument("--labels", action="store_true",
                    help="score p(x | y) with the data's labels (class-conditional models)")
     s.add_argument("--cond", nargs="?", const=True, default=None, metavar="FILE",

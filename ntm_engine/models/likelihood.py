@@ -11,6 +11,12 @@ With ``t_0 = 0`` (``x_{t_0} = x``) and forward trajectories ``X_i ~ q(. | x)``:
   above the one-trajectory bound in expectation, tightens as ``K`` grows, and is exact for
   any ``K`` when ``q`` is the model's own posterior (then every ``w_i = log p(x)``).
 
+Bits/dim of discrete data (bins of width ``w``) bound ``log P(bin of x) = log w^D + log
+E_{u ~ U(bin)} p(x + u)``: with the dequantisation noise ``u`` fixed per data point, every bound
+above is one on ``log p(x + u)``, below ``log P(bin) - D log w`` by Jensen whatever ``K``; with
+``u_i`` drawn afresh for each trajectory (``(u_i, X_i)`` importance-sampled together,
+:func:`bits_per_dim` with ``dequantize=True``) the ``K``-sample bound tends to ``log P(bin)``.
+
 Trajectories live in the model's space; a model with a channel normalisation
 (:class:`~.normalization.ChannelNorm`, latent data) adds its log-Jacobian to the bounds, so
 they bound the density of the data ``x`` in its own scale (:func:`nats_per_dim`).
@@ -30,7 +36,7 @@ if TYPE_CHECKING:   # the NTM imports this module
     from .ntm import NTM
 
 __all__ = ["trajectory_log_prob", "log_likelihood_bound", "bits_per_dim", "nats_per_dim",
-           "trajectory_score", "posterior_mean"]
+           "uniform_dequantize", "trajectory_score", "posterior_mean"]
 
 
 def trajectory_log_prob(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:
@@ -44,17 +50,25 @@ def trajectory_log_prob(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:
 
 def log_likelihood_bound(model: "NTM", x: Tensor, y: Optional[Tensor] = None, *,
                          samples: int = 1, generator: Optional[torch.Generator] = None,
-                         steps: Optional[int] = None) -> Tensor:
+                         steps: Optional[int] = None,
+                         dequantize_width: Optional[float] = None) -> Tensor:
     """A bound ``[B]`` (nats) on ``log p(x)`` of data ``x [B, *data_shape]`` (labels ``y [B]``
     or None) with ``samples = K`` forward trajectories of ``steps`` (None: the model's
     default) steps from ``generator``, one after the other (module docstring); with the
-    log-Jacobian of the model's channel normalisation, if any."""
+    log-Jacobian of the model's channel normalisation, if any.
+
+    ``dequantize_width`` ``w`` (discrete data ``x``, bins of width ``w``): each trajectory
+    starts from its own ``x + w (U - 1/2)``, ``U ~ U[0, 1)^D`` drawn just before it, so the
+    noise is importance-sampled with the trajectory and the bound is one on
+    ``log(P(bin of x) / w^D)``, exact as ``K`` grows (module docstring, "Bits/dim")."""
     if samples < 1:
         raise ValueError(f"samples (the number K of forward trajectories) must be >= 1, "
                          f"got {samples}")
     log_w = []
     for _ in range(samples):
-        X, t = model.forward_trajectory(x, generator, t_min=0.0, steps=steps)
+        x_k = x if dequantize_width is None else uniform_dequantize(x, dequantize_width,
+                                                                     generator)
+        X, t = model.forward_trajectory(x_k, generator, t_min=0.0, steps=steps)
         log_p = model.trajectory_log_prob(X, t, y)
         if samples == 1:
             return _in_data_space(model, log_p + model.forward_entropy(t).to(log_p.dtype))
@@ -91,14 +105,22 @@ def bits_per_dim(model: "NTM", x: Tensor, y=None, bins: int = 256,
     (``K = 1``: ``(L - H_q) / (D ln 2)``; ``K > 1``: importance-weighted, tighter), in
     bits/dim, plus ``log2(bins / 2)``.  The mean over data bounds the bits/dim of the
     dequantised model.  ``x`` must already be uniformly dequantised
-    (:func:`ntm_engine.data.dequantize`), unless ``dequantize=True``, which adds the noise here
-    (drawn from ``generator`` before the trajectories).  No label dropout."""
-    if dequantize:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x + (noise - 0.5) * (2.0 / bins)
+    (:func:`ntm_engine.data.dequantize`), unless ``dequantize=True``: then ``x`` holds bin
+    centres and each trajectory starts from its own noise (from ``generator``, drawn just
+    before it; ``K = 1``: the same bound as dequantising first), so for ``K > 1`` the noise is
+    importance-sampled too and the bound tends to the discrete bits/dim (module docstring).
+    No label dropout."""
     log_px = log_likelihood_bound(model, x, model.resolve_condition(y, x.shape[0], x.device),
-                                  samples=samples, generator=generator, steps=steps)
+                                  samples=samples, generator=generator, steps=steps,
+                                  dequantize_width=2.0 / bins if dequantize else None)
     return -log_px / (model.dim * math.log(2)) + math.log2(bins / 2)
+
+
+def uniform_dequantize(x: Tensor, width: float, generator: Optional[torch.Generator]) -> Tensor:
+    """``x + width (U - 1/2)`` with ``U ~ U[0, 1)`` of ``x``'s shape from ``generator``: a point
+    drawn uniformly in the bin of width ``width`` centred on each value of ``x``."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + (noise - 0.5) * width
 
 
 def trajectory_score(model: "NTM", X: Tensor, t: Tensor, y=None) -> Tensor:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..nn import JacobiReport, PatchTokens, autoregressive_stack, decode
 from .predictor import default_patch_size
+from .likelihood import uniform_dequantize
 from .pretrained import PretrainedMixin
 
 __all__ = ["TarFlow"]
@@ -77,8 +78,7 @@ class TarFlow(PretrainedMixin, nn.Module):
         if not isinstance(bins, int) or bins < 2:
             raise ValueError(f"TarFlow.bits_per_dim: bins must be an int >= 2, got {bins!r}")
         if dequantize:
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + (noise - 0.5) * (2.0 / bins)
+            x = uniform_dequantize(x, 2.0 / bins, generator)
         return -self.log_prob(x) / (self.dim * math.log(2)) + math.log2(bins / 2)
 
     @torch.no_grad()

@@ -4,7 +4,8 @@ order (``ntm score``), and how well it tells two sets of images apart (AUROC).
 The score of an image is the importance-weighted bound of :meth:`NTM.log_prob
 <ntm_engine.models.NTM.log_prob>` over ``samples`` forward trajectories (``t_0 = 0``), in
 bits/dim of data with the model's ``bins`` (the image dequantised with uniform noise inside
-its bin first, fixed by ``seed``): lower is more likely under the model.  A class-conditional
+its bin, drawn afresh with each trajectory from ``seed``, or once for ``samples = 1``): lower is
+more likely under the model.  A class-conditional
 model scores ``p(x)`` (its unconditional branch, the null class) unless labels are given,
 then ``p(x | y)``.  Latents are scored in nats/dim, never dequantised
 (:func:`latent_nats_per_dim`).
@@ -16,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..metrics import per_sample_values
+from ..metrics import bits_per_dim_of, per_sample_values
 
 __all__ = ["image_bits_per_dim", "latent_nats_per_dim", "auroc"]
 
@@ -27,9 +28,9 @@ def image_bits_per_dim(model: nn.Module, x: Tensor, y: Optional[Tensor] = None, 
                        device=None) -> Tensor:
     """Bits/dim ``[N]`` (float64, CPU) of images ``x [N, *data_shape]`` in [-1, 1] (labels
     ``y [N]`` or None), importance-weighted over ``samples`` trajectories (module docstring)."""
-    return _per_image(lambda xb, yb, g: model.bits_per_dim(xb, yb, bins=bins, generator=g,
-                                                           samples=samples, steps=steps),
-                      model, x, y, bins, samples, batch_size, seed, dequantize_data, device)
+    per_sample, dequantize_first = bits_per_dim_of(model, bins, samples, dequantize_data)
+    return _per_image(lambda xb, yb, g: per_sample(xb, yb, g, samples=samples, steps=steps),
+                      model, x, y, bins, samples, batch_size, seed, dequantize_first, device)
 
 
 def latent_nats_per_dim(model: nn.Module, z: Tensor, y: Optional[Tensor] = None, *,
