@@ -10,7 +10,6 @@ against the noise drawn afresh with each trajectory (what ``ntm eval --bpd-sampl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the source checkout
+
+from table_report import finish  # noqa: E402
 
 from ntm_engine.data import dequantize  # noqa: E402
 from ntm_engine.training import load_run  # noqa: E402
@@ -87,12 +88,7 @@ def main(argv=None) -> int:
     if any(k < 1 for k in ks):
         p.error(f"--k: every K must be >= 1, got {args.k!r}")
     res = bounds(args.run, ks, args.steps, args.n)
-    table = markdown(res)
-    print(table)
-    if args.out:
-        Path(args.out + ".md").write_text(table)
-        Path(args.out + ".json").write_text(json.dumps(res, indent=1))
-    return 0
+    return finish(res, markdown(res), args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ not supported.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the source checkout
+
+from table_report import finish  # noqa: E402
 
 from ntm_engine.compare.quality import digits_quality  # noqa: E402
 from ntm_engine.data import dequantize  # noqa: E402
@@ -108,12 +109,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = attribution(args.run, args.seeds, args.n)
-    table = markdown(res)
-    print(table)
-    if args.out:
-        Path(args.out + ".md").write_text(table)
-        Path(args.out + ".json").write_text(json.dumps(res, indent=1))
-    return 0
+    return finish(res, markdown(res), args.out)
 
 
 if __name__ == "__main__":
