@@ -81,7 +81,8 @@ def likelihood(r: Run, args, device) -> Dict[str, Any]:
     res = {f"test_{m}": sum(b[m] for b in bpds) / len(bpds),
            f"test_{m}_sem": bpds[0][f"{m}_sem"] / math.sqrt(len(bpds)), "test_n": bpds[0]["n"],
            f"{m}_note": (LATENT_NOTE if cfg.latent else
-                         f"upper bound with t_0 = 0, dequantised, {eval_bins(cfg.data)} bins"
+                         f"upper bound with t_0 = 0, dequantised, {eval_bins(cfg.data)} bins "
+                         "(the _iw figures: the noise drawn afresh with each trajectory)"
                          if cfg.data.is_image else
                          "continuous bits/dim bound (no discretisation term)"),
            f"{m}_samples": args.bpd_samples}
