@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import JacobiReport, PatchTokens, autoregressive_stack, decode
-from .predictor import default_patch_size
 from .likelihood import uniform_dequantize
+from .predictor import default_patch_size
 from .pretrained import PretrainedMixin
 
 __all__ = ["TarFlow"]

@@ -5,10 +5,9 @@ The score of an image is the importance-weighted bound of :meth:`NTM.log_prob
 <ntm_engine.models.NTM.log_prob>` over ``samples`` forward trajectories (``t_0 = 0``), in
 bits/dim of data with the model's ``bins`` (the image dequantised with uniform noise inside
 its bin, drawn afresh with each trajectory from ``seed``, or once for ``samples = 1``): lower is
-more likely under the model.  A class-conditional
-model scores ``p(x)`` (its unconditional branch, the null class) unless labels are given,
-then ``p(x | y)``.  Latents are scored in nats/dim, never dequantised
-(:func:`latent_nats_per_dim`).
+more likely under the model.  A class-conditional model scores ``p(x)`` (its unconditional
+branch, the null class) unless labels are given, then ``p(x | y)``.  Latents are scored in
+nats/dim, never dequantised (:func:`latent_nats_per_dim`).
 """
 from __future__ import annotations
 
