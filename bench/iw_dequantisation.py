@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the source c
 
 from table_report import finish  # noqa: E402
 
-from ntm_engine.data import dequantize  # noqa: E402
+from ntm_engine import metrics  # noqa: E402
 from ntm_engine.training import load_run  # noqa: E402
 from ntm_engine.training.batches import run_data  # noqa: E402
 
@@ -36,23 +36,21 @@ def bounds(run: str, ks, steps=None, n=None, batch_size: int = 512, seed: int = 
         raise SystemExit(f"iw_dequantisation: {run} is not an NTM run on quantised images")
     x, y = images.tensors("test")
     x, y = x[:n], (y[:n] if cfg.data.class_conditional else None)
-    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
     out = {"run": str(run), "n": len(x), "steps": steps or model.steps, "bins": images.bins,
            "K": {}}
     for k in ks:
-        row = {}
-        for name, inside in (("fixed", False), ("per_trajectory", True)):
-            g, t0, vals = torch.Generator().manual_seed(seed), time.time(), []
-            for i in range(0, len(x), batch_size):
-                xb = x[i:i + batch_size].to(dtype)
-                yb = None if y is None else y[i:i + batch_size]
-                xb = xb if inside else dequantize(xb, images.bins, generator=g)
-                vals.append(model.bits_per_dim(xb, yb, bins=images.bins, generator=g,
-                                               dequantize=inside, samples=k, steps=steps))
-            v = torch.cat(vals).double()
-            row[name] = float(v.mean())
-            row[name + "_sem"] = float(v.std() / len(v) ** 0.5)
-            row[name + "_s"] = time.time() - t0
+        t0 = time.time()
+        fixed = metrics.dataset_mean(   # the noise drawn once per image, before the model
+            lambda xb, yb, g: model.bits_per_dim(xb, yb, bins=images.bins, generator=g,
+                                                 samples=k, steps=steps),
+            x, y, images.bins, batch_size, seed, device=device)
+        t1 = time.time()
+        joint = metrics.dataset_bits_per_dim(model, x, y, images.bins, batch_size, seed,
+                                             device, samples=k, steps=steps)   # as `ntm eval`
+        row = {"fixed": fixed["mean"], "fixed_sem": fixed["sem"], "fixed_s": t1 - t0,
+               "per_trajectory": joint["bpd"], "per_trajectory_sem": joint["bpd_sem"],
+               "per_trajectory_s": time.time() - t1}
         out["K"][str(k)] = row
         print(f"K={k}: fixed {row['fixed']:.4f}, per trajectory {row['per_trajectory']:.4f}",
               file=sys.stderr, flush=True)

@@ -190,13 +190,11 @@ def resample(model, x: Tensor, y=None, steps: Optional[int] = None, *, keep: int
     X, t = model.forward_trajectory(x.to(p.dtype), generator, t_min=0.0, steps=T)
     n = X.shape[0]
     y = model.resolve_condition(y, n, p.device, cond, cond_mask)
-    X, L, D = X.reshape(n, T + 1, model.dim), T - keep, model.dim
+    X, L = X.reshape(n, T + 1, model.dim), T - keep
     kept = []
-    if L:   # levels keep..T-1 in one transporter call, rows in (sample, level) order
-        labels = labels_of(y)
-        u, _ = model.transport(X[:, keep:T].reshape(n * L, D), t[:, keep:T].reshape(n * L),
-                               None if labels is None else labels.repeat_interleave(L), steps=T)
-        kept = list(u.view(n, L, D).unbind(1))
+    if L:   # levels keep..T-1 in one transporter call
+        u, _ = model.transport(*level_rows(X[:, keep:T], t[:, keep:T], y), steps=T)
+        kept = list(u.view(n, L, model.dim).unbind(1))
     U = reverse_levels(model, t, y, temperature=temperature, guidance=guidance,
                        generator=generator, kept=kept + [X[:, T]])
     return model.norm.to_data(decode(model, U[0], t[:, 0], y, steps=T))
@@ -205,12 +203,21 @@ def resample(model, x: Tensor, y=None, steps: Optional[int] = None, *, keep: int
 def x_levels(model, U: List[Tensor], t: Tensor, y: Optional[Tensor]) -> Tensor:
     """The x-space trajectory ``X [n, T+1, D]``: ``f_T^{-1}`` of levels ``0..T-1`` of ``U``
     (from :func:`reverse_levels`) and ``u_1``."""
-    n, T, D = t.shape[0], t.shape[1] - 1, model.dim
+    n, T = t.shape[0], t.shape[1] - 1
+    Xs, _ = model.transport_inverse(*level_rows(torch.stack(U[:T], dim=1), t[:, :T], y),
+                                    steps=T)
+    return torch.cat([Xs.view(n, T, model.dim), U[T].unsqueeze(1)], dim=1)
+
+
+def level_rows(levels: Tensor, t: Tensor, y: Optional[Tensor]
+               ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Levels ``[n, L, D]`` at times ``t [n, L]`` with the condition ``y`` (``n`` rows) as the
+    transporter's rows ``(x [n*L, D], t [n*L], labels [n*L] or None)`` in (sample, level)
+    order: one transporter call for all of them."""
+    n, L = levels.shape[:2]
     labels = labels_of(y)
-    rows_y = None if labels is None else labels.repeat_interleave(T)
-    Xs, _ = model.transport_inverse(torch.stack(U[:T], dim=1).reshape(n * T, D),
-                                    t[:, :T].reshape(n * T), rows_y, steps=T)
-    return torch.cat([Xs.view(n, T, D), U[T].unsqueeze(1)], dim=1)
+    return (levels.reshape(n * L, levels.shape[2]), t.reshape(n * L),
+            None if labels is None else labels.repeat_interleave(L))
 
 
 @torch.no_grad()
